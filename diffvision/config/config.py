@@ -1,0 +1,212 @@
+"""Detectron2-style configuration nodes with strict, helpful validation.
+
+A :class:`CfgNode` is a yacs node (UPPER_CASE keys, attribute access) that adds:
+
+- ``_BASE_`` inheritance: a YAML file may name one base file (or a list) by a path relative to
+  itself; bases are merged first, the file's own values last.
+- Strict merging: an unknown key or a value of the wrong type fails at load time with
+  :class:`ConfigError`, naming the key, where the value came from (file or command line) and the
+  closest valid keys.
+- Command-line overrides: ``merge_from_list(["SOLVER.BASE_LR", "0.1", ...])`` with the same checks.
+
+Tasks extend the default tree through :func:`add_config_extension` (called by
+``diffvision.engine.tasks.register_task``); :func:`get_cfg` applies every extension.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode as _YacsCfgNode
+
+__all__ = ["CN", "CfgNode", "ConfigError", "add_config_extension", "get_cfg", "load_yaml"]
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+def _all_key_paths(node: _YacsCfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, _YacsCfgNode):
+            keys.extend(_all_key_paths(value, path + "."))
+    return keys
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Return ``value`` converted to the type of ``default``, or raise :class:`ConfigError`."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+    elif isinstance(default, _YacsCfgNode):
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(
+        f"Config key '{key}' (from {source}) expects a value of type "
+        f"{type(default).__name__} like {default!r}, but got {value!r} "
+        f"of type {type(value).__name__}."
+    )
+
+
+def _decode_cli_value(text: str) -> Any:
+    """Parse a command-line value the way yacs does: a Python literal if possible, else a string."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("none", "null", "~"):
+            return None
+        return text
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read one YAML file without resolving ``_BASE_``; missing or malformed files raise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: '{path}'.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file '{path}' must hold a mapping at top level, got {type(data).__name__}."
+        )
+    return data
+
+
+class CfgNode(_YacsCfgNode):
+    """A yacs config node with ``_BASE_`` files and validation that names the offending key."""
+
+    def merge_from_file(self, cfg_filename: str | Path, *, _seen: tuple[Path, ...] = ()) -> None:
+        """Merge a YAML file (and, first, its ``_BASE_`` files) into this node.
+
+        Args:
+            cfg_filename: path of the YAML file. ``_BASE_`` paths inside it are relative to it.
+        """
+        path = Path(cfg_filename).resolve()
+        if path in _seen:
+            chain = " -> ".join(str(p) for p in (*_seen, path))
+            raise ConfigError(f"Circular _BASE_ chain: {chain}")
+        data = load_yaml(path)
+        bases = data.pop(BASE_KEY, None)
+        if bases:
+            for base in [bases] if isinstance(bases, str) else bases:
+                base_path = Path(base).expanduser()
+                if not base_path.is_absolute():
+                    base_path = path.parent / base_path
+                self.merge_from_file(base_path, _seen=(*_seen, path))
+        self.merge_from_dict(data, source=f"file '{cfg_filename}'")
+
+    def merge_from_dict(self, data: dict, *, source: str = "a dict") -> None:
+        """Merge a nested dict of values, validating every key and value type."""
+        self._merge_into(self, data, prefix="", source=source)
+
+    def merge_from_list(self, cfg_list: Iterable[str]) -> None:
+        """Merge ``KEY VALUE`` pairs as given on the command line (``SOLVER.BASE_LR 0.1``)."""
+        items = list(cfg_list)
+        if len(items) % 2 != 0:
+            raise ConfigError(
+                f"Overrides must come in KEY VALUE pairs, got an odd number of items: {items}"
+            )
+        for key, raw in zip(items[0::2], items[1::2]):
+            node = self
+            parts = key.split(".")
+            for depth, part in enumerate(parts):
+                full = ".".join(parts[: depth + 1])
+                if not isinstance(node, _YacsCfgNode) or part not in node:
+                    self._raise_unknown(full, "the command line")
+                if depth < len(parts) - 1:
+                    node = node[part]
+            value = _decode_cli_value(raw)
+            default = node[parts[-1]]
+            if isinstance(default, _YacsCfgNode):
+                raise ConfigError(f"'{key}' (from the command line) is a section, not a value.")
+            if self.is_frozen():
+                raise ConfigError("Cannot merge overrides into a frozen config.")
+            node[parts[-1]] = _coerce(value, default, key, "the command line")
+
+    def _merge_into(self, node: _YacsCfgNode, data: dict, *, prefix: str, source: str) -> None:
+        if self.is_frozen():
+            raise ConfigError("Cannot merge into a frozen config.")
+        for key, value in data.items():
+            full = f"{prefix}{key}"
+            if key not in node:
+                if node.is_new_allowed():
+                    node[key] = CfgNode(value) if isinstance(value, dict) else value
+                    continue
+                self._raise_unknown(full, source)
+            default = node[key]
+            value = _coerce(value, default, full, source)
+            if isinstance(default, _YacsCfgNode):
+                self._merge_into(default, value, prefix=full + ".", source=source)
+            else:
+                node[key] = value
+
+    def _raise_unknown(self, full_key: str, source: str) -> None:
+        candidates = _all_key_paths(self)
+        close = difflib.get_close_matches(full_key, candidates, n=3, cutoff=0.6)
+        if not close:
+            # Fall back to keys sharing the last component (e.g. a key put in the wrong section).
+            leaf = full_key.rsplit(".", 1)[-1]
+            close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:3]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"Unknown config key '{full_key}' (from {source}).{hint}")
+
+    def clone(self) -> CfgNode:
+        return copy.deepcopy(self)
+
+
+CN = CfgNode
+
+_CONFIG_EXTENSIONS: list[Callable[[CfgNode], None]] = []
+
+
+def add_config_extension(fn: Callable[[CfgNode], None]) -> None:
+    """Register ``fn(cfg)``, which adds a task's keys to the default tree (idempotent)."""
+    if fn not in _CONFIG_EXTENSIONS:
+        _CONFIG_EXTENSIONS.append(fn)
+
+
+def get_cfg() -> CfgNode:
+    """Return a fresh copy of the default config, including every registered task's keys."""
+    from diffvision.config.defaults import build_default_config
+
+    cfg = build_default_config()
+    for extend in _CONFIG_EXTENSIONS:
+        extend(cfg)
+    return cfg
