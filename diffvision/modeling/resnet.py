@@ -1,0 +1,250 @@
+"""ResNet with frozen batch norm and detectron2's module names.
+
+The module tree reproduces detectron2's ``ResNet`` (``detectron2/modeling/backbone/resnet.py``),
+so its state_dict keys are detectron2's: ``stem.conv1.weight``, ``stem.conv1.norm.{weight,bias,
+running_mean,running_var}``, ``res{2..5}.{i}.conv{1,2,3}.weight`` (+ ``.norm.*``) and
+``res{2..5}.0.shortcut.*``.
+Official DiffusionDet checkpoints store these under ``backbone.bottom_up.`` (reference §5.2).
+
+Differences from torchvision's ``resnet50``: key names only. Strides sit on the 3x3 conv
+(``STRIDE_IN_1X1: False``, torchvision style), every norm is a ``FrozenBatchNorm2d`` (eps 1e-5, no
+``num_batches_tracked`` key), and :func:`convert_torchvision_resnet` maps torchvision key names to
+these (detectron2 ``tools/convert-torchvision-to-d2.py``, reference §5.4).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = [
+    "ConvNorm",
+    "BasicStem",
+    "BasicBlock",
+    "BottleneckBlock",
+    "ResNet",
+    "RESNET_DEPTHS",
+    "convert_torchvision_resnet",
+]
+
+# depth -> (block kind, blocks per stage res2..res5)
+RESNET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+class ConvNorm(nn.Conv2d):
+    """``nn.Conv2d`` + optional norm held as the child ``norm`` (detectron2 ``Conv2d``).
+
+    Keeping the norm as a child of the conv gives the keys ``conv1.weight`` and ``conv1.norm.*``.
+    """
+
+    def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> ConvNorm:
+    conv = ConvNorm(
+        in_ch,
+        out_ch,
+        kernel,
+        stride=stride,
+        padding=padding,
+        bias=False,
+        norm=FrozenBatchNorm2d(out_ch),
+    )
+    # detectron2 c2_msra_fill: He-normal, fan_out, ReLU gain.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+class BasicStem(nn.Module):
+    """7x7/2 conv + FrozenBN + ReLU + 3x3/2 max pool: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 64) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv1 = _conv(in_channels, out_channels, 7, stride=2, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual (ResNet-18/34)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.shortcut = (
+            _conv(in_channels, out_channels, 1, stride=stride)
+            if in_channels != out_channels or stride != 1
+            else None
+        )
+        self.conv1 = _conv(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.conv2 = _conv(out_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = self.conv2(out)
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        return F.relu_(out + shortcut)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 -> 3x3 (stride here, ``STRIDE_IN_1X1: False``) -> 1x1 with a residual (ResNet-50/101)."""
+
+    def __init__(
+        self, *, in_channels: int, out_channels: int, bottleneck_channels: int, stride: int = 1
+    ) -> None:
+        super().__init__()
+        self.shortcut = (
+            _conv(in_channels, out_channels, 1, stride=stride)
+            if in_channels != out_channels
+            else None
+        )
+        self.conv1 = _conv(in_channels, bottleneck_channels, 1)
+        self.conv2 = _conv(bottleneck_channels, bottleneck_channels, 3, stride=stride, padding=1)
+        self.conv3 = _conv(bottleneck_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        return F.relu_(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """ResNet-{18,34,50,101,152} returning ``res2..res5`` with FrozenBN in every stage.
+
+    Args:
+        depth: one of :data:`RESNET_DEPTHS`.
+        freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and ``res2`` (detectron2
+            ``BACKBONE.FREEZE_AT``; DiffusionDet uses 2), up to 5.
+        out_features: which of ``res2..res5`` ``forward`` returns.
+
+    Input (B, 3, H, W) normalised; output ``{"res{k}": (B, C_k, H/2^k, W/2^k)}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        freeze_at: int = 2,
+        out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
+    ) -> None:
+        super().__init__()
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"ResNet depth {depth!r} is not one of {sorted(RESNET_DEPTHS)}")
+        if not 0 <= freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in [0, 5], got {freeze_at!r}")
+        names = ("res2", "res3", "res4", "res5")
+        for name in out_features:
+            if name not in names:
+                raise ValueError(f"ResNet out_feature {name!r} is not one of {names}")
+        kind, num_blocks = RESNET_DEPTHS[depth]
+        self.depth = depth
+        self.out_features = tuple(out_features)
+        self.stem = BasicStem(out_channels=64)
+        self._out_channels: dict[str, int] = {}
+        self._out_strides: dict[str, int] = {}
+        in_ch = 64
+        for idx, (name, n) in enumerate(zip(names, num_blocks, strict=True)):
+            out_ch = (64 if kind == "basic" else 256) * 2**idx
+            blocks = []
+            for i in range(n):
+                stride = 2 if (i == 0 and idx > 0) else 1
+                if kind == "basic":
+                    block = BasicBlock(in_channels=in_ch, out_channels=out_ch, stride=stride)
+                else:
+                    block = BottleneckBlock(
+                        in_channels=in_ch,
+                        out_channels=out_ch,
+                        bottleneck_channels=64 * 2**idx,
+                        stride=stride,
+                    )
+                blocks.append(block)
+                in_ch = out_ch
+            self.add_module(name, nn.Sequential(*blocks))
+            self._out_channels[name] = out_ch
+            self._out_strides[name] = 2 ** (idx + 2)
+        self.freeze(freeze_at)
+
+    @property
+    def out_channels(self) -> dict[str, int]:
+        """Channels of each returned feature."""
+        return {k: self._out_channels[k] for k in self.out_features}
+
+    @property
+    def out_strides(self) -> dict[str, int]:
+        """Stride of each returned feature w.r.t. the input."""
+        return {k: self._out_strides[k] for k in self.out_features}
+
+    def freeze(self, freeze_at: int) -> None:
+        """``requires_grad=False`` on the stem (``freeze_at >= 1``) and stages ``res2..`` below."""
+        modules = [self.stem, self.res2, self.res3, self.res4, self.res5]
+        for idx, module in enumerate(modules, start=1):
+            if freeze_at >= idx:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"ResNet takes (B, C, H, W) inputs, got shape {tuple(x.shape)}")
+        outputs = {}
+        x = self.stem(x)
+        for name in ("res2", "res3", "res4", "res5"):
+            if len(outputs) == len(self.out_features):
+                break  # later stages are not needed
+            x = getattr(self, name)(x)
+            if name in self.out_features:
+                outputs[name] = x
+        return outputs
+
+
+_TV_NUM = re.compile(r"^layer([1-4])\.")
+
+
+def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a torchvision ``resnet*`` state_dict to detectron2 / :class:`ResNet` names.
+
+    ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``; ``layer{k}`` -> ``res{k+1}``;
+    ``bn{j}`` -> ``conv{j}.norm``; ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``
+    (reference §5.4).
+    ``fc.*`` and ``num_batches_tracked`` are dropped.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("conv1."):
+            new = "stem." + key
+        elif key.startswith("bn1."):
+            new = "stem.conv1.norm." + key[len("bn1.") :]
+        elif _TV_NUM.match(key):
+            new = _TV_NUM.sub(lambda m: f"res{int(m.group(1)) + 1}.", key)
+            new = re.sub(r"\.bn([123])\.", r".conv\1.norm.", new)
+            new = new.replace(".downsample.0.", ".shortcut.").replace(
+                ".downsample.1.", ".shortcut.norm."
+            )
+        else:
+            raise ValueError(f"unexpected key {key!r} in a torchvision ResNet state_dict")
+        out[new] = value
+    return out
