@@ -157,6 +157,11 @@ def build_default_config() -> CN:
     _C.SOLVER.AMP.ENABLED = False
     _C.SOLVER.AMP.DTYPE = "bfloat16"  # bfloat16 | float16 (GPU only; float16 uses a grad scaler)
 
+    # DistributedDataParallel options (diffvision).
+    _C.DDP = CN()
+    _C.DDP.FIND_UNUSED_PARAMETERS = False
+    _C.DDP.BROADCAST_BUFFERS = False
+
     # ---------------------------------------------------------------- test
     _C.TEST = CN()
     _C.TEST.EXPECTED_RESULTS = []

@@ -1,0 +1,145 @@
+"""Command-line conventions and run set-up shared by every ``tools/`` script (detectron2-style)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffvision.config import CfgNode, get_cfg
+from diffvision.engine import comm
+
+__all__ = [
+    "default_argument_parser",
+    "default_setup",
+    "load_config",
+    "seed_everything",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def default_argument_parser(description: str = "diffvision training") -> argparse.ArgumentParser:
+    """``--config/--config-file``, ``--eval-only``, ``--resume``, distributed flags and trailing
+    ``KEY VALUE`` overrides."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Examples:\n"
+            "  python tools/train_net.py --config projects/detection/diffdet_toy.yaml\n"
+            "  python tools/train_net.py --config projects/detection/diffdet_r50.yaml --eval-only "
+            "MODEL.WEIGHTS diffdet_coco_res50.pth MODEL.DiffusionDet.SAMPLE_STEP 4\n"
+            "  torchrun --nproc_per_node 8 tools/train_net.py --config ... (or --num-gpus 8)"
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        "--config-file",
+        dest="config_file",
+        default="",
+        metavar="FILE",
+        help="path to the YAML config",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last_checkpoint if it exists",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes per machine (CPU processes with gloo on MODEL.DEVICE cpu)",
+    )
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
+    parser.add_argument(
+        "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 for multi-machine jobs"
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="KEY VALUE pairs overriding the config, e.g. SOLVER.BASE_LR 0.1",
+    )
+    return parser
+
+
+def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
+    """Defaults ← file (with ``_BASE_``) ← overrides. No side effects."""
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(opts)
+    return cfg
+
+
+def setup_logging(output_dir: str | Path | None = None, *, rank: int = 0) -> None:
+    """Log INFO to stdout on the main process (WARNING elsewhere) and to ``OUTPUT_DIR/log.txt``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_diffvision", False):
+            root.removeHandler(handler)
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    stream.setFormatter(fmt)
+    stream._diffvision = True
+    root.addHandler(stream)
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        name = "log.txt" if rank == 0 else f"log.txt.rank{rank}"
+        file_handler = logging.FileHandler(Path(output_dir) / name)
+        file_handler.setFormatter(fmt)
+        file_handler._diffvision = True
+        root.addHandler(file_handler)
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy and torch; a negative seed draws a fresh one. Returns the seed used."""
+    if seed < 0:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
+    """Create ``OUTPUT_DIR``, set up logging, seed (``SEED`` + rank), save ``config.yaml``.
+
+    The SEED actually used is written back into ``cfg`` so that the saved config reproduces the
+    run. Returns the frozen config.
+    """
+    rank = comm.get_rank()
+    output_dir = Path(cfg.OUTPUT_DIR)
+    if comm.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+    comm.synchronize()
+    setup_logging(output_dir, rank=rank)
+    seed = cfg.SEED
+    if seed < 0:
+        seed = comm.all_gather(seed_everything(-1))[0]
+    seed_everything(seed + rank)
+    cfg.SEED = seed
+    logger.info("Rank %d of %d, seed %d", rank, comm.get_world_size(), seed)
+    if args is not None:
+        logger.info("Command line: %s", " ".join(sys.argv))
+    if comm.is_main_process():
+        (output_dir / "config.yaml").write_text(cfg.dump())
+        logger.info("Full config saved to %s", output_dir / "config.yaml")
+    if cfg.CUDNN_BENCHMARK:
+        torch.backends.cudnn.benchmark = True
+    cfg.freeze()
+    return cfg
