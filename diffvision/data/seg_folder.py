@@ -1,4 +1,4 @@
-"""Generic semantic-segmentation folder format and the map-style dataset shared by all sem-seg sources.
+"""Generic semantic-segmentation folder format and the map-style dataset shared by sem-seg sources.
 
 Folder format (one folder per split)::
 
