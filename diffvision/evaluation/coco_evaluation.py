@@ -1,0 +1,231 @@
+"""COCO box AP with pycocotools, gathered across processes.
+
+Usage (the detectron2 evaluator protocol)::
+
+    evaluator = COCOEvaluator("coco_2017_val", output_dir="output/inference")
+    evaluator.reset()
+    for inputs in loader:
+        evaluator.process(inputs, model(inputs))
+    metrics = evaluator.evaluate()  # {"bbox/AP": 45.1, "bbox/AP50": ..., "bbox/AP-person": ...}
+
+Predictions are per-image dicts ``{"boxes": (n, 4) xyxy in ORIGINAL image pixels, "scores": (n,),
+"labels": (n,) contiguous class ids}`` (a dict wrapped as ``{"instances": {...}}`` is accepted
+too). They are converted to COCO results (xywh, json category ids), gathered on the main process
+with :func:`diffvision.engine.comm.all_gather`, written to ``coco_instances_results.json`` and
+scored with ``COCOeval`` (``maxDets`` 1/10/100, as detectron2's evaluator; every prediction is
+submitted). AP values are percentages; a metric without ground truth (e.g. APl when there are
+no large objects) is NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffvision.engine import comm
+
+__all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file"]
+
+logger = logging.getLogger(__name__)
+
+_COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def resolve_json_file(dataset: str | os.PathLike) -> Path:
+    """Annotation json of a registered dataset name, or ``dataset`` itself if it is a json path."""
+    if str(dataset).endswith(".json") or os.path.isfile(dataset):
+        path = Path(dataset)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {path}")
+        return path
+    from diffvision.data.catalog import get_detection_dataset
+
+    path = get_detection_dataset(str(dataset)).json_file
+    if not path.is_file():
+        from diffvision.data.catalog import missing_data_hint
+
+        raise FileNotFoundError(
+            f"annotation file of dataset '{dataset}' not found: {path}. {missing_data_hint()}"
+        )
+    return path
+
+
+def _unwrap(output: dict[str, Any]) -> dict[str, Any]:
+    return output["instances"] if "instances" in output else output
+
+
+def instances_to_coco_results(
+    output: dict[str, Any], *, image_id: int, contiguous_to_dataset_id: dict[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """Convert one image's predictions to COCO result entries.
+
+    Args:
+        output: ``boxes`` (n, 4) xyxy, ``scores`` (n,), ``labels`` (n,) (tensors or arrays).
+        image_id: the json image id.
+        contiguous_to_dataset_id: label -> json category id (identity if None).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+    """
+    output = _unwrap(output)
+    boxes = torch.as_tensor(output["boxes"]).detach().cpu().double().reshape(-1, 4)
+    scores = torch.as_tensor(output["scores"]).detach().cpu().double().reshape(-1).tolist()
+    labels = torch.as_tensor(output["labels"]).detach().cpu().reshape(-1).tolist()
+    boxes[:, 2:] -= boxes[:, :2]
+    results = []
+    for box, score, label in zip(boxes.tolist(), scores, labels):
+        category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
+        results.append({"image_id": image_id, "category_id": category, "bbox": box, "score": score})
+    return results
+
+
+class COCOEvaluator:
+    """Box AP on a COCO-format dataset.
+
+    Args:
+        dataset: registered dataset name (``coco_2017_val``, ``toy_detection_val``, a custom
+            name) or the path of a COCO-format json.
+        output_dir: where ``coco_instances_results.json`` is written (nothing written if None).
+        distributed: gather predictions from every process; only the main process evaluates
+            and the others return ``{}``. With False each process evaluates what it saw.
+    """
+
+    results_file_name = "coco_instances_results.json"
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike,
+        output_dir: str | os.PathLike | None = None,
+        *,
+        distributed: bool = True,
+    ) -> None:
+        self.json_file = resolve_json_file(dataset)
+        self.dataset_name = str(dataset)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.distributed = distributed
+        self._predictions: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        """Forget the predictions processed so far."""
+        self._predictions = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        """Store the predictions of one batch.
+
+        Args:
+            inputs: batch dicts with ``image_id``.
+            outputs: per-image predictions (see the module docstring), same order as inputs.
+        """
+        for inp, out in zip(inputs, outputs):
+            self._predictions.append(
+                {
+                    "image_id": inp["image_id"],
+                    # contiguous labels here; json ids are attached on the main process
+                    "instances": instances_to_coco_results(out, image_id=inp["image_id"]),
+                }
+            )
+
+    def _gathered(self) -> list[dict[str, Any]] | None:
+        if not self.distributed:
+            return self._predictions
+        comm.synchronize()
+        gathered = comm.all_gather(self._predictions)
+        if not comm.is_main_process():
+            return None
+        return [p for rank_predictions in gathered for p in rank_predictions]
+
+    def evaluate(self) -> dict[str, float]:
+        """Gather, write the results json, and score.
+
+        Returns:
+            ``bbox/AP, bbox/AP50, bbox/AP75, bbox/APs, bbox/APm, bbox/APl`` and
+            ``bbox/AP-<class name>`` in percent on the main process; ``{}`` elsewhere.
+        """
+        predictions = self._gathered()
+        if predictions is None:
+            return {}
+        if not predictions:
+            logger.warning("%s: no images were processed; nothing to evaluate", self.dataset_name)
+            return {}
+        gt = self._load_ground_truth()
+        id_map = dict(enumerate(self._sorted_category_ids(gt)))
+        results = []
+        for p in predictions:
+            for r in p["instances"]:
+                results.append({**r, "category_id": id_map[r["category_id"]]})
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            path = self.output_dir / self.results_file_name
+            with open(path, "w") as f:
+                json.dump(results, f)
+            logger.info("Wrote %d detections to %s", len(results), path)
+        image_ids = sorted({p["image_id"] for p in predictions})
+        metrics = self._score(gt, results, image_ids)
+        logger.info(
+            "%s box AP (%d images): %s",
+            self.dataset_name,
+            len(image_ids),
+            ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "-" not in k),
+        )
+        return metrics
+
+    # -- backend specific ------------------------------------------------------------------
+
+    def _load_ground_truth(self) -> Any:
+        from pycocotools.coco import COCO
+
+        with open(self.json_file) as f:
+            data = json.load(f)
+        # Custom datasets often omit these; COCOeval needs them.
+        for ann in data.get("annotations", []):
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann:
+                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        coco = COCO()
+        coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    @staticmethod
+    def _sorted_category_ids(gt: Any) -> list[int]:
+        return sorted(gt.getCatIds())
+
+    def _score(self, gt: Any, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+        from pycocotools.cocoeval import COCOeval
+
+        class_names = [gt.cats[c]["name"] for c in self._sorted_category_ids(gt)]
+        if not results:
+            logger.warning("%s: no predictions; all AP are 0", self.dataset_name)
+            metrics = {f"bbox/{m}": 0.0 for m in _COCO_METRICS}
+            metrics.update({f"bbox/AP-{name}": 0.0 for name in class_names})
+            return metrics
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            dt = gt.loadRes(copy.deepcopy(results))
+            coco_eval = COCOeval(gt, dt, "bbox")
+            coco_eval.params.imgIds = image_ids
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        logger.info("COCOeval:\n%s", buf.getvalue())
+        metrics = {
+            f"bbox/{m}": float(s * 100) if s >= 0 else float("nan")
+            for m, s in zip(_COCO_METRICS, coco_eval.stats)
+        }
+        # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
+        precision = coco_eval.eval["precision"]
+        for k, name in enumerate(class_names):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            metrics[f"bbox/AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
+        return metrics
