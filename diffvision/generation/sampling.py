@@ -1,0 +1,274 @@
+"""Image sampling from a trained :class:`~diffvision.generation.model.DDPMModel`.
+
+One reverse loop over the diffusion core's samplers (DDPM, DDIM, DPM-Solver++) with three optional
+modifications:
+
+- **Classifier-free guidance** (Ho & Salimans 2022, eq. 6): ``ε̃ = ε(x, ∅) + s (ε(x, y) − ε(x, ∅))``
+  applied to the mean channels (any prediction type, as it is linear); learned variance channels
+  are taken from the conditional branch (as GLIDE does). ``s = 1`` is plain conditional sampling.
+- **SDEdit** (Meng et al. 2022, §3, Alg. 1): start from the guide image noised to
+  ``t₀ = strength · T`` by q(x_{t₀}|x_0) and run only the sampler steps with ``t ≤ t₀`` (the
+  diffusers img2img convention for how many of ``num_steps`` are used).
+- **ILVR** (Choi et al. 2021, eq. 7 / Alg. 1): after each step,
+  ``x_{t-1} ← φ_N(y_{t-1}) + x_{t-1} − φ_N(x_{t-1})`` with ``y_{t-1} ~ q(y_{t-1}|y)`` of the
+  reference image and ``φ_N`` a low-pass filter (down-sampling by ``N`` and up-sampling back).
+
+With ``sampler="ddpm"`` a UNet with learned variance samples with its own variance
+Σ_θ = exp(v log β + (1 − v) log β̃) of the (strided) step (Nichol & Dhariwal 2021, eq. 15).
+All noise comes from one CPU ``torch.Generator``, so results are reproducible for a seed whatever
+the device and the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffvision.diffusion.base import StepOutput
+from diffvision.diffusion.ddpm import DDPMSampler, ddpm_step
+from diffvision.diffusion.dpm_solver import DPMSolverPPSampler, dpm_solver_pp_step
+from diffvision.diffusion.forward import add_noise
+from diffvision.diffusion.sampling import SAMPLERS, build_sampler
+from diffvision.generation.losses import learned_log_variance
+from diffvision.generation.model import DDPMModel
+
+__all__ = ["SAMPLER_NAMES", "generate", "guided_model_output", "low_pass"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_NAMES = tuple(SAMPLERS)
+DDPMVariance = Literal["learned", "fixed_small", "fixed_large"]
+
+
+def low_pass(x: Tensor, factor: int) -> Tensor:
+    """ILVR's φ_N: down-sample by ``factor`` (antialiased bicubic), up-sample back (bicubic).
+
+    Args:
+        x: ``(B, C, H, W)`` images.
+        factor: the down-sampling factor ``N`` (1 = identity); must divide ``H`` and ``W``.
+    """
+    if factor < 1 or x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(f"ILVR factor {factor} must be >= 1 and divide the size {x.shape[-2:]}")
+    if factor == 1:
+        return x
+    size = x.shape[-2:]
+    small = F.interpolate(x, scale_factor=1.0 / factor, mode="bicubic", antialias=True)
+    return F.interpolate(small, size=size, mode="bicubic", align_corners=False)
+
+
+def guided_model_output(
+    model: DDPMModel, x_t: Tensor, t: Tensor, y: Tensor | None, *, guidance_scale: float
+) -> Tensor:
+    """UNet output with classifier-free guidance on the mean channels.
+
+    Args:
+        model: the DDPM (its UNet must have a null class for ``guidance_scale != 1``).
+        x_t: ``(B, C, S, S)``; ``t``: ``(B,)`` model timesteps; ``y``: ``(B,)`` labels or ``None``.
+        guidance_scale: ``s`` of Ho & Salimans (1 = no guidance).
+
+    Returns:
+        ``(B, C or 2C, S, S)``.
+    """
+    unet = model.unet
+    if guidance_scale == 1.0 or y is None:
+        return unet(x_t, t, y)
+    if not unet.null_class:
+        raise ValueError("classifier-free guidance needs a UNet trained with a null class")
+    null = torch.full_like(y, unet.num_classes)
+    out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+    cond, uncond = out.chunk(2)
+    c = x_t.shape[1]
+    mean = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
+    return torch.cat([mean, cond[:, c:]], dim=1)
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device):
+    return torch.randn(shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def generate(
+    model: DDPMModel,
+    *,
+    num_samples: int,
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    eta: float = 0.0,
+    order: int = 2,
+    variance: DDPMVariance | None = None,
+    guidance_scale: float = 1.0,
+    labels: Tensor | None = None,
+    clip_denoised: bool = True,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    init_image: Tensor | None = None,
+    strength: float = 1.0,
+    ilvr_reference: Tensor | None = None,
+    ilvr_factor: int = 4,
+) -> Tensor:
+    """Sample ``num_samples`` images.
+
+    Args:
+        model: the trained DDPM (use the EMA weights for quality).
+        num_samples: ``N``.
+        sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"``.
+        num_steps: model evaluations over the full chain (fewer with ``strength < 1``).
+        eta: DDIM's η.
+        order: DPM-Solver++ order.
+        variance: DDPM step variance; default ``"learned"`` for UNets with learned variance,
+            else ``"fixed_small"`` (β̃).
+        guidance_scale: classifier-free guidance scale ``s``.
+        labels: ``(N,)`` class labels for a class-conditional UNet; ``None`` = the null class if
+            the UNet has one, else ``arange(N) % num_classes``.
+        clip_denoised: clamp x̂_0 to [-1, 1] at every step.
+        generator: CPU generator for the initial and per-step noise.
+        batch_size: images per forward pass (default all).
+        init_image: SDEdit guide, ``(N or 1, C, S, S)`` in [-1, 1].
+        strength: SDEdit ``t₀ / T`` in (0, 1] (1 = from pure noise; ignored without init_image).
+        ilvr_reference: ILVR reference, ``(N or 1, C, S, S)`` in [-1, 1].
+        ilvr_factor: ILVR down-sampling factor ``N``.
+
+    Returns:
+        ``(N, C, S, S)`` float32 images in [-1, 1] on the model's device.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; one of {list(SAMPLERS)}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1], got {strength}")
+    unet = model.unet
+    device = model.device
+    sched = model.schedule_on(device)
+    c, s = unet.in_channels, unet.image_size
+    if variance is None:
+        variance = "learned" if unet.learn_sigma else "fixed_small"
+    if variance not in ("learned", "fixed_small", "fixed_large"):
+        raise ValueError(f"variance must be learned/fixed_small/fixed_large, got {variance!r}")
+    if variance == "learned" and not unet.learn_sigma:
+        raise ValueError("variance='learned' needs a UNet with learn_sigma=True")
+    if labels is None and unet.num_classes is not None and not unet.null_class:
+        labels = torch.arange(num_samples) % unet.num_classes
+    if labels is not None and len(labels) != num_samples:
+        raise ValueError(f"got {len(labels)} labels for {num_samples} samples")
+
+    solver = build_sampler(
+        sampler,
+        sched,
+        num_steps=num_steps,
+        eta=eta,
+        order=order,
+        variance="fixed_small" if variance == "learned" else variance,
+        prediction_type=model.prediction_type,
+        clip=1.0 if clip_denoised else None,
+    )
+    start = 0
+    if init_image is not None and strength < 1.0:
+        t_start = int(strength * model.num_timesteps) - 1
+        kept = (solver.timesteps <= t_start).nonzero()
+        if len(kept) == 0:
+            raise ValueError(f"strength {strength} leaves no sampling step of {num_steps}")
+        start = int(kept[0])
+    batch_size = batch_size or num_samples
+    outputs = []
+    for lo in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - lo)
+        y = None if labels is None else labels[lo : lo + n].to(device).long()
+        x = _randn((n, c, s, s), generator, device)
+        if init_image is not None:
+            t0 = int(solver.timesteps[start])
+            guide = _expand(init_image, lo, n).to(device)
+            x = add_noise(sched, guide, x, t0) if strength < 1.0 else x
+        ref = None if ilvr_reference is None else _expand(ilvr_reference, lo, n).to(device)
+        outputs.append(
+            _reverse_loop(
+                model, solver, x, y, start=start, variance=variance,
+                guidance_scale=guidance_scale, generator=generator,
+                ilvr_reference=ref, ilvr_factor=ilvr_factor,
+            )
+        )  # fmt: skip
+    return torch.cat(outputs).float().clamp(-1, 1)
+
+
+def _expand(images: Tensor, lo: int, n: int) -> Tensor:
+    if images.ndim != 4:
+        raise ValueError(f"guide/reference images must be (N, C, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 1:
+        return images.expand(n, -1, -1, -1)
+    return images[lo : lo + n]
+
+
+def _reverse_loop(
+    model: DDPMModel,
+    solver,
+    x: Tensor,
+    y: Tensor | None,
+    *,
+    start: int,
+    variance: DDPMVariance,
+    guidance_scale: float,
+    generator: torch.Generator | None,
+    ilvr_reference: Tensor | None,
+    ilvr_factor: int,
+) -> Tensor:
+    sched = solver.schedule
+    c = x.shape[1]
+    model_t = sched.timestep_map[solver.timesteps].to(x.device)
+    history: tuple = ()
+    for i in range(start, solver.num_steps):
+        t, t_prev = int(solver.timesteps[i]), int(solver.prev_timesteps[i])
+        out = guided_model_output(
+            model, x, model_t[i].expand(x.shape[0]), y, guidance_scale=guidance_scale
+        )
+        pred = out[:, :c]
+        if isinstance(solver, DPMSolverPPSampler):
+            order = min(solver.orders[i], len(history) + 1)  # SDEdit may start mid-grid
+            x, _, history = dpm_solver_pp_step(
+                sched, pred, x, t, t_prev, history=history, order=order,
+                prediction_type=solver.prediction_type, clip=solver.clip,
+            )  # fmt: skip
+        elif isinstance(solver, DDPMSampler) and variance == "learned":
+            x = _learned_variance_step(
+                solver, pred, out[:, c:], x, t, t_prev, generator
+            ).prev_sample
+        else:
+            noise = _randn(tuple(x.shape), generator, x.device) if solver.stochastic else None
+            x, _ = solver.step(pred, i, x, noise=noise)
+        if ilvr_reference is not None and t_prev >= 0:
+            noise = _randn(tuple(x.shape), generator, x.device)
+            y_prev = add_noise(sched, ilvr_reference, noise, t_prev)
+            x = x - low_pass(x, ilvr_factor) + low_pass(y_prev, ilvr_factor)
+    return x
+
+
+def _learned_variance_step(
+    solver: DDPMSampler,
+    pred: Tensor,
+    v_raw: Tensor,
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    generator: torch.Generator | None,
+) -> StepOutput:
+    """Ancestral step with Σ_θ of Nichol & Dhariwal eq. 15 for the step t → t_prev."""
+    sched = solver.schedule
+    mean, x0 = ddpm_step(
+        sched, pred, x, t, t_prev, noise=torch.zeros_like(x),
+        prediction_type=solver.prediction_type, clip=solver.clip,
+    )  # fmt: skip
+    if t_prev < 0:
+        return StepOutput(mean, x0)
+    a_t = float(sched.alphas_cumprod[t])
+    a_prev = float(sched.alphas_cumprod[t_prev])
+    beta = 1.0 - a_t / a_prev
+    beta_tilde = (1.0 - a_prev) / (1.0 - a_t) * beta
+    log_var = learned_log_variance(
+        v_raw.float(),
+        log_beta=torch.tensor(math.log(beta)),
+        log_posterior_variance_clipped=torch.tensor(math.log(max(beta_tilde, 1e-20))),
+    ).to(x.dtype)
+    noise = _randn(tuple(x.shape), generator, x.device)
+    return StepOutput(mean + torch.exp(0.5 * log_var) * noise, x0)
