@@ -87,11 +87,17 @@ def build_resnet_fpn_backbone(
     freeze_at: int = 2,
     in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
     out_channels: int = 256,
+    stride_in_1x1: bool = False,
 ) -> FPN:
-    """ResNet-FPN as in detectron2 ``build_resnet_fpn_backbone`` (FrozenBN, stride on the 3x3)."""
+    """ResNet-FPN as in detectron2 ``build_resnet_fpn_backbone`` (FrozenBN in every stage)."""
     from diffvision.modeling.resnet import ResNet
 
-    bottom_up = ResNet(depth=depth, freeze_at=freeze_at, out_features=tuple(in_features))
+    bottom_up = ResNet(
+        depth=depth,
+        freeze_at=freeze_at,
+        out_features=tuple(in_features),
+        stride_in_1x1=stride_in_1x1,
+    )
     return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels)
 
 

@@ -108,10 +108,20 @@ class BasicBlock(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-    """1x1 -> 3x3 (stride here, ``STRIDE_IN_1X1: False``) -> 1x1 with a residual (ResNet-50/101)."""
+    """1x1 -> 3x3 -> 1x1 with a residual (ResNet-50/101).
+
+    The stride sits on the 3x3 (torchvision, ``STRIDE_IN_1X1: False``, DiffusionDet) or on the
+    first 1x1 (MSRA, ``stride_in_1x1=True``).
+    """
 
     def __init__(
-        self, *, in_channels: int, out_channels: int, bottleneck_channels: int, stride: int = 1
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        bottleneck_channels: int,
+        stride: int = 1,
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         self.shortcut = (
@@ -119,8 +129,11 @@ class BottleneckBlock(nn.Module):
             if in_channels != out_channels
             else None
         )
-        self.conv1 = _conv(in_channels, bottleneck_channels, 1)
-        self.conv2 = _conv(bottleneck_channels, bottleneck_channels, 3, stride=stride, padding=1)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = _conv(in_channels, bottleneck_channels, 1, stride=stride_1x1)
+        self.conv2 = _conv(
+            bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, padding=1
+        )
         self.conv3 = _conv(bottleneck_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +152,7 @@ class ResNet(nn.Module):
         freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and ``res2`` (detectron2
             ``BACKBONE.FREEZE_AT``; DiffusionDet uses 2), up to 5.
         out_features: which of ``res2..res5`` ``forward`` returns.
+        stride_in_1x1: bottleneck stride on the first 1x1 (MSRA) instead of the 3x3 (torchvision).
 
     Input (B, 3, H, W) normalised; output ``{"res{k}": (B, C_k, H/2^k, W/2^k)}``.
     """
@@ -149,6 +163,7 @@ class ResNet(nn.Module):
         depth: int = 50,
         freeze_at: int = 2,
         out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
+        stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         if depth not in RESNET_DEPTHS:
@@ -179,6 +194,7 @@ class ResNet(nn.Module):
                         out_channels=out_ch,
                         bottleneck_channels=64 * 2**idx,
                         stride=stride,
+                        stride_in_1x1=stride_in_1x1,
                     )
                 blocks.append(block)
                 in_ch = out_ch
