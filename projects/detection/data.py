@@ -1,0 +1,349 @@
+"""Config -> detection data: train/test loaders, evaluators, class metadata (DiffusionDet).
+
+The only place in the detection data path that reads the config. Keys read:
+
+- ``DATASETS.TRAIN``, ``DATASETS.TEST``, ``DATASETS.CUSTOM`` (added here, see below)
+- ``INPUT.MIN_SIZE_TRAIN``, ``MAX_SIZE_TRAIN``, ``MIN_SIZE_TRAIN_SAMPLING``, ``MIN_SIZE_TEST``,
+  ``MAX_SIZE_TEST``, ``RANDOM_FLIP``, ``FORMAT`` (must be RGB), ``CROP.{ENABLED, TYPE, SIZE}``,
+  ``CROP.PRE_RESIZE_MIN_SIZES`` (added here)
+- ``DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, SAMPLER_TRAIN, REPEAT_THRESHOLD, REPEAT_SQRT,
+  FILTER_EMPTY_ANNOTATIONS}``, ``SOLVER.IMS_PER_BATCH`` (total over processes),
+  ``TEST.IMS_PER_BATCH`` (per process), ``SEED``
+- ``MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER`` (federated-loss class weights)
+
+Custom COCO-format datasets (the official repository's most asked-for feature) are declared in
+the config, one string per dataset, and can then be used in ``DATASETS.TRAIN``/``TEST``::
+
+    DATASETS:
+      CUSTOM: ["my_train:data/my/train.json:data/my/train_images",
+               "my_val:data/my/val.json:data/my/val_images"]
+      TRAIN: ("my_train",)
+      TEST: ("my_val",)
+
+Relative paths are relative to the working directory. A name containing ``lvis`` is evaluated
+with the LVIS evaluator, any other with COCO's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from diffvision.config import CN
+from diffvision.data.catalog import (
+    get_detection_dataset,
+    load_detection_dataset,
+    register_coco_dataset,
+)
+from diffvision.data.coco import DetectionMetadata
+from diffvision.data.detection_mapper import DetectionDatasetMapper
+from diffvision.data.detection_transforms import RandomCrop, RandomFlip, ResizeShortestEdge
+from diffvision.data.samplers import (
+    AspectRatioGroupedBatches,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+    repeat_factors_from_category_frequency,
+)
+from diffvision.engine import comm
+from diffvision.evaluation.coco_evaluation import COCOEvaluator
+from diffvision.evaluation.lvis_evaluation import LVISEvaluator
+from projects.detection.criterion import get_fed_loss_cls_weights
+
+__all__ = [
+    "add_detection_data_config",
+    "build_detection_evaluator",
+    "build_detection_test_loader",
+    "build_detection_train_loader",
+    "build_fed_loss_cls_weights",
+    "build_test_mapper",
+    "build_train_mapper",
+    "get_detection_metadata",
+    "get_detection_dataset_dicts",
+    "register_custom_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def add_detection_data_config(cfg: CN) -> None:
+    """Add the detection-data keys that detectron2's defaults lack (idempotent).
+
+    - ``DATASETS.CUSTOM``: list of ``"name:json_file:image_root"`` COCO-format datasets.
+    - ``INPUT.CROP.PRE_RESIZE_MIN_SIZES``: the short-side choices of the resize before the
+      random crop in DiffusionDet's crop branch; official hard-coded ``(400, 500, 600)``
+      (reference ``diffusiondet.md`` §4.5). Small-image configs (the toy set) lower it.
+    """
+    if "CUSTOM" not in cfg.DATASETS:
+        cfg.DATASETS.CUSTOM = []
+    if "PRE_RESIZE_MIN_SIZES" not in cfg.INPUT.CROP:
+        cfg.INPUT.CROP.PRE_RESIZE_MIN_SIZES = (400, 500, 600)
+
+
+def register_custom_datasets(cfg: CN) -> None:
+    """Register every ``DATASETS.CUSTOM`` entry (safe to call repeatedly)."""
+    for entry in cfg.DATASETS.get("CUSTOM", []):
+        parts = str(entry).split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"DATASETS.CUSTOM entry {entry!r} must be 'name:json_file:image_root'")
+        name, json_file, image_root = parts
+        register_coco_dataset(name, json_file=json_file, image_root=image_root)
+
+
+def get_detection_dataset_dicts(
+    names: str | Sequence[str], *, filter_empty: bool = False
+) -> tuple[list[dict[str, Any]], DetectionMetadata]:
+    """Dataset dicts of one or more registered datasets, concatenated.
+
+    Args:
+        names: dataset name(s); all must share the same classes.
+        filter_empty: drop images without non-crowd annotations.
+
+    Returns:
+        ``(dicts, metadata)`` (the dicts are shared with the loader cache: do not modify).
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    all_dicts, metadata = [], None
+    for name in names:
+        dicts, meta = load_detection_dataset(name)
+        if metadata is not None and meta.thing_classes != metadata.thing_classes:
+            raise ValueError(f"dataset '{name}' has other classes than '{names[0]}'")
+        metadata = meta
+        all_dicts.extend(dicts)
+    if filter_empty:
+        before = len(all_dicts)
+        all_dicts = [d for d in all_dicts if any(not a.get("iscrowd", 0) for a in d["annotations"])]
+        logger.info("Removed %d images without annotations", before - len(all_dicts))
+    return all_dicts, metadata
+
+
+def get_detection_metadata(cfg: CN, dataset_name: str | None = None) -> DetectionMetadata:
+    """Class metadata of ``dataset_name`` (default: the first training dataset)."""
+    register_custom_datasets(cfg)
+    name = dataset_name or (cfg.DATASETS.TRAIN or cfg.DATASETS.TEST)[0]
+    return load_detection_dataset(name)[1]
+
+
+def build_fed_loss_cls_weights(cfg: CN) -> torch.Tensor:
+    """Federated-loss class weights ``image_count ** power`` for the training datasets.
+
+    Uses LVIS ``image_count`` metadata when the json has it, else counts images per class.
+    """
+    power = cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER
+    register_custom_datasets(cfg)
+    dicts, metadata = get_detection_dataset_dicts(cfg.DATASETS.TRAIN)
+    if metadata.class_image_count is not None and len(cfg.DATASETS.TRAIN) == 1:
+        return torch.tensor(metadata.class_image_count, dtype=torch.float32) ** power
+    weights = get_fed_loss_cls_weights(dicts, power=power)
+    # classes that never occur still need an entry
+    full = torch.zeros(len(metadata.thing_classes))
+    full[: len(weights)] = weights
+    return full
+
+
+# ---------------------------------------------------------------------------------------------
+# Mappers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_format(cfg: CN) -> None:
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ValueError(
+            f"DiffusionDet models take RGB input; INPUT.FORMAT is {cfg.INPUT.FORMAT!r}"
+        )
+
+
+def build_train_mapper(cfg: CN) -> DetectionDatasetMapper:
+    """DiffusionDet's training mapper: flip + multi-scale resize, or the crop branch (p=0.5)."""
+    _check_format(cfg)
+    resize = ResizeShortestEdge(
+        short_edge_length=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
+        max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+        sample_style=cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+    )
+    flip = [] if cfg.INPUT.RANDOM_FLIP == "none" else [RandomFlip(direction=cfg.INPUT.RANDOM_FLIP)]
+    augmentations = [*flip, resize]
+    crop_augmentations = None
+    if cfg.INPUT.CROP.ENABLED:
+        crop_augmentations = [
+            *flip,
+            ResizeShortestEdge(
+                short_edge_length=tuple(cfg.INPUT.CROP.get("PRE_RESIZE_MIN_SIZES", (400, 500, 600)))
+            ),
+            RandomCrop(crop_type=cfg.INPUT.CROP.TYPE, crop_size=tuple(cfg.INPUT.CROP.SIZE)),
+            resize,
+        ]
+    return DetectionDatasetMapper(
+        augmentations=augmentations, crop_augmentations=crop_augmentations, is_train=True
+    )
+
+
+def build_test_mapper(cfg: CN) -> DetectionDatasetMapper:
+    """Test mapper: ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, no annotations."""
+    _check_format(cfg)
+    resize = ResizeShortestEdge(
+        short_edge_length=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST
+    )
+    return DetectionDatasetMapper(augmentations=[resize], is_train=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and loaders
+# ---------------------------------------------------------------------------------------------
+
+
+class _SerializedList:
+    """A list of dicts stored as one pickled byte buffer.
+
+    Python objects in a list are copied page by page into every forked data-loader worker as
+    their reference counts change; one numpy buffer is shared (detectron2 does the same).
+    """
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        blobs = [np.frombuffer(pickle.dumps(x, protocol=-1), dtype=np.uint8) for x in items]
+        self._offsets = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._data = np.concatenate(blobs) if blobs else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: int) -> Any:
+        start = 0 if i == 0 else int(self._offsets[i - 1])
+        return pickle.loads(memoryview(self._data[start : int(self._offsets[i])]))
+
+
+class _MappedDataset(Dataset):
+    def __init__(self, dicts: _SerializedList, mapper: DetectionDatasetMapper) -> None:
+        self.dicts = dicts
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self.dicts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.mapper(self.dicts[i])
+
+
+class _SampledStream(IterableDataset):
+    """Map the indices of an infinite sampler; data-loader worker w maps every w-th index."""
+
+    def __init__(self, dataset: _MappedDataset, sampler: Any) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for idx in itertools.islice(self.sampler, worker, None, num_workers):
+            yield self.dataset[idx]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _TrainBatches:
+    """Infinite iterable of per-process batches (lists of mapped dicts)."""
+
+    def __init__(self, loader: DataLoader, *, batch_size: int, group_by_aspect: bool) -> None:
+        self.loader = loader
+        self.batch_size = batch_size
+        self.group_by_aspect = group_by_aspect
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        if self.group_by_aspect:
+            yield from AspectRatioGroupedBatches(self.loader, batch_size=self.batch_size)
+            return
+        stream = iter(self.loader)
+        while True:
+            yield list(itertools.islice(stream, self.batch_size))
+
+
+def build_detection_train_loader(cfg: CN) -> _TrainBatches:
+    """Infinite training loader of this process.
+
+    Yields lists of ``SOLVER.IMS_PER_BATCH // world_size`` mapped dicts (see
+    :mod:`diffvision.data.detection_mapper` for their layout).
+    """
+    register_custom_datasets(cfg)
+    world_size = comm.get_world_size()
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of processes "
+            f"({world_size})"
+        )
+    dicts, _ = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    seed = cfg.SEED if cfg.SEED >= 0 else None
+    sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
+    if sampler_name == "TrainingSampler":
+        sampler = TrainingSampler(len(dicts), seed=seed)
+    elif sampler_name == "RepeatFactorTrainingSampler":
+        factors = repeat_factors_from_category_frequency(
+            dicts, repeat_thresh=cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+        )
+        sampler = RepeatFactorTrainingSampler(factors, seed=seed)
+    else:
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN must be 'TrainingSampler' or "
+            f"'RepeatFactorTrainingSampler', got {sampler_name!r}"
+        )
+    logger.info("Training on %d images of %s with %s", len(dicts), cfg.DATASETS.TRAIN, sampler_name)
+    stream = _SampledStream(
+        _MappedDataset(_SerializedList(dicts), build_train_mapper(cfg)), sampler
+    )
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        persistent_workers=num_workers > 0,
+    )
+    return _TrainBatches(
+        loader,
+        batch_size=total // world_size,
+        group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+    )
+
+
+def build_detection_test_loader(
+    cfg: CN, dataset_name: str, *, batch_size: int | None = None
+) -> DataLoader:
+    """Finite test loader over this process's shard of ``dataset_name``.
+
+    Batches are lists of ``TEST.IMS_PER_BATCH`` (or ``batch_size``) mapped dicts without
+    annotations, resized to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``.
+    """
+    register_custom_datasets(cfg)
+    dicts, _ = get_detection_dataset_dicts(dataset_name)
+    dataset = _MappedDataset(_SerializedList(dicts), build_test_mapper(cfg))
+    return DataLoader(
+        dataset,
+        sampler=InferenceSampler(len(dataset)),
+        batch_size=batch_size or cfg.TEST.IMS_PER_BATCH,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=list,
+    )
+
+
+def build_detection_evaluator(
+    cfg: CN, dataset_name: str, output_dir: str | None = None
+) -> COCOEvaluator:
+    """COCO evaluator, or LVIS for LVIS-type datasets (names containing ``lvis``)."""
+    register_custom_datasets(cfg)
+    info = get_detection_dataset(dataset_name)
+    if info.evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, output_dir)
+    return COCOEvaluator(dataset_name, output_dir)
