@@ -48,6 +48,13 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Return ``value`` converted to the type of ``default``, or raise :class:`ConfigError`."""
     if default is None or value is None:
         return value
+    if isinstance(value, str) and not isinstance(default, str):
+        # YAML reads detectron2's ``STEPS: (210000, 250000)`` as a string: decode Python literals
+        # like yacs does.
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

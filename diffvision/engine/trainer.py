@@ -179,7 +179,7 @@ class Trainer:
             )
         losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
             raise FloatingPointError(
                 f"Loss became non-finite at iteration {self.iter}: {detail}. Training stopped; "
                 "the last checkpoint written before this iteration is intact. Try a lower "
