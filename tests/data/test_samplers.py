@@ -1,0 +1,76 @@
+"""Training/inference samplers and aspect-ratio grouping (detectron2 semantics)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from diffvision.data.samplers import (
+    AspectRatioGroupedBatches,
+    InferenceSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+    repeat_factors_from_category_frequency,
+)
+
+
+def take(it, n):
+    return list(itertools.islice(iter(it), n))
+
+
+def test_training_sampler_is_seeded_and_sharded():
+    full = take(TrainingSampler(10, seed=3, rank=0, world_size=1), 30)
+    assert sorted(full[:10]) == list(range(10)) and sorted(full[10:20]) == list(range(10))
+    assert full == take(TrainingSampler(10, seed=3, rank=0, world_size=1), 30)
+    shards = [take(TrainingSampler(10, seed=3, rank=r, world_size=2), 15) for r in range(2)]
+    assert shards[0] == full[0::2] and shards[1] == full[1::2]
+    with pytest.raises(ValueError, match="rank"):
+        TrainingSampler(10, seed=0, rank=2, world_size=2)
+
+
+def test_repeat_factors_closed_form():
+    # class 0 in all 4 images (f = 1), class 1 in 1 image (f = 0.25); t = 1
+    dicts = [{"annotations": [{"category_id": 0}]} for _ in range(3)]
+    dicts.append({"annotations": [{"category_id": 0}, {"category_id": 1}]})
+    dicts.append({"annotations": []})
+    factors = repeat_factors_from_category_frequency(dicts, repeat_thresh=1.0)
+    # f(0) = 4/5 -> sqrt(1.25); f(1) = 1/5 -> sqrt(5); empty image -> 1
+    expected = [math.sqrt(1.25)] * 3 + [math.sqrt(5.0), 1.0]
+    assert factors.tolist() == pytest.approx(expected)
+    lvis_like = repeat_factors_from_category_frequency(dicts, repeat_thresh=0.001)
+    assert lvis_like.tolist() == [1.0] * 5
+
+
+def test_repeat_factor_sampler_mean_repeats():
+    # 2000 copies of three images: the mean repeat per image type is the factor
+    factors = torch.tensor([1.0, 2.5, 1.2]).repeat(2000)
+    sampler = RepeatFactorTrainingSampler(factors, seed=0, rank=0, world_size=1)
+    indices = sampler.epoch_indices(torch.Generator().manual_seed(0))
+    counts = torch.bincount(indices % 3, minlength=3).float() / 2000
+    assert counts.tolist() == pytest.approx([1.0, 2.5, 1.2], abs=0.05)
+    assert set(
+        take(RepeatFactorTrainingSampler(factors[:3], seed=0, rank=0, world_size=1), 50)
+    ) == {
+        0,
+        1,
+        2,
+    }
+
+
+@pytest.mark.parametrize("size,world", [(10, 3), (2, 4), (7, 1)])
+def test_inference_sampler_covers_each_index_once(size, world):
+    shards = [list(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(size))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_aspect_ratio_grouping():
+    def item(h, w, i):
+        return {"image": torch.zeros(3, h, w), "i": i}
+
+    stream = [item(10, 20, 0), item(20, 10, 1), item(10, 30, 2), item(30, 10, 3), item(5, 9, 4)]
+    batches = list(AspectRatioGroupedBatches(stream, batch_size=2))
+    assert [[d["i"] for d in b] for b in batches] == [[0, 2], [1, 3]]
