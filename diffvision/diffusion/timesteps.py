@@ -1,0 +1,65 @@
+"""Inference timestep grids: which of the T training timesteps a sampler visits.
+
+Spacings (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2,
+and the DPM-Solver reference implementation), for T training steps and N sampling steps:
+
+- ``leading``:  (N - 1 - k) · (T // N), k = 0..N-1 (DDIM / improved-diffusion "ddimN" strides).
+- ``trailing``: round(T - k · T / N) - 1, k = 0..N-1 (always starts at T - 1).
+- ``linspace``: round(linspace(0, T - 1, N)), descending (starts at T - 1, ends at 0).
+- ``dpm_solver``: round(linspace(0, T - 1, N + 1)) descending, last entry dropped: the discrete
+  time-uniform grid of DPM-Solver(++), whose final step goes on to the clean end (t = -1).
+
+Every sampler here ends its last step at t_prev = -1 (ᾱ = 1).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps"]
+
+Spacing = Literal["leading", "trailing", "linspace", "dpm_solver"]
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver")
+
+
+def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leading") -> Tensor:
+    """Descending integer timesteps for an N-step sampler over a T-step schedule.
+
+    Args:
+        num_timesteps: T, the training schedule length.
+        num_steps: N sampling steps, 1 <= N <= T (N <= T - 1 for ``dpm_solver``).
+        spacing: ``leading``, ``trailing``, ``linspace`` or ``dpm_solver`` (module docstring).
+
+    Returns:
+        (N,) LongTensor, strictly decreasing, entries in [0, T).
+
+    Example:
+        ``make_timesteps(1000, 10, "leading")`` is ``[900, 800, ..., 100, 0]`` and
+        ``make_timesteps(1000, 10, "trailing")`` is ``[999, 899, ..., 199, 99]``.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
+    T, N = int(num_timesteps), int(num_steps)
+    if not 1 <= N <= T:
+        raise ValueError(f"num_steps must be in [1, num_timesteps={T}], got {N}")
+    if spacing == "leading":
+        steps = np.arange(N - 1, -1, -1, dtype=np.int64) * (T // N)
+    elif spacing == "trailing":
+        # T - k·T/N rather than np.arange(T, 0, -T/N): a float step can yield N + 1 entries.
+        steps = np.round(T - np.arange(N) * (T / N)).astype(np.int64) - 1
+    elif spacing == "linspace":
+        steps = np.round(np.linspace(0, T - 1, N))[::-1].astype(np.int64)
+    else:
+        steps = np.round(np.linspace(0, T - 1, N + 1))[::-1][:-1].astype(np.int64)
+    if N > 1 and not bool((np.diff(steps) < 0).all()):
+        raise ValueError(f"num_steps={N} too large for spacing {spacing!r} with T={T}")
+    return torch.from_numpy(steps.copy())
+
+
+def previous_timesteps(timesteps: Tensor) -> Tensor:
+    """The step targets t_prev for a descending grid: ``timesteps[1:]`` followed by -1."""
+    return torch.cat([timesteps[1:], timesteps.new_full((1,), -1)])
