@@ -14,6 +14,7 @@ from .dpm_solver import DPMSolverOutput, DPMSolverPPSampler, dpm_solver_pp_step
 from .forward import add_noise, posterior_mean_variance
 from .parameterization import (
     PREDICTION_TYPES,
+    check_prediction_type,
     eps_from_v,
     eps_from_x0,
     get_velocity,
@@ -41,6 +42,7 @@ __all__ = [
     "add_noise",
     "analytic_variance",
     "build_sampler",
+    "check_prediction_type",
     "ddim_step",
     "ddpm_step",
     "dpm_solver_pp_step",

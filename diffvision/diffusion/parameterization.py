@@ -22,6 +22,7 @@ from .schedule import NoiseSchedule
 __all__ = [
     "PREDICTION_TYPES",
     "PredictionType",
+    "check_prediction_type",
     "eps_from_v",
     "eps_from_x0",
     "get_velocity",
