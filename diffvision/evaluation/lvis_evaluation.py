@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +74,9 @@ class LVISEvaluator(COCOEvaluator):
         if not results:
             logger.warning("%s: no predictions; all AP are 0", self.dataset_name)
             return {f"bbox/{m}": 0.0 for m in _LVIS_METRICS}
-        with numpy_float_alias():
+        with numpy_float_alias(), warnings.catch_warnings():
+            # lvis calls the deprecated Logger.warn on in-memory results
+            warnings.simplefilter("ignore", DeprecationWarning)
             dt = LVISResults(gt, copy.deepcopy(results), max_dets=self.max_dets_per_image)
             lvis_eval = LVISEval(gt, dt, "bbox")
             lvis_eval.params.img_ids = image_ids
