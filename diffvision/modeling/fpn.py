@@ -88,6 +88,8 @@ def build_resnet_fpn_backbone(
     in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
     out_channels: int = 256,
     stride_in_1x1: bool = False,
+    stem_channels: int = 64,
+    res2_channels: int | None = None,
 ) -> FPN:
     """ResNet-FPN as in detectron2 ``build_resnet_fpn_backbone`` (FrozenBN in every stage)."""
     from diffvision.modeling.resnet import ResNet
@@ -97,6 +99,8 @@ def build_resnet_fpn_backbone(
         freeze_at=freeze_at,
         out_features=tuple(in_features),
         stride_in_1x1=stride_in_1x1,
+        stem_channels=stem_channels,
+        res2_channels=res2_channels,
     )
     return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels)
 

@@ -153,6 +153,9 @@ class ResNet(nn.Module):
             ``BACKBONE.FREEZE_AT``; DiffusionDet uses 2), up to 5.
         out_features: which of ``res2..res5`` ``forward`` returns.
         stride_in_1x1: bottleneck stride on the first 1x1 (MSRA) instead of the 3x3 (torchvision).
+        stem_channels: stem output channels (64).
+        res2_channels: ``res2`` output channels, doubled per stage (default 64 for basic blocks,
+            256 for bottlenecks; smaller values give the narrow networks of toy configs).
 
     Input (B, 3, H, W) normalised; output ``{"res{k}": (B, C_k, H/2^k, W/2^k)}``.
     """
@@ -164,6 +167,8 @@ class ResNet(nn.Module):
         freeze_at: int = 2,
         out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
         stride_in_1x1: bool = False,
+        stem_channels: int = 64,
+        res2_channels: int | None = None,
     ) -> None:
         super().__init__()
         if depth not in RESNET_DEPTHS:
@@ -177,12 +182,16 @@ class ResNet(nn.Module):
         kind, num_blocks = RESNET_DEPTHS[depth]
         self.depth = depth
         self.out_features = tuple(out_features)
-        self.stem = BasicStem(out_channels=64)
+        if res2_channels is None:
+            res2_channels = 64 if kind == "basic" else 256
+        if kind == "bottleneck" and res2_channels % 4:
+            raise ValueError(f"res2_channels must be a multiple of 4, got {res2_channels!r}")
+        self.stem = BasicStem(out_channels=stem_channels)
         self._out_channels: dict[str, int] = {}
         self._out_strides: dict[str, int] = {}
-        in_ch = 64
+        in_ch = stem_channels
         for idx, (name, n) in enumerate(zip(names, num_blocks, strict=True)):
-            out_ch = (64 if kind == "basic" else 256) * 2**idx
+            out_ch = res2_channels * 2**idx
             blocks = []
             for i in range(n):
                 stride = 2 if (i == 0 and idx > 0) else 1
@@ -192,7 +201,7 @@ class ResNet(nn.Module):
                     block = BottleneckBlock(
                         in_channels=in_ch,
                         out_channels=out_ch,
-                        bottleneck_channels=64 * 2**idx,
+                        bottleneck_channels=res2_channels // 4 * 2**idx,
                         stride=stride,
                         stride_in_1x1=stride_in_1x1,
                     )

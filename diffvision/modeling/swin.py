@@ -310,7 +310,7 @@ class SwinTransformer(nn.Module):
         self.out_indices = tuple(out_indices)
         self.patch_embed = PatchEmbed(patch=4, in_channels=3, dim=embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
