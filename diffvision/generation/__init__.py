@@ -1,0 +1,23 @@
+"""The base image DDPM task (``MODEL.META_ARCHITECTURE: DDPM``): model, sampling, checkpoints.
+
+Importing this package registers the task and its config keys (``MODEL.DDPM``).
+"""
+
+from __future__ import annotations
+
+from diffvision.generation.build import add_ddpm_config, build_ddpm_model, build_unet
+from diffvision.generation.checkpoint import load_ddpm_model, load_ddpm_unet
+from diffvision.generation.model import DDPMModel
+from diffvision.generation.sampling import generate
+from diffvision.generation.task import build_ddpm_task
+
+__all__ = [
+    "DDPMModel",
+    "add_ddpm_config",
+    "build_ddpm_model",
+    "build_ddpm_task",
+    "build_unet",
+    "generate",
+    "load_ddpm_model",
+    "load_ddpm_unet",
+]
