@@ -1,0 +1,1 @@
+import projects.segmentation  # noqa: F401

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from diffvision.diffusion.forward import add_noise
+from projects.segmentation.build import load_encoder_weights, load_model_weights
+from projects.segmentation.ddep import DDeP, ResNetUNet, fixed_level_schedule
+
+
+def _net(out_channels=3, **kw):
+    return ResNetUNet(
+        encoder="resnet18", out_channels=out_channels, decoder_channels=(32, 16, 16, 8, 8), **kw
+    )
+
+
+def test_fixed_level_is_scaled_additive_noise():
+    sigma = 0.22
+    schedule = fixed_level_schedule(sigma)
+    assert float(schedule.alphas_cumprod[0]) == pytest.approx(1 / (1 + sigma**2))
+    x, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    expected = (x + sigma * eps) / math.sqrt(1 + sigma**2)
+    torch.testing.assert_close(add_noise(schedule, x, eps, 0), expected)
+    with pytest.raises(ValueError, match="sigma"):
+        fixed_level_schedule(0.0)
+
+
+def test_denoise_mode_freezes_encoder_in_eval_and_predicts_noise():
+    torch.manual_seed(0)
+    model = DDeP(network=_net(), mode="denoise", noise_sigma=0.22)
+    model.train()
+    assert not model.network.backbone.training and model.network.decoder.training
+    assert all(not p.requires_grad for p in model.network.backbone.parameters())
+    bn = model.network.backbone["stem"][1]
+    before = bn.running_mean.clone()
+    batch = {"image": torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)}
+    loss = model(batch)["loss_denoise"]
+    loss.backward()
+    torch.testing.assert_close(bn.running_mean, before)  # BN statistics did not drift
+    assert model.network.head.weight.grad is not None and loss.item() > 0
+    # The loss is the L2 between the prediction and the ε that made the input.
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x0 = batch["image"].float() / 127.5 - 1
+    x_noisy, eps = model.corrupt(x0, generator=g1)
+    loss2 = model({**batch, "generator": g2})["loss_denoise"]
+    pred = model.network(model._normalize(x_noisy))
+    torch.testing.assert_close(loss2, torch.nn.functional.mse_loss(pred, eps))
+    # Fine-tuning mode trains everything.
+    seg = DDeP(network=_net(5), mode="segment", num_classes=5).train()
+    assert seg.network.backbone.training
+    assert all(p.requires_grad for p in seg.network.parameters())
+
+
+def test_multilevel_draws_levels_from_core_schedule():
+    model = DDeP(network=_net(), mode="denoise", noise_levels="schedule")
+    assert model.schedule.num_timesteps == 1000
+    x0 = torch.zeros(64, 3, 2, 2)
+    x_noisy, eps = model.corrupt(x0, generator=torch.Generator().manual_seed(0))
+    ratios = (x_noisy / eps)[:, 0, 0, 0]  # = sqrt(1 - alpha_bar_t) for x0 = 0
+    assert ratios.std() > 0.1  # several levels
+    with pytest.raises(ValueError, match="noise_levels"):
+        DDeP(network=_net(), mode="denoise", noise_levels="uniform")
+
+
+def test_segment_shapes_ignore_and_transformer_variant():
+    model = DDeP(network=_net(4), mode="segment", num_classes=4).train()
+    batch = {
+        "image": torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8),
+        "sem_seg": torch.full((2, 64, 96), 255, dtype=torch.long),
+    }
+    assert model(batch)["loss_sem_seg"].item() == 0.0  # only ignored pixels: no NaN
+    model.eval()
+    out = model(batch)
+    assert len(out) == 2 and out[0]["sem_seg"].shape == (4, 64, 96)
+    trans = ResNetUNet(
+        encoder="resnet18",
+        out_channels=4,
+        decoder_channels=(32, 16, 16, 8),
+        transformer_layers=1,
+        transformer_dim=32,
+        transformer_heads=2,
+    )
+    assert trans(torch.randn(1, 3, 48, 64)).shape == (1, 4, 48, 64)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        ResNetUNet(encoder="resnet18", decoder_channels=(8, 8))
+
+
+def test_weight_loading(tmp_path):
+    tv = torchvision.models.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    net = _net()
+    load_encoder_weights(net, str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(net.backbone["layer1"][1][0].conv1.weight, tv.layer1[0].conv1.weight)
+    torch.testing.assert_close(net.backbone["stem"][0].weight, tv.conv1.weight)
+    # A denoising checkpoint initialises a C-class segmenter, except for the head.
+    pre = DDeP(network=_net(3), mode="denoise")
+    torch.save({"model": pre.state_dict()}, tmp_path / "pre.pth")
+    seg = DDeP(network=_net(5), mode="segment", num_classes=5)
+    load_model_weights(seg, str(tmp_path / "pre.pth"))
+    torch.testing.assert_close(
+        seg.network.decoder[0].convs[0].weight, pre.network.decoder[0].convs[0].weight
+    )
+    assert seg.network.head.weight.shape[0] == 5
+    with pytest.raises(FileNotFoundError):
+        load_model_weights(seg, str(tmp_path / "missing.pth"))
