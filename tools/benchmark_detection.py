@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""DiffusionDet speed: inference latency split, training step time, matcher time.
+
+    # toy model at its own test size, the issue's full grid
+    python tools/benchmark_detection.py --config projects/detection/diffdet_toy.yaml
+    # R50 at 800x1333 (random weights: speed does not depend on them)
+    python tools/benchmark_detection.py --config projects/detection/diffdet_r50.yaml \
+        --size 800 1333 --boxes 100 300 500 1000 --steps 1 4 8
+    python tools/benchmark_detection.py --config ... --quick      # a smaller grid, 1 repeat
+
+Inference (batch 1, one synthetic image of ``--size``; default: the config's test size):
+
+- ``backbone``: preprocessing + ResNet/Swin-FPN features.
+- ``head/step``: one pass of the 6-stage (``NUM_HEADS``) dynamic head over N boxes.
+- ``rest``: end-to-end minus backbone minus S head passes: DDIM updates, box renewal, top-k,
+  class-aware NMS, rescaling.
+- ``total``: end-to-end ``model.inference`` (S steps, N boxes); FPS = 1000 / total.
+- ``peak MiB``: CUDA: ``max_memory_allocated`` per configuration. CPU: the process's maximum
+  resident set size so far (monotone; configurations run in increasing N), an upper bound.
+
+Training: one forward+backward+AdamW step on ``--train-batch`` synthetic images carrying
+``--train-gts`` boxes each, at ``NUM_PROPOSALS`` boxes. Matcher: one dynamic-k matching of
+``NUM_PROPOSALS`` random predictions per image, for several ground-truth counts.
+Each time is the median over ``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
+
+import torch  # noqa: E402
+
+import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+from diffvision.engine.defaults import load_config  # noqa: E402
+from projects.detection.box_diffusion import diffusion_to_boxes  # noqa: E402
+from projects.detection.build import build_model  # noqa: E402
+
+# --------------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, *, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def synthetic_image(h: int, w: int, generator: torch.Generator) -> dict:
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+    return {"image": image, "height": h, "width": w}
+
+
+def random_gt_boxes(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    wh = torch.rand(n, 2, generator=generator) * torch.tensor([w, h]) * 0.3 + 8
+    xy = torch.rand(n, 2, generator=generator) * (torch.tensor([w, h]) - wh)
+    return torch.cat([xy, xy + wh], 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def bench_inference(model, *, size, boxes, steps, repeats, device) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    batch = [synthetic_image(*size, g)]
+    rows = []
+    model.eval()
+    for n in sorted(boxes):
+        reset_peak(device)
+        images, whwh = model.preprocess_image(batch)
+        features = model.extract_features(images)
+        backbone_ms = timed(
+            lambda: model.extract_features(model.preprocess_image(batch)[0]),
+            repeats=repeats,
+            device=device,
+        )
+        x_t = torch.randn(1, n, 4, generator=g).to(device)
+        boxes_in = diffusion_to_boxes(x_t, whwh, scale=model.snr_scale)
+        t = torch.full((1,), 999, dtype=torch.long, device=device)
+        head_ms = timed(
+            lambda: model.head(features, boxes_in, t),  # noqa: B023  (called right here)
+            repeats=repeats,
+            device=device,
+        )
+        for s in sorted(steps):
+            total_ms = timed(
+                lambda: model.inference(batch, num_boxes=n, steps=s, seeds=[0]),  # noqa: B023
+                repeats=repeats,
+                device=device,
+            )
+            rows.append(
+                {
+                    "boxes": n,
+                    "steps": s,
+                    "backbone_ms": backbone_ms,
+                    "head_ms_per_step": head_ms,
+                    "rest_ms": total_ms - backbone_ms - s * head_ms,
+                    "total_ms": total_ms,
+                    "fps": 1000 / total_ms,
+                    "peak_mib": peak_mib(device),
+                }
+            )
+            print(f"  boxes {n:5d} steps {s}: total {total_ms:9.1f} ms", flush=True)
+    return rows
+
+
+def bench_train_step(model, *, size, batch_size, num_gts, repeats, device) -> dict:
+    g = torch.Generator().manual_seed(1)
+    batch = []
+    for _ in range(batch_size):
+        item = synthetic_image(*size, g)
+        item["instances"] = {
+            "gt_boxes": random_gt_boxes(num_gts, *size, g),
+            "gt_classes": torch.randint(0, model.num_classes, (num_gts,), generator=g),
+        }
+        batch.append(item)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-8)
+    model.train()
+
+    def step():
+        losses = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    reset_peak(device)
+    ms = timed(step, repeats=repeats, device=device)
+    return {"batch": batch_size, "gts_per_image": num_gts, "ms_per_iter": ms,
+            "ms_per_image": ms / batch_size, "peak_mib": peak_mib(device)}  # fmt: skip
+
+
+@torch.no_grad()
+def bench_matcher(model, *, size, num_gts_list, repeats, device) -> list[dict]:
+    matcher = model.criterion.matcher
+    n, k = model.num_proposals, model.num_classes
+    h, w = size
+    g = torch.Generator().manual_seed(2)
+    whwh = torch.tensor([w, h, w, h], dtype=torch.float32)
+    rows = []
+    for num_gts in num_gts_list:
+        gt = random_gt_boxes(num_gts, h, w, g)
+        target = {
+            "labels": torch.randint(0, k, (num_gts,), generator=g),
+            "boxes_xyxy": gt,
+            "image_size_xyxy": whwh,
+            "image_size_xyxy_tgt": whwh.repeat(num_gts, 1),
+        }
+        target = {key: v.to(device) for key, v in target.items()}
+        outputs = {
+            "pred_logits": torch.randn(1, n, k, generator=g).to(device),
+            "pred_boxes": random_gt_boxes(n, h, w, g)[None].to(device),
+        }
+        ms = timed(lambda: matcher(outputs, [target]), repeats=repeats, device=device)  # noqa: B023
+        rows.append({"num_proposals": n, "gts": num_gts, "ms_per_image": ms})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(meta: dict, inference: list[dict], train: dict | None, matcher: list[dict]) -> str:
+    parts = [
+        f"DiffusionDet benchmark: `{meta['config']}`, image {meta['size'][0]}x{meta['size'][1]}, "
+        f"device {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
+        f"{meta['threads']} threads, median of {meta['repeats']}",
+        "",
+        markdown(
+            ["boxes", "steps", "backbone ms", "head ms/step", "rest ms", "total ms", "FPS",
+             "peak MiB"],
+            [[r["boxes"], r["steps"], f"{r['backbone_ms']:.1f}", f"{r['head_ms_per_step']:.1f}",
+              f"{r['rest_ms']:.1f}", f"{r['total_ms']:.1f}", f"{r['fps']:.2f}",
+              f"{r['peak_mib']:.0f}"] for r in inference],
+        ),
+    ]  # fmt: skip
+    if train is not None:
+        parts += [
+            "",
+            markdown(
+                ["train batch", "gts/image", "ms/iter", "ms/image", "peak MiB"],
+                [[train["batch"], train["gts_per_image"], f"{train['ms_per_iter']:.1f}",
+                  f"{train['ms_per_image']:.1f}", f"{train['peak_mib']:.0f}"]],
+            ),
+        ]  # fmt: skip
+    if matcher:
+        parts += [
+            "",
+            markdown(
+                ["matcher: proposals", "gts", "ms/image"],
+                [[r["num_proposals"], r["gts"], f"{r['ms_per_image']:.2f}"] for r in matcher],
+            ),
+        ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="input size after resizing (default: INPUT.MIN_SIZE_TEST on a 4:3 "
+                        "image, capped by MAX_SIZE_TEST)")  # fmt: skip
+    parser.add_argument("--boxes", type=int, nargs="+", default=[100, 300, 500, 1000])
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=2, help="0 skips the training step")
+    parser.add_argument("--train-gts", type=int, default=7, help="boxes per training image")
+    parser.add_argument("--matcher-gts", type=int, nargs="*", default=[5, 20, 50, 100])
+    parser.add_argument("--quick", action="store_true",
+                        help="boxes 100 500, steps 1 4, 1 repeat, train batch 1")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--output", help="also write the table (.md) and raw numbers (.json)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.boxes, args.steps, args.repeats = [100, 500], [1, 4], 1
+        args.train_batch = min(args.train_batch, 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = load_config(args.config, ["MODEL.WEIGHTS", "", *args.opts])
+    model = build_model(cfg)  # random weights: the work done does not depend on them
+    device = torch.device(cfg.MODEL.DEVICE)
+    if args.size is None:
+        from projects.detection.detector import resize_shortest_edge_shape
+
+        args.size = list(
+            resize_shortest_edge_shape(480, 640, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        )
+    size = tuple(args.size)
+    meta = {
+        "config": args.config,
+        "size": size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+    }
+    print(f"inference at {size[0]}x{size[1]} on {device} ({meta['threads']} threads)", flush=True)
+    inference = bench_inference(
+        model, size=size, boxes=args.boxes, steps=args.steps, repeats=args.repeats, device=device
+    )
+    train = None
+    if args.train_batch > 0:
+        print("training step", flush=True)
+        train = bench_train_step(
+            model,
+            size=size,
+            batch_size=args.train_batch,
+            num_gts=args.train_gts,
+            repeats=args.repeats,
+            device=device,
+        )
+    matcher = bench_matcher(
+        model, size=size, num_gts_list=args.matcher_gts, repeats=max(args.repeats, 5), device=device
+    )
+    table = report(meta, inference, train, matcher)
+    print()
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table + "\n")
+        raw = {"meta": meta, "inference": inference, "train": train, "matcher": matcher}
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    return table
+
+
+if __name__ == "__main__":
+    main()

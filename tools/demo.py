@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections.
+
+    python tools/demo.py --config projects/detection/diffdet_r50.yaml \
+        --input photos/*.jpg --output out/ MODEL.WEIGHTS diffdet_coco_res50.pth
+    python tools/demo.py --config ... --video-input clip.mp4 --output clip_det.mp4 MODEL.WEIGHTS ...
+    python tools/demo.py --config ... --webcam MODEL.WEIGHTS ...          # ESC quits
+    # CPU: append MODEL.DEVICE cpu; fewer boxes/steps: MODEL.DiffusionDet.NUM_PROPOSALS 100
+
+``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
+official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
+Without ``--output`` images and frames are shown in a window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+from diffvision.data.image_io import read_image_rgb  # noqa: E402
+from diffvision.engine.defaults import load_config  # noqa: E402
+from projects.detection.build import build_model  # noqa: E402
+from projects.detection.checkpoint import load_weights  # noqa: E402
+
+COCO_CLASSES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
+    "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
+    "backpack umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
+    "baseball_glove skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl "
+    "banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
+    "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave "
+    "oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).split()
+
+
+def class_names(cfg) -> list[str]:
+    """Names from the test dataset's json if it is on disk; COCO's for 80 classes; else ids."""
+    from projects.detection.data import get_detection_metadata
+
+    try:
+        names = get_detection_metadata(
+            cfg, (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
+        ).thing_classes
+        if len(names) == cfg.MODEL.DiffusionDet.NUM_CLASSES:
+            return list(names)
+    except (FileNotFoundError, KeyError, IndexError, ValueError):
+        pass
+    if cfg.MODEL.DiffusionDet.NUM_CLASSES == 80:
+        return [n.replace("_", " ") for n in COCO_CLASSES]
+    return [str(i) for i in range(cfg.MODEL.DiffusionDet.NUM_CLASSES)]
+
+
+def color_of(label: int) -> tuple[int, int, int]:
+    rng = np.random.default_rng(label)
+    return tuple(int(c) for c in rng.integers(64, 256, 3))
+
+
+def detect(model, image_rgb: np.ndarray, threshold: float, seed: int | None) -> dict:
+    """Predictions with score > threshold (boxes in the image's pixels)."""
+    (out,) = model.predict(image_rgb, seed=seed)
+    keep = out["scores"] > threshold
+    return {k: v[keep].cpu() for k, v in out.items()}
+
+
+def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
+    """Boxes, class names and scores drawn with OpenCV on a copy of a BGR image."""
+    canvas = image_bgr.copy()
+    thickness = max(1, round(min(canvas.shape[:2]) / 400))
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                 det["labels"].tolist()):  # fmt: skip
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        color = color_of(label)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+        text = f"{names[label] if label < len(names) else label} {score:.2f}"
+        scale = 0.4 * thickness
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(y1 - th - base, 0)
+        cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + base), color, -1)
+        cv2.putText(canvas, text, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return canvas
+
+
+def run_images(model, paths, args, names) -> None:
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        rgb = read_image_rgb(path)
+        start = time.perf_counter()
+        det = detect(model, rgb, args.confidence_threshold, args.seed)
+        print(f"{path}: {len(det['scores'])} detections in {time.perf_counter() - start:.2f}s")
+        canvas = draw(np.ascontiguousarray(rgb[:, :, ::-1]), det, names)
+        if out_dir is not None:
+            cv2.imwrite(str(out_dir / (Path(path).stem + ".jpg")), canvas)
+        else:
+            cv2.imshow("DiffusionDet", canvas)
+            if cv2.waitKey(0) == 27:
+                break
+
+
+def run_stream(model, source, args, names) -> None:
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise FileNotFoundError(f"cannot open video source {source!r}")
+    writer = None
+    frames = 0
+    try:
+        while args.max_frames <= 0 or frames < args.max_frames:
+            ok, frame_bgr = capture.read()
+            if not ok:
+                break
+            det = detect(model, np.ascontiguousarray(frame_bgr[:, :, ::-1]),
+                         args.confidence_threshold, args.seed)  # fmt: skip
+            canvas = draw(frame_bgr, det, names)
+            frames += 1
+            if args.output:
+                if writer is None:
+                    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4")
+                                                      else "MJPG"))  # fmt: skip
+                    h, w = canvas.shape[:2]
+                    writer = cv2.VideoWriter(args.output, fourcc, fps, (w, h))
+                writer.write(canvas)
+            else:
+                cv2.imshow("DiffusionDet", canvas)
+                if cv2.waitKey(1) == 27:
+                    break
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if not args.output:
+            cv2.destroyAllWindows()
+    print(f"processed {frames} frames")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image paths or glob patterns")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="camera 0")
+    parser.add_argument("--output", help="folder for images; file (.mp4 or .avi) for video")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
+    parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.seed is not None and args.seed < 0:
+        args.seed = None
+
+    cfg = load_config(args.config, args.opts)
+    model = build_model(cfg, with_criterion=False)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        print("warning: MODEL.WEIGHTS is empty, the model is randomly initialised", file=sys.stderr)
+    model.eval()
+    names = class_names(cfg)
+    with torch.no_grad():
+        if args.input:
+            paths = [p for pattern in args.input for p in sorted(glob.glob(pattern)) or [pattern]]
+            run_images(model, paths, args, names)
+        elif args.video_input:
+            run_stream(model, args.video_input, args, names)
+        else:
+            run_stream(model, 0, args, names)
+
+
+if __name__ == "__main__":
+    main()
