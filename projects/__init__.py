@@ -1,1 +1,2 @@
+import projects.detection  # noqa: F401
 import projects.segmentation  # noqa: F401

@@ -1,0 +1,160 @@
+"""DiffusionDet end to end at toy size: training losses, seeded and batched inference, predict()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffvision.modeling.fpn import build_resnet_fpn_backbone
+from projects.detection.criterion import SetCriterionDynamicK
+from projects.detection.detector import SCHEDULE_BUFFERS, DiffusionDet, resize_shortest_edge_shape
+from projects.detection.head import DynamicHead
+
+K = 3
+
+
+def _model(**kwargs) -> DiffusionDet:
+    torch.manual_seed(0)
+    backbone = build_resnet_fpn_backbone(
+        depth=18, freeze_at=0, out_channels=32, stem_channels=16, res2_channels=16
+    )
+    head = DynamicHead(
+        num_classes=K, num_heads=2, hidden_dim=32, dim_feedforward=64, nhead=2, dim_dynamic=8
+    )
+    defaults = dict(
+        backbone=backbone,
+        head=head,
+        criterion=SetCriterionDynamicK(num_classes=K, num_aux_stages=1),
+        num_proposals=12,
+        min_size_test=64,
+        max_size_test=96,
+    )
+    defaults.update(kwargs)
+    return DiffusionDet(**defaults)
+
+
+def _batch(train: bool = True) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    batch = []
+    for i, (h, w) in enumerate([(64, 80), (48, 64)]):
+        x = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "height": 2 * h,
+            "width": 2 * w,
+            "image_id": i,
+        }
+        if train:
+            n = 2 if i == 0 else 0  # the second image has no boxes
+            x["instances"] = {
+                "gt_boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]])[:n],
+                "gt_classes": torch.tensor([0, 2])[:n],
+            }
+        batch.append(x)
+    return batch
+
+
+def test_schedule_buffers_are_the_official_float64_ones():
+    model = _model()
+    buffers = dict(model.named_buffers())
+    for name in SCHEDULE_BUFFERS:
+        assert buffers[name].dtype == torch.float64 and buffers[name].shape == (1000,)
+    assert torch.allclose(
+        model.sqrt_recipm1_alphas_cumprod[499], torch.tensor(1.01239).double(), rtol=1e-5
+    )
+    assert model.alphas_cumprod_prev[0] == 1.0
+    assert model.betas[999] == 0.999  # the only clipped beta
+    assert model.posterior_log_variance_clipped[0] == model.posterior_log_variance_clipped[1]
+
+
+def test_training_losses_are_finite_and_backpropagate():
+    model = _model().train()
+    losses = model(_batch())
+    assert {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grad = model.head.head_series[1].class_logits.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_non_finite_boxes_raise_naming_the_stage():
+    model = _model().train()
+    with torch.no_grad():
+        model.head.head_series[1].bboxes_delta.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="stage 1"):
+        model(_batch())
+
+
+def test_eval_forward_returns_boxes_in_original_pixels():
+    model = _model().eval()
+    outputs = model(_batch(train=False))
+    assert len(outputs) == 2
+    for out, x in zip(outputs, _batch(train=False), strict=True):
+        assert set(out) == {"boxes", "scores", "labels"}
+        assert out["labels"].dtype == torch.int64 and (out["labels"] < K).all()
+        assert len(out["boxes"]) <= 12
+        b = out["boxes"]
+        assert (b[:, 2] <= x["width"]).all() and (b[:, 3] <= x["height"]).all()
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+
+
+def _images(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (60, 90, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x["labels"].tolist() == y["labels"].tolist()
+        torch.testing.assert_close(x["boxes"], y["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(x["scores"], y["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_predict_is_deterministic():
+    model = _model(sample_step=2)
+    images = _images(1)
+    _assert_same(model.predict(images, seed=7), model.predict(images, seed=7))
+    other = model.predict(images, seed=8)[0]["scores"]
+    assert not torch.equal(other, model.predict(images, seed=7)[0]["scores"])
+
+
+def test_batched_predict_equals_per_image_predict():
+    model = _model(sample_step=3)  # several steps: renewal and refills per image
+    images = _images(3)
+    batched = model.predict(images, seed=100)
+    single = [model.predict([img], seed=100 + i)[0] for i, img in enumerate(images)]
+    _assert_same(batched, single)
+
+
+def test_init_boxes_fix_the_one_step_result():
+    model = _model()
+    init = torch.randn(2, 12, 4)
+    a = model.predict(_images(2), init_boxes=init, seed=1)
+    b = model.predict(_images(2), init_boxes=init, seed=2)
+    _assert_same(a, b)
+    with pytest.raises(ValueError, match="init_boxes"):
+        model.predict(_images(2), init_boxes=torch.randn(2, 5, 4))
+
+
+def test_official_ensemble_drops_the_last_step():
+    # reference §7.1 item 2: with the official ensemble, 2 steps give exactly the 1-step result
+    model = _model()
+    images = _images(2)
+    _assert_same(model.predict(images, steps=2, seed=5), model.predict(images, steps=1, seed=5))
+    model.ensemble_include_last_step = True
+    with_last = model.predict(images, steps=2, seed=5)
+    assert sum(len(r["scores"]) for r in with_last) > 0
+
+
+def test_predict_resizes_like_detectron2():
+    assert resize_shortest_edge_shape(480, 640, 800, 1333) == (800, 1067)
+    assert resize_shortest_edge_shape(100, 1000, 800, 1333) == (133, 1333)
+    model = _model()
+    out = model.predict(np.zeros((30, 200, 3), dtype=np.uint8), seed=0)  # resized to 14 x 96
+    assert len(out) == 1
+    boxes = out[0]["boxes"]
+    assert (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 30).all()
+    with pytest.raises(ValueError, match="uint8"):
+        model.predict(np.zeros((30, 20, 3), dtype=np.float32))
