@@ -74,11 +74,11 @@ def frechet_distance(
             f"covariances {sigma1.shape} vs {sigma2.shape}"
         )
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    covmean = np.asarray(linalg.sqrtm(sigma1 @ sigma2))
     if not np.isfinite(covmean).all():
         logger.warning("FID: singular covariance product; adding %g to the diagonals", eps)
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean = np.asarray(linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset)))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
