@@ -136,7 +136,7 @@ def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
     if labeled:
         records = labeled_subset(
             records,
-            fraction=cfg.SEG.LABEL_FRACTION,
+            fraction=cfg.SEG.LABEL_COUNT or cfg.SEG.LABEL_FRACTION,
             seed=cfg.SEG.FRACTION_SEED,
             split_file=cfg.SEG.SPLIT_FILE,
             output_dir=cfg.OUTPUT_DIR if comm.is_main_process() else None,
@@ -194,7 +194,7 @@ def build_ddep_task(cfg: CfgNode) -> Task:
                     resize=tuple(cfg.SEG.TEST_RESIZE),
                     window=tuple(cfg.SEG.TEST_WINDOW),
                     stride=tuple(cfg.SEG.TEST_STRIDE),
-                    vis_dir=Path(cfg.OUTPUT_DIR) / "vis" / name,
+                    vis_dir=Path(cfg.OUTPUT_DIR) / "vis" / Path(name).name,
                     num_vis=cfg.SEG.NUM_VIS,
                     device=eval_model.device,
                 )

@@ -70,8 +70,14 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
     if p.DDPM_CHECKPOINT:
         from diffvision.generation.checkpoint import load_ddpm_unet
 
-        unet, schedule, _ = load_ddpm_unet(p.DDPM_CHECKPOINT)
+        unet, schedule, ddpm_cfg = load_ddpm_unet(p.DDPM_CHECKPOINT)
         source = p.DDPM_CHECKPOINT
+        if p.RANDOM_UNET:  # same architecture, untrained: the "untrained UNet" baseline
+            from diffvision.generation.build import build_unet
+
+            torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
+            unet = build_unet(ddpm_cfg, num_classes=unet.num_classes).eval()
+            source = f"random initialisation (architecture of {p.DDPM_CHECKPOINT})"
     else:
         flags = _parse_flags(p.GUIDED_DIFFUSION_FLAGS)
         if str(cfg.MODEL.DEVICE) == "cpu":
@@ -177,7 +183,7 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
         records += get_sem_seg_dataset(name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)[0]
     records = labeled_subset(
         records,
-        fraction=cfg.SEG.LABEL_FRACTION,
+        fraction=cfg.SEG.LABEL_COUNT or cfg.SEG.LABEL_FRACTION,
         seed=cfg.SEG.FRACTION_SEED,
         split_file=cfg.SEG.SPLIT_FILE,
         output_dir=cfg.OUTPUT_DIR if comm.is_main_process() else None,

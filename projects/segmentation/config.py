@@ -19,6 +19,8 @@ def add_seg_config(cfg: CN) -> None:
     cfg.SEG = CN()
     # Labeled subset: "full", "1/4", "1/8", "1/30", a float, or a count such as "100".
     cfg.SEG.LABEL_FRACTION = "full"
+    # > 0: an absolute number of labeled images instead of LABEL_FRACTION.
+    cfg.SEG.LABEL_COUNT = 0
     cfg.SEG.FRACTION_SEED = 0
     # Optional split-list file (one image per line); overrides LABEL_FRACTION.
     cfg.SEG.SPLIT_FILE = ""
@@ -71,7 +73,7 @@ def add_pixel_mlp_config(cfg: CN) -> None:
     # "ddpm" (UNet decoder activations) or "raw" (the pixel's RGB in [-1, 1]).
     cfg.MODEL.PIXEL_MLP.FEATURES = "ddpm"
     # One of: a diffvision DDPM checkpoint (load_ddpm_unet), or a guided-diffusion .pt with
-    # its flag string, or neither plus RANDOM_UNET (the untrained-UNet baseline).
+    # its flag string (use_fp16 is turned off on CPU), or RANDOM_UNET.
     cfg.MODEL.PIXEL_MLP.DDPM_CHECKPOINT = ""
     cfg.MODEL.PIXEL_MLP.GUIDED_DIFFUSION_CHECKPOINT = ""
     cfg.MODEL.PIXEL_MLP.GUIDED_DIFFUSION_FLAGS = (
@@ -80,6 +82,7 @@ def add_pixel_mlp_config(cfg: CN) -> None:
         "--num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True "
         "--use_fp16 True --use_scale_shift_norm True"
     )
+    # Untrained baseline: random weights (with DDPM_CHECKPOINT: that run's architecture).
     cfg.MODEL.PIXEL_MLP.RANDOM_UNET = False
     cfg.MODEL.PIXEL_MLP.NOISE_SCHEDULE = "linear"  # for guided-diffusion / random UNets
     cfg.MODEL.PIXEL_MLP.STEPS = [50, 150, 250]

@@ -72,7 +72,7 @@ def get_sem_seg_dataset(
 def labeled_subset(
     records: Sequence[dict],
     *,
-    fraction: str,
+    fraction: str | int,
     seed: int,
     split_file: str = "",
     output_dir: str | Path | None = None,
