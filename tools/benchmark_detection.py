@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -206,7 +207,8 @@ def report(meta: dict, inference: list[dict], train: dict | None, matcher: list[
     parts = [
         f"DiffusionDet benchmark: `{meta['config']}`, image {meta['size'][0]}x{meta['size'][1]}, "
         f"device {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
-        f"{meta['threads']} threads, median of {meta['repeats']}",
+        f"{meta['threads']} threads, median of {meta['repeats']}, "
+        f"1-min load average at start {meta['load_average']:.1f}",
         "",
         markdown(
             ["boxes", "steps", "backbone ms", "head ms/step", "rest ms", "total ms", "FPS",
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> str:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "load_average": os.getloadavg()[0],  # other processes competing for the CPU
     }
     print(f"inference at {size[0]}x{size[1]} on {device} ({meta['threads']} threads)", flush=True)
     inference = bench_inference(

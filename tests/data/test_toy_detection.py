@@ -7,7 +7,7 @@ import json
 from diffvision.data.catalog import get_detection_dataset, load_detection_dataset
 from diffvision.data.toy_detection import TOY_CLASSES, ensure_toy_detection
 
-SIZES = {"train": 16, "val": 8}
+SIZES = {"train": 6, "val": 4}
 
 
 def test_layout_determinism_and_content(tmp_path):
@@ -38,18 +38,33 @@ def test_layout_determinism_and_content(tmp_path):
 
 
 def test_some_images_are_empty(tmp_path):
-    root = ensure_toy_detection(tmp_path / "toy_detection", sizes={"train": 60})
+    root = ensure_toy_detection(tmp_path / "toy_detection", sizes={"train": 40})
     data = json.loads((root / "annotations/instances_train.json").read_text())
     with_objects = {a["image_id"] for a in data["annotations"]}
     assert 0 < len(data["images"]) - len(with_objects) < 20
 
 
 def test_registered_names_generate_when_missing(tmp_path, monkeypatch):
+    from diffvision.data import toy_detection
+
+    monkeypatch.setattr(toy_detection, "_DEFAULT_SIZES", {"train": 4, "val": 3})  # fast
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path))
     ensure_toy_detection(tmp_path / "toy_detection", sizes=SIZES)  # small pre-made copy
     info = get_detection_dataset("toy_detection_val")
     assert info.image_root == tmp_path / "toy_detection" / "val"
     dicts, meta = load_detection_dataset("toy_detection_train")
-    assert len(dicts) == 16 and meta.thing_classes == list(TOY_CLASSES)
+    assert len(dicts) == 6 and meta.thing_classes == list(TOY_CLASSES)
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "fresh"))
-    assert get_detection_dataset("toy_detection_val").json_file.is_file()  # generated now
+    info = get_detection_dataset("toy_detection_val")  # generated now, with the default sizes
+    assert len(json.loads(info.json_file.read_text())["images"]) == 3
+
+
+def test_concurrent_creation_yields_one_complete_dataset(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = tmp_path / "toy_detection"
+    with ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda s: ensure_toy_detection(target, sizes={"val": 3}), range(3)))
+    assert roots == [target] * 3
+    assert len(list((target / "val").glob("*.png"))) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy_detection"]

@@ -77,10 +77,13 @@ def test_fixup_conflict_between_unmatched_gts_is_resolved():
     assert int(selected.sum()) == 3
 
 
-def test_more_gts_than_queries_terminates():
-    cost = torch.rand(3, 5)
-    selected, gt_indices = dynamic_k_matching(cost, torch.rand(3, 5), ota_k=5)
-    assert bool(selected.all()) and len(set(gt_indices.tolist())) == 3
+@pytest.mark.parametrize("seed", range(5))
+def test_more_gts_than_queries_terminates(seed):
+    # the official loop never ends here; every query ends up with exactly one gt
+    g = torch.Generator().manual_seed(seed)
+    cost, ious = torch.rand(3, 5, generator=g), torch.rand(3, 5, generator=g)
+    selected, gt_indices = dynamic_k_matching(cost, ious, ota_k=5)
+    assert bool(selected.all()) and len(gt_indices) == 3
 
 
 def test_image_without_gt_has_no_positive():
@@ -124,3 +127,45 @@ def test_prior_centre_region():
 def test_rejects_softmax_mode():
     with pytest.raises(ValueError, match="use_focal"):
         HungarianMatcherDynamicK(use_focal=False, use_fed_loss=False)
+
+
+def loop_reference(cost: torch.Tensor, ious: torch.Tensor, ota_k: int):
+    """Per-gt loops as in the official code, with the fix-up conflict step using the current
+    matching (the documented fix); used to check the vectorised implementation."""
+    cost = cost.clone()
+    n, g = cost.shape
+    matching = torch.zeros(n, g)
+    topk = ious.topk(min(ota_k, n), dim=0).values
+    ks = torch.clamp(topk.sum(0).int(), min=1)
+    for j in range(g):
+        pos = cost[:, j].topk(int(ks[j]), largest=False).indices
+        matching[pos, j] = 1
+    multi = matching.sum(1) > 1
+    if multi.any():
+        best = cost[multi].argmin(1)
+        matching[multi] = 0
+        matching[multi.nonzero().squeeze(1), best] = 1
+    while (matching.sum(0) == 0).any() and not (matching.sum(1) > 0).all():
+        cost[matching.sum(1) > 0] += 100000.0
+        for j in (matching.sum(0) == 0).nonzero().squeeze(1).tolist():
+            matching[cost[:, j].argmin(), j] = 1
+        for q in (matching.sum(1) > 1).nonzero().squeeze(1).tolist():
+            claimed = matching[q] > 0
+            row = torch.where(claimed, cost[q], torch.tensor(float("inf")))
+            matching[q] = 0
+            matching[q, row.argmin()] = 1
+    selected = matching.sum(1) > 0
+    return selected, matching[selected].argmax(1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vectorised_matching_equals_loop_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(5, 60, (1,), generator=g))
+    num_gt = int(torch.randint(1, 15, (1,), generator=g))
+    # distinct costs (no ties) with a few outside-prior offsets, like the real cost matrix
+    cost = torch.rand(n, num_gt, generator=g) + 10000.0 * (torch.rand(n, 1, generator=g) > 0.7)
+    ious = torch.rand(n, num_gt, generator=g) ** 3
+    expected = loop_reference(cost, ious, 5)
+    selected, gt_indices = dynamic_k_matching(cost.clone(), ious, ota_k=5)
+    assert torch.equal(selected, expected[0]) and torch.equal(gt_indices, expected[1])
