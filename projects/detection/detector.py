@@ -156,21 +156,23 @@ class DiffusionDet(nn.Module):
         # names so that official checkpoints load strictly (reference §2.1).
         self.schedule = get_schedule("cosine", num_timesteps)
         self._schedule_on: dict[torch.device, NoiseSchedule] = {}
-        s = self.schedule
-        ac = s.alphas_cumprod
-        buffers = {
-            "betas": s.betas,
+        betas = self.schedule.betas
+        ac = self.schedule.alphas_cumprod
+        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+        posterior_variance = betas * (1.0 - ac_prev) / (1.0 - ac)
+        buffers = {  # the official formulas (detector.py L103-128)
+            "betas": betas,
             "alphas_cumprod": ac,
-            "alphas_cumprod_prev": s.alphas_cumprod_prev,
+            "alphas_cumprod_prev": ac_prev,
             "sqrt_alphas_cumprod": ac.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - ac).sqrt(),
             "log_one_minus_alphas_cumprod": torch.log(1.0 - ac),
             "sqrt_recip_alphas_cumprod": (1.0 / ac).sqrt(),
             "sqrt_recipm1_alphas_cumprod": (1.0 / ac - 1).sqrt(),
-            "posterior_variance": s.posterior_variance,
-            "posterior_log_variance_clipped": s.posterior_log_variance_clipped,
-            "posterior_mean_coef1": s.posterior_mean_coef1,
-            "posterior_mean_coef2": s.posterior_mean_coef2,
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": torch.log(posterior_variance.clamp(min=1e-20)),
+            "posterior_mean_coef1": betas * ac_prev.sqrt() / (1.0 - ac),
+            "posterior_mean_coef2": (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac),
         }
         for name in SCHEDULE_BUFFERS:
             self.register_buffer(name, buffers[name].to(torch.float64).clone())

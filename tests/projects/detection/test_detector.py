@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -64,7 +66,12 @@ def test_schedule_buffers_are_the_official_float64_ones():
     )
     assert model.alphas_cumprod_prev[0] == 1.0
     assert model.betas[999] == 0.999  # the only clipped beta
-    assert model.posterior_log_variance_clipped[0] == model.posterior_log_variance_clipped[1]
+    assert model.posterior_variance[0] == 0.0
+    assert model.posterior_log_variance_clipped[0] == math.log(1e-20)  # official clamp
+    core = model.schedule  # the shared core's schedule agrees with the official formulas
+    torch.testing.assert_close(model.posterior_mean_coef1, core.posterior_mean_coef1)
+    torch.testing.assert_close(model.posterior_mean_coef2, core.posterior_mean_coef2)
+    torch.testing.assert_close(model.posterior_variance, core.posterior_variance)
 
 
 def test_training_losses_are_finite_and_backpropagate():
