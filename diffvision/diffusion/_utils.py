@@ -1,20 +1,64 @@
 """Private helpers: index per-timestep coefficients and broadcast them against a tensor.
 
 Coefficients stay float64 until the last moment; callers cast the final coefficient to the
-dtype of the tensor it multiplies.
+dtype of the tensor it multiplies (:func:`cast`). A python-int timestep gives python-float
+coefficients (float64 too): a sampling loop then spends its time in the model, not in dozens of
+0-d tensor operations per step. The helpers ``sqrt``, ``clamp_min``, ``log`` and ``cast`` accept
+either kind, so every formula is written once.
 """
 
 from __future__ import annotations
+
+import math
+from numbers import Integral
 
 import torch
 from torch import Tensor
 
 from .schedule import NoiseSchedule
 
-__all__ = ["Timestep", "alpha_bar", "as_timesteps", "broadcast_to", "extract", "step_alpha_bars"]
+__all__ = [
+    "Coef",
+    "Timestep",
+    "alpha_bar",
+    "as_timesteps",
+    "broadcast_to",
+    "cast",
+    "clamp_min",
+    "extract",
+    "log",
+    "sqrt",
+    "step_alpha_bars",
+]
 
 Timestep = int | Tensor
 """A timestep argument: a python int, a 0-d tensor, or a (B,) integer tensor (one per element)."""
+
+Coef = float | Tensor
+"""A float64 coefficient: a python float (scalar timestep) or a float64 tensor."""
+
+
+def sqrt(v: Coef) -> Coef:
+    return v.sqrt() if isinstance(v, Tensor) else math.sqrt(v)
+
+
+def log(v: Coef) -> Coef:
+    if isinstance(v, Tensor):
+        return v.log()
+    return math.log(v) if v > 0 else -math.inf
+
+
+def clamp_min(v: Coef, lo: float = 0.0) -> Coef:
+    return v.clamp(min=lo) if isinstance(v, Tensor) else max(v, lo)
+
+
+def cast(v: Coef, x: Tensor) -> Coef:
+    """The coefficient in ``x``'s dtype (python floats multiply any tensor without a cast)."""
+    return v.to(x.dtype) if isinstance(v, Tensor) else v
+
+
+def _is_int(t: object) -> bool:
+    return isinstance(t, Integral) and not isinstance(t, bool)
 
 
 def as_timesteps(t: Timestep, device: torch.device) -> Tensor:
@@ -39,7 +83,7 @@ def broadcast_to(values: Tensor, x: Tensor) -> Tensor:
     return values.to(x.device).reshape(values.shape[0], *([1] * (x.ndim - 1)))
 
 
-def extract(values: Tensor, t: Timestep, x: Tensor) -> Tensor:
+def extract(values: Tensor, t: Timestep, x: Tensor) -> Coef:
     """Gather ``values[t]`` (float64) and shape it to broadcast over ``x``.
 
     Args:
@@ -48,16 +92,28 @@ def extract(values: Tensor, t: Timestep, x: Tensor) -> Tensor:
         x: (B, ...) the tensor the result will multiply.
 
     Returns:
-        0-d or (B, 1, ..., 1) float64 tensor on ``x.device``.
+        A python float for an int ``t``, else a 0-d or (B, 1, ..., 1) float64 tensor on
+        ``x.device``.
     """
+    if _is_int(t):
+        if not 0 <= t < values.numel():
+            raise ValueError(f"timesteps must lie in [0, {values.numel()}), got {t}")
+        return float(values[t])
     t = as_timesteps(t, values.device)
     if bool(((t < 0) | (t >= values.numel())).any()):
         raise ValueError(f"timesteps must lie in [0, {values.numel()}), got {t.tolist()}")
     return broadcast_to(values[t], x)
 
 
-def alpha_bar(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> Tensor:
-    """ᾱ_t (float64) broadcast over ``x``, with ᾱ_t = 1 for t < 0 (the clean end of the chain)."""
+def alpha_bar(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> Coef:
+    """ᾱ_t (float64) broadcast over ``x``, with ᾱ_t = 1 for t < 0 (the clean end of the chain).
+
+    A python float for an int ``t``, else a 0-d or (B, 1, ..., 1) tensor.
+    """
+    if _is_int(t):
+        if t >= schedule.num_timesteps:
+            raise ValueError(f"timesteps must be < {schedule.num_timesteps}, got {t}")
+        return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
     t = as_timesteps(t, schedule.device)
     if bool((t >= schedule.num_timesteps).any()):
         raise ValueError(f"timesteps must be < {schedule.num_timesteps}, got {t.tolist()}")
@@ -68,11 +124,17 @@ def alpha_bar(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> Tensor:
 
 def step_alpha_bars(
     schedule: NoiseSchedule, t: Timestep, t_prev: Timestep, x: Tensor
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Coef, Coef]:
     """(ᾱ_t, ᾱ_{t_prev}) for a reverse step t → t_prev, validated and broadcast over ``x``.
 
     Requires 0 <= t < T and t_prev < t (t_prev < 0 means the clean end, ᾱ = 1).
     """
+    if _is_int(t) and _is_int(t_prev):
+        if t < 0:
+            raise ValueError(f"timesteps t must be >= 0, got {t}")
+        if t_prev >= t:
+            raise ValueError(f"t_prev must be < t, got t={t}, t_prev={t_prev}")
+        return alpha_bar(schedule, t, x), alpha_bar(schedule, t_prev, x)
     t_ = as_timesteps(t, schedule.device)
     t_prev_ = as_timesteps(t_prev, schedule.device)
     if bool((t_ < 0).any()):

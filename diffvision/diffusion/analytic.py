@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._utils import Timestep, as_timesteps, step_alpha_bars
+from ._utils import Coef, Timestep, as_timesteps, clamp_min, sqrt, step_alpha_bars
 from .base import randn_like
 from .forward import add_noise
 from .parameterization import PredictionType, predict_x0_eps
@@ -42,23 +42,27 @@ __all__ = ["analytic_variance", "estimate_analytic_gamma", "optimal_variance"]
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def optimal_variance(a_t: Tensor, a_prev: Tensor, gamma: Tensor | float) -> Tensor:
+def optimal_variance(a_t: Coef, a_prev: Coef, gamma: Coef) -> Coef:
     """σ*² of Bao et al. 2022 (Theorem 1, clipped per Theorem 2) from ᾱ values.
 
     Args:
-        a_t: ᾱ_n (float64 tensor, any broadcastable shape).
+        a_t: ᾱ_n (python float or float64 tensor of any broadcastable shape).
         a_prev: ᾱ_{n-1} (ᾱ of the step's target; 1 at the clean end).
-        gamma: Γ_n = E‖ε_θ(x_n, n)‖² / d, float or tensor broadcastable with ``a_t``.
+        gamma: Γ_n = E‖ε_θ(x_n, n)‖² / d, float or float64 tensor broadcastable with ``a_t``.
 
     Returns:
-        σ*²_n in float64, broadcast shape of the inputs.
+        σ*²_n in float64 (a python float if all inputs are floats), broadcast shape of the inputs.
     """
-    gamma = torch.as_tensor(gamma, dtype=torch.float64, device=a_t.device)
     alpha = a_t / a_prev  # α_n
     lam2 = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - alpha)  # λ²_n = β̃
-    gap2 = ((1.0 - a_t) / alpha).sqrt() - (1.0 - a_prev - lam2).clamp(min=0).sqrt()
-    gap2 = gap2**2  # (√(β̄_n/α_n) - √(β̄_{n-1} - λ²_n))²
-    return lam2 + gap2 * (1.0 - gamma).clamp(0.0, 1.0)
+    gap2 = (sqrt((1.0 - a_t) / alpha) - sqrt(clamp_min(1.0 - a_prev - lam2))) ** 2
+    # Theorem 2 bounds <=> 0 <= 1 - Γ_n <= 1
+    one_minus_gamma = 1.0 - gamma
+    if isinstance(one_minus_gamma, Tensor):
+        one_minus_gamma = one_minus_gamma.clamp(0.0, 1.0)
+    else:
+        one_minus_gamma = min(max(one_minus_gamma, 0.0), 1.0)
+    return lam2 + gap2 * one_minus_gamma
 
 
 def analytic_variance(

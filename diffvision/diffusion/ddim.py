@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._utils import Timestep, step_alpha_bars
+from ._utils import Timestep, cast, clamp_min, sqrt, step_alpha_bars
 from .base import StepOutput
 from .parameterization import PredictionType, check_prediction_type, eps_from_x0, predict_x0_eps
 from .schedule import NoiseSchedule
@@ -66,15 +66,15 @@ def ddim_step(
         x0 = x0.clamp(-clip, clip)
         eps = eps_from_x0(schedule, x_t, x0, t)
     # 3. σ_t(η) of eq. 16
-    sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).clamp(min=0).sqrt()
+    sigma = eta * sqrt(clamp_min((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)))
     # 4. "direction pointing to x_t" of eq. 12
-    dir_coef = (1.0 - a_prev - sigma**2).clamp(min=0).sqrt()
-    x_prev = a_prev.sqrt().to(x_t.dtype) * x0 + dir_coef.to(x_t.dtype) * eps
+    dir_coef = sqrt(clamp_min(1.0 - a_prev - sigma**2))
+    x_prev = cast(sqrt(a_prev), x_t) * x0 + cast(dir_coef, x_t) * eps
     # 5. random noise (σ = 0 when η = 0 or at the clean end)
     if eta > 0:
         if noise is None:
             noise = torch.randn_like(x_t)
-        x_prev = x_prev + sigma.to(x_t.dtype) * noise
+        x_prev = x_prev + cast(sigma, x_t) * noise
     return StepOutput(x_prev, x0)
 
 

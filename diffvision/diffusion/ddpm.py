@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._utils import Timestep, as_timesteps, broadcast_to, step_alpha_bars
+from ._utils import Timestep, as_timesteps, broadcast_to, cast, clamp_min, sqrt, step_alpha_bars
 from .analytic import optimal_variance
 from .base import StepOutput
 from .parameterization import PredictionType, check_prediction_type, predict_x0_eps
@@ -80,21 +80,26 @@ def ddpm_step(
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
     # 3. posterior mean μ̃(x_t, x̂_0) (eq. 7)
-    coef_x0 = a_prev.sqrt() * beta / (1.0 - a_t)
-    coef_xt = alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t)
-    mean = coef_x0.to(x_t.dtype) * x0 + coef_xt.to(x_t.dtype) * x_t
+    coef_x0 = sqrt(a_prev) * beta / (1.0 - a_t)
+    coef_xt = sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
+    mean = cast(coef_x0, x_t) * x0 + cast(coef_xt, x_t) * x_t
     # 4. the step's variance σ²
     if variance == "fixed_small":
         var = (1.0 - a_prev) / (1.0 - a_t) * beta
     elif variance == "fixed_large":
         var = beta
     else:
-        gamma = torch.as_tensor(analytic_gamma, dtype=torch.float64)
-        gamma = broadcast_to(gamma, x_t) if gamma.ndim else gamma.to(x_t.device)
+        gamma = analytic_gamma
+        if isinstance(gamma, torch.Tensor):
+            gamma = gamma.double()
+            gamma = broadcast_to(gamma, x_t) if gamma.ndim else float(gamma)
         var = optimal_variance(a_t, a_prev, gamma)
     # 5. no noise on the final step (t' < 0: x_0 is returned as the mean, Ho et al. Alg. 2)
-    nonfinal = broadcast_to((as_timesteps(t_prev, schedule.device) >= 0).double(), x_t)
-    std = (var.clamp(min=0).sqrt() * nonfinal).to(x_t.dtype)
+    if isinstance(t_prev, torch.Tensor):
+        nonfinal = broadcast_to((as_timesteps(t_prev, schedule.device) >= 0).double(), x_t)
+    else:
+        nonfinal = float(t_prev >= 0)
+    std = cast(sqrt(clamp_min(var)) * nonfinal, x_t)
     if noise is None:
         noise = torch.randn_like(x_t)
     return StepOutput(mean + std * noise, x0)

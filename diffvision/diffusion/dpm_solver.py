@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from ._utils import Timestep, alpha_bar, as_timesteps, step_alpha_bars
+from ._utils import Coef, Timestep, alpha_bar, as_timesteps, cast, log, sqrt, step_alpha_bars
 from .parameterization import PredictionType, check_prediction_type, predict_x0_eps
 from .schedule import NoiseSchedule
 from .timesteps import Spacing, make_timesteps, previous_timesteps
@@ -52,8 +52,8 @@ class DPMSolverOutput(NamedTuple):
     history: tuple[tuple[Timestep, Tensor], ...]
 
 
-def _half_log_snr(a: Tensor) -> Tensor:
-    return 0.5 * (a.log() - (1.0 - a).log())
+def _half_log_snr(a: Coef) -> Coef:
+    return 0.5 * (log(a) - log(1.0 - a))
 
 
 def dpm_solver_pp_step(
@@ -100,12 +100,11 @@ def dpm_solver_pp_step(
 
     # 2. α, σ at s (start) and t (target); e^{-h} = σ_t α_s / (α_t σ_s) stays finite at σ_t = 0
     a_s, a_t = step_alpha_bars(schedule, t, t_prev, x_t)
-    alpha_t, sigma_t = a_t.sqrt(), (1.0 - a_t).sqrt()
-    alpha_s, sigma_s = a_s.sqrt(), (1.0 - a_s).sqrt()
+    alpha_t, sigma_t = sqrt(a_t), sqrt(1.0 - a_t)
+    alpha_s, sigma_s = sqrt(a_s), sqrt(1.0 - a_s)
     exp_neg_h = sigma_t * alpha_s / (alpha_t * sigma_s)
-    x_prev = (sigma_t / sigma_s).to(x_t.dtype) * x_t + (alpha_t * (1.0 - exp_neg_h)).to(
-        x_t.dtype
-    ) * x0  # first-order part, shared by all orders
+    # first-order part, shared by all orders
+    x_prev = cast(sigma_t / sigma_s, x_t) * x_t + cast(alpha_t * (1.0 - exp_neg_h), x_t) * x0
     if order == 1:
         return DPMSolverOutput(x_prev, x0, new_history)
 
@@ -114,21 +113,21 @@ def dpm_solver_pp_step(
     h = lam_t - lam_s
     t1, m1 = history[-1]
     r0 = (lam_s - _half_log_snr(alpha_bar(schedule, t1, x_t))) / h
-    d1_0 = (1.0 / r0).to(x_t.dtype) * (x0 - m1)
+    d1_0 = cast(1.0 / r0, x_t) * (x0 - m1)
     if order == 2:
         coef = 0.5 * alpha_t * (1.0 - exp_neg_h)
-        return DPMSolverOutput(x_prev + coef.to(x_t.dtype) * d1_0, x0, new_history)
+        return DPMSolverOutput(x_prev + cast(coef, x_t) * d1_0, x0, new_history)
 
     t2, m2 = history[-2]
     lam_s1 = _half_log_snr(alpha_bar(schedule, t1, x_t))
     r1 = (lam_s1 - _half_log_snr(alpha_bar(schedule, t2, x_t))) / h
-    d1_1 = (1.0 / r1).to(x_t.dtype) * (m1 - m2)
-    d1 = d1_0 + (r0 / (r0 + r1)).to(x_t.dtype) * (d1_0 - d1_1)
-    d2 = (1.0 / (r0 + r1)).to(x_t.dtype) * (d1_0 - d1_1)
+    d1_1 = cast(1.0 / r1, x_t) * (m1 - m2)
+    d1 = d1_0 + cast(r0 / (r0 + r1), x_t) * (d1_0 - d1_1)
+    d2 = cast(1.0 / (r0 + r1), x_t) * (d1_0 - d1_1)
     phi_1 = exp_neg_h - 1.0  # e^{-h} - 1
     coef_d1 = alpha_t * (phi_1 / h + 1.0)
     coef_d2 = alpha_t * ((phi_1 + h) / h**2 - 0.5)
-    x_prev = x_prev + coef_d1.to(x_t.dtype) * d1 - coef_d2.to(x_t.dtype) * d2
+    x_prev = x_prev + cast(coef_d1, x_t) * d1 - cast(coef_d2, x_t) * d2
     return DPMSolverOutput(x_prev, x0, new_history)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._utils import Timestep, alpha_bar, as_timesteps, step_alpha_bars
+from ._utils import Coef, Timestep, alpha_bar, as_timesteps, cast, sqrt, step_alpha_bars
 from .schedule import NoiseSchedule
 
 __all__ = ["add_noise", "posterior_mean_variance"]
@@ -28,16 +28,15 @@ def add_noise(schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep) -
     """
     if noise.shape != x0.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
-    t = as_timesteps(t, schedule.device)
-    if bool((t < 0).any()):
-        raise ValueError(f"timesteps t must be >= 0, got {t.tolist()}")
+    if bool((as_timesteps(t, schedule.device) < 0).any()):
+        raise ValueError(f"timesteps t must be >= 0, got {t}")
     a_t = alpha_bar(schedule, t, x0)
-    return a_t.sqrt().to(x0.dtype) * x0 + (1.0 - a_t).sqrt().to(x0.dtype) * noise
+    return cast(sqrt(a_t), x0) * x0 + cast(sqrt(1.0 - a_t), x0) * noise
 
 
 def posterior_mean_variance(
     schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Timestep, t_prev: Timestep
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Coef]:
     """Mean and variance of q(x_{t'} | x_t, x_0) for any earlier t' = ``t_prev`` < t.
 
     With the step's α = ᾱ_t / ᾱ_{t'} and β = 1 - α (β = β_t when t' = t - 1), Ho et al. 2020 eq. 7:
@@ -55,14 +54,14 @@ def posterior_mean_variance(
         t_prev: int or (B,) earlier timesteps, < t (negative = the clean end).
 
     Returns:
-        ``(mean, variance)``: mean (B, ...) in the dtype of ``x_t``; variance float64, 0-d or
-        (B, 1, ..., 1).
+        ``(mean, variance)``: mean (B, ...) in the dtype of ``x_t``; variance in float64, a
+        python float for int timesteps, else a 0-d or (B, 1, ..., 1) tensor.
     """
     a_t, a_prev = step_alpha_bars(schedule, t, t_prev, x_t)
     alpha = a_t / a_prev
     beta = 1.0 - alpha
-    coef_x0 = a_prev.sqrt() * beta / (1.0 - a_t)
-    coef_xt = alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t)
-    mean = coef_x0.to(x_t.dtype) * x0 + coef_xt.to(x_t.dtype) * x_t
+    coef_x0 = sqrt(a_prev) * beta / (1.0 - a_t)
+    coef_xt = sqrt(alpha) * (1.0 - a_prev) / (1.0 - a_t)
+    mean = cast(coef_x0, x_t) * x0 + cast(coef_xt, x_t) * x_t
     variance = (1.0 - a_prev) / (1.0 - a_t) * beta
     return mean, variance

@@ -16,7 +16,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from ._utils import Timestep, extract
+from ._utils import Coef, Timestep, cast, extract, sqrt
 from .schedule import NoiseSchedule
 
 __all__ = [
@@ -36,10 +36,10 @@ PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
 
 
-def _scales(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> tuple[Tensor, Tensor]:
+def _scales(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> tuple[Coef, Coef]:
     """(√ᾱ_t, √(1 - ᾱ_t)) in float64, broadcast over ``x``."""
     a_t = extract(schedule.alphas_cumprod, t, x)
-    return a_t.sqrt(), (1.0 - a_t).sqrt()
+    return sqrt(a_t), sqrt(1.0 - a_t)
 
 
 def x0_from_eps(schedule: NoiseSchedule, x_t: Tensor, eps: Tensor, t: Timestep) -> Tensor:
@@ -55,7 +55,7 @@ def x0_from_eps(schedule: NoiseSchedule, x_t: Tensor, eps: Tensor, t: Timestep) 
         (B, ...) x_0 in the dtype of ``x_t``.
     """
     alpha, sigma = _scales(schedule, t, x_t)
-    return (1.0 / alpha).to(x_t.dtype) * x_t - (sigma / alpha).to(x_t.dtype) * eps
+    return cast(1.0 / alpha, x_t) * x_t - cast(sigma / alpha, x_t) * eps
 
 
 def eps_from_x0(schedule: NoiseSchedule, x_t: Tensor, x0: Tensor, t: Timestep) -> Tensor:
@@ -71,7 +71,7 @@ def eps_from_x0(schedule: NoiseSchedule, x_t: Tensor, x0: Tensor, t: Timestep) -
         (B, ...) ε in the dtype of ``x_t``.
     """
     alpha, sigma = _scales(schedule, t, x_t)
-    return (1.0 / sigma).to(x_t.dtype) * x_t - (alpha / sigma).to(x_t.dtype) * x0
+    return cast(1.0 / sigma, x_t) * x_t - cast(alpha / sigma, x_t) * x0
 
 
 def v_from_eps_x0(schedule: NoiseSchedule, eps: Tensor, x0: Tensor, t: Timestep) -> Tensor:
@@ -87,7 +87,7 @@ def v_from_eps_x0(schedule: NoiseSchedule, eps: Tensor, x0: Tensor, t: Timestep)
         (B, ...) v in the dtype of ``x0``.
     """
     alpha, sigma = _scales(schedule, t, x0)
-    return alpha.to(x0.dtype) * eps - sigma.to(x0.dtype) * x0
+    return cast(alpha, x0) * eps - cast(sigma, x0) * x0
 
 
 def get_velocity(schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Timestep) -> Tensor:
@@ -112,7 +112,7 @@ def x0_from_v(schedule: NoiseSchedule, x_t: Tensor, v: Tensor, t: Timestep) -> T
         (B, ...) x_0 in the dtype of ``x_t``.
     """
     alpha, sigma = _scales(schedule, t, x_t)
-    return alpha.to(x_t.dtype) * x_t - sigma.to(x_t.dtype) * v
+    return cast(alpha, x_t) * x_t - cast(sigma, x_t) * v
 
 
 def eps_from_v(schedule: NoiseSchedule, x_t: Tensor, v: Tensor, t: Timestep) -> Tensor:
@@ -128,7 +128,7 @@ def eps_from_v(schedule: NoiseSchedule, x_t: Tensor, v: Tensor, t: Timestep) -> 
         (B, ...) ε in the dtype of ``x_t``.
     """
     alpha, sigma = _scales(schedule, t, x_t)
-    return sigma.to(x_t.dtype) * x_t + alpha.to(x_t.dtype) * v
+    return cast(sigma, x_t) * x_t + cast(alpha, x_t) * v
 
 
 def check_prediction_type(prediction_type: str) -> None:
