@@ -2,12 +2,18 @@
 """Experiment 2: pixel MLPs on DDPM features vs raw pixels vs an untrained UNet's features.
 
 On the toy scenes (64x64, 5 classes; 50 validation images), an ensemble of 10 pixel MLPs is
-trained on 5 or 20 labeled images with, per pixel,
+trained on 5 or 20 labeled training images (a seeded choice; the 5 are a subset of the 20) with,
+per pixel,
 
-- ``DDPM``: decoder activations (blocks 2-6, steps 50/150/250, one shared noise) of the toy DDPM
-  trained by ``configs/ddpm_toy_scenes.yaml`` (its checkpoint is ``--ddpm``);
+- ``DDPM (trained)``: decoder activations (blocks 2-6, steps 50/150/250, one shared noise) of
+  the toy DDPM trained with ``configs/ddpm_toy_scenes.yaml`` (checkpoint ``--ddpm``);
 - ``untrained UNet``: the same architecture, steps and blocks, random weights;
-- ``raw pixels``: the pixel's RGB value.
+- ``raw pixels (RGB)``: the pixel's colour.
+
+The pipeline is the ``PixelMLP`` task's (same extractor, feature gathering, MLP ensemble, pixel
+batches, majority vote and evaluator); to save CPU time each feature extractor runs once per
+image and its features serve both label budgets, and the MLPs are trained by a plain Adam loop
+(lr 1e-3, 64 pixels per model per step), which is what the engine does for this task.
 
     python projects/segmentation/experiments/pixel_mlp_toy.py \
         --ddpm output/ddpm_toy_scenes/model_final.pth
@@ -18,7 +24,6 @@ Prints a markdown table of validation mIoU / pixel accuracy.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -26,57 +31,116 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-import projects  # noqa: E402,F401  (registers the tasks)
-from diffvision.config import get_cfg  # noqa: E402
-from diffvision.engine.defaults import seed_everything  # noqa: E402
-from diffvision.engine.run import train  # noqa: E402
+import torch  # noqa: E402
 
-CONFIG = ROOT / "projects" / "segmentation" / "configs" / "pixel_mlp_toy.yaml"
+from diffvision.data.label_fraction import select_label_fraction  # noqa: E402
+from diffvision.data.seg_folder import load_seg_folder, read_classes_json  # noqa: E402
+from diffvision.data.toy_scenes import TOY_SCENE_CLASSES, ensure_toy_scenes  # noqa: E402
+from diffvision.evaluation.sem_seg import SemSegEvaluator  # noqa: E402
+from diffvision.generation.build import build_unet  # noqa: E402
+from diffvision.generation.checkpoint import load_ddpm_unet  # noqa: E402
+from projects.segmentation.build_pixel_mlp import load_images  # noqa: E402
+from projects.segmentation.pixel_features import (  # noqa: E402
+    DDPMFeatureExtractor,
+    RawPixelExtractor,
+    gather_pixel_features,
+    pixel_grid,
+)
+from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble  # noqa: E402
+
+STEPS, BLOCKS = (50, 150, 250), (2, 3, 4, 5, 6)
 
 
-def run(opts: list[str]) -> dict:
-    cfg = get_cfg()
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(opts)
-    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.SEED)
-    return train(cfg)
+@torch.no_grad()
+def all_pixel_features(extractor, images) -> torch.Tensor:
+    """``(num_images, H·W, D)`` float16 features of every pixel."""
+    out = []
+    for image in images:
+        size = tuple(image.shape[-2:])
+        maps = extractor(image[None])
+        out.append(gather_pixel_features(maps, pixel_grid(*size), size=size).half())
+    return torch.stack(out)
+
+
+def train_and_eval(train_feats, train_masks, test_feats, test_masks, *, iters, seed) -> dict:
+    feats = train_feats.reshape(-1, train_feats.shape[-1])
+    labels = torch.stack(train_masks).reshape(-1)
+    keep = labels != 255
+    torch.manual_seed(seed)
+    ensemble = PixelMLPEnsemble(in_features=feats.shape[1], num_classes=5, num_models=10)
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
+    batches = iter(PixelBatches(feats[keep], labels[keep], num_models=10, seed=seed))
+    ensemble.train()
+    for _ in range(iters):
+        loss = ensemble(next(batches))["loss_ce"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ensemble.eval()
+    evaluator = SemSegEvaluator(num_classes=5, class_names=TOY_SCENE_CLASSES)
+    for f, m in zip(test_feats, test_masks):
+        pred, _ = ensemble.predict(f)
+        evaluator.process(pred.view(m.shape), m)
+    return evaluator.evaluate()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ddpm", default="output/ddpm_toy_scenes/model_final.pth")
     parser.add_argument("--iters", type=int, default=1500)
-    parser.add_argument("--output", default="output/exp_pixel_mlp_toy")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
     start = time.time()
-    variants = {
-        "DDPM (trained)": ["MODEL.PIXEL_MLP.DDPM_CHECKPOINT", args.ddpm],
-        "untrained UNet": ["MODEL.PIXEL_MLP.DDPM_CHECKPOINT", args.ddpm,
-                           "MODEL.PIXEL_MLP.RANDOM_UNET", "True"],
-        "raw pixels (RGB)": ["MODEL.PIXEL_MLP.FEATURES", "raw"],
-    }  # fmt: skip
+
+    train_records = load_seg_folder(ensure_toy_scenes("train"), require_masks=True)
+    val_dir = ensure_toy_scenes("val")
+    assert read_classes_json(val_dir / "classes.json")["classes"] == list(TOY_SCENE_CLASSES)
+    chosen = select_label_fraction([r["file_name"] for r in train_records], fraction=20, seed=0)
+    train_images, train_masks = load_images([train_records[i] for i in chosen], image_size=64)
+    five = set(select_label_fraction([r["file_name"] for r in train_records], fraction=5, seed=0))
+    five_pos = [k for k, i in enumerate(chosen) if i in five]
+    test_images, test_masks = load_images(load_seg_folder(val_dir), image_size=64)
+
+    trained, schedule, ddpm_cfg = load_ddpm_unet(args.ddpm)
+    torch.manual_seed(args.seed)
+    untrained = build_unet(ddpm_cfg, num_classes=None).eval()
+    extractors = {
+        "DDPM (trained)": DDPMFeatureExtractor(
+            unet=trained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
+        ),
+        "untrained UNet": DDPMFeatureExtractor(
+            unet=untrained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
+        ),
+        "raw pixels (RGB)": RawPixelExtractor(),
+    }
     rows = []
-    for name, opts in variants.items():
-        row = [name]
-        for count in (5, 20):
-            tag = name.split()[0].lower()
-            metrics = run(
-                [*opts, "SEG.LABEL_COUNT", str(count), "SOLVER.MAX_ITER", str(args.iters),
-                 "LOG_PERIOD", "1000", "OUTPUT_DIR", f"{args.output}/{tag}_{count}"]
-            )  # fmt: skip
+    for name, extractor in extractors.items():
+        train_feats = all_pixel_features(extractor, train_images)
+        test_feats = all_pixel_features(extractor, test_images)
+        print(f"{name}: D = {train_feats.shape[-1]}, features in {time.time() - start:.0f}s")
+        row = [name, train_feats.shape[-1]]
+        for subset in (five_pos, list(range(len(chosen)))):
+            metrics = train_and_eval(
+                train_feats[subset],
+                [train_masks[k] for k in subset],
+                test_feats,
+                test_masks,
+                iters=args.iters,
+                seed=args.seed,
+            )
             row += [metrics["sem_seg/mIoU"], metrics["sem_seg/pACC"]]
-            print(f"{name} {count} images: mIoU {metrics['sem_seg/mIoU']:.2f}", flush=True)
+            print(f"  {len(subset)} images: mIoU {metrics['sem_seg/mIoU']:.2f}", flush=True)
         rows.append(row)
+
     print(
-        f"\nToy scenes 64x64, 10 pixel MLPs, {args.iters} iterations x 64 pixels; "
-        "val mIoU / pACC (%), 50 images"
+        f"\nToy scenes 64x64, 10 pixel MLPs x {args.iters} Adam steps of 64 pixels, all labeled "
+        "pixels of the chosen images; validation mIoU / pACC (%) over 50 images"
     )
-    print("| pixel features | mIoU 5 img | pACC 5 img | mIoU 20 img | pACC 20 img |")
-    print("|---|---|---|---|---|")
+    print("| pixel features | D | mIoU 5 img | pACC 5 img | mIoU 20 img | pACC 20 img |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} |")
     print(f"\nwall time: {time.time() - start:.0f} s")
 
 
