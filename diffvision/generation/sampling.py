@@ -9,9 +9,11 @@ modifications:
 - **SDEdit** (Meng et al. 2022, §3, Alg. 1): start from the guide image noised to
   ``t₀ = strength · T`` by q(x_{t₀}|x_0) and run only the sampler steps with ``t ≤ t₀`` (the
   diffusers img2img convention for how many of ``num_steps`` are used).
-- **ILVR** (Choi et al. 2021, eq. 7 / Alg. 1): after each step,
+- **ILVR** (Choi et al. 2021, eq. 7 / Alg. 1): after each step, the final one included,
   ``x_{t-1} ← φ_N(y_{t-1}) + x_{t-1} − φ_N(x_{t-1})`` with ``y_{t-1} ~ q(y_{t-1}|y)`` of the
-  reference image and ``φ_N`` a low-pass filter (down-sampling by ``N`` and up-sampling back).
+  reference image (``y_0 = y``) and ``φ_N`` a linear low-pass filter: ``N×N`` average pooling
+  then nearest up-sampling, an exact projection (φ∘φ = φ), so the result satisfies
+  ``φ_N(x_{t-1}) = φ_N(y_{t-1})`` exactly.
 
 With ``sampler="ddpm"`` a UNet with learned variance samples with its own variance
 Σ_θ = exp(v log β + (1 − v) log β̃) of the (strided) step (Nichol & Dhariwal 2021, eq. 15).
@@ -46,7 +48,9 @@ DDPMVariance = Literal["learned", "fixed_small", "fixed_large"]
 
 
 def low_pass(x: Tensor, factor: int) -> Tensor:
-    """ILVR's φ_N: down-sample by ``factor`` (antialiased bicubic), up-sample back (bicubic).
+    """ILVR's φ_N: ``N×N`` average pooling, then nearest up-sampling back to the input size.
+
+    A linear projection (φ∘φ = φ): the mean of every ``N×N`` block.
 
     Args:
         x: ``(B, C, H, W)`` images.
@@ -56,9 +60,7 @@ def low_pass(x: Tensor, factor: int) -> Tensor:
         raise ValueError(f"ILVR factor {factor} must be >= 1 and divide the size {x.shape[-2:]}")
     if factor == 1:
         return x
-    size = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=1.0 / factor, mode="bicubic", antialias=True)
-    return F.interpolate(small, size=size, mode="bicubic", align_corners=False)
+    return F.interpolate(F.avg_pool2d(x, factor), scale_factor=factor, mode="nearest")
 
 
 def guided_model_output(
@@ -237,9 +239,11 @@ def _reverse_loop(
         else:
             noise = _randn(tuple(x.shape), generator, x.device) if solver.stochastic else None
             x, _ = solver.step(pred, i, x, noise=noise)
-        if ilvr_reference is not None and t_prev >= 0:
-            noise = _randn(tuple(x.shape), generator, x.device)
-            y_prev = add_noise(sched, ilvr_reference, noise, t_prev)
+        if ilvr_reference is not None:
+            y_prev = ilvr_reference  # y_0 = y at the clean end
+            if t_prev >= 0:
+                noise = _randn(tuple(x.shape), generator, x.device)
+                y_prev = add_noise(sched, ilvr_reference, noise, t_prev)
             x = x - low_pass(x, ilvr_factor) + low_pass(y_prev, ilvr_factor)
     return x
 
