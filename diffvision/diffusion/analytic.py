@@ -124,7 +124,7 @@ def estimate_analytic_gamma(
             for x0 in data_x0.split(batch_size):
                 noise = randn_like(x0, generator)
                 x_t = add_noise(schedule, x0, noise, n)
-                t_model = schedule.timestep_map[n].to(x0.device).expand(x0.shape[0])
+                t_model = schedule.timestep_map[n].to(x0.device).repeat(x0.shape[0])
                 output = model_fn(x_t, t_model)
                 _, eps = predict_x0_eps(schedule, output, x_t, n, prediction_type)
                 total += eps.double().pow(2).flatten(1).sum(1).div(dim).sum().item()

@@ -129,7 +129,7 @@ def sample(
     history: tuple = ()
     model_timesteps = schedule.timestep_map[solver.timesteps].to(x.device)
     for i in range(solver.num_steps):
-        t_model = model_timesteps[i].expand(x.shape[0])
+        t_model = model_timesteps[i].repeat(x.shape[0])  # (B,), a real tensor, not a view
         output = model_fn(x, t_model)
         if isinstance(solver, DPMSolverPPSampler):
             x, _, history = solver.step(output, i, x, history=history)

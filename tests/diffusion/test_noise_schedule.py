@@ -84,6 +84,8 @@ def test_unknown_schedule_lists_known_names():
     assert "quadratic" in str(info.value)
     with pytest.raises(ValueError, match="num_timesteps"):
         get_schedule("linear", 0)
+    with pytest.raises(ValueError, match="num_timesteps > 20"):
+        get_schedule("linear", 20)  # β_T = 0.02 · 1000 / T would reach 1
 
 
 def test_respace_keeps_alphas_cumprod_and_maps_timesteps():
