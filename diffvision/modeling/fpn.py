@@ -90,6 +90,7 @@ def build_resnet_fpn_backbone(
     stride_in_1x1: bool = False,
     stem_channels: int = 64,
     res2_channels: int | None = None,
+    norm: str = "FrozenBN",
 ) -> FPN:
     """ResNet-FPN as in detectron2 ``build_resnet_fpn_backbone`` (FrozenBN in every stage)."""
     from diffvision.modeling.resnet import ResNet
@@ -101,6 +102,7 @@ def build_resnet_fpn_backbone(
         stride_in_1x1=stride_in_1x1,
         stem_channels=stem_channels,
         res2_channels=res2_channels,
+        norm=norm,
     )
     return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels)
 

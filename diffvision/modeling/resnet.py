@@ -29,6 +29,7 @@ __all__ = [
     "BottleneckBlock",
     "ResNet",
     "RESNET_DEPTHS",
+    "NORMS",
     "convert_torchvision_resnet",
 ]
 
@@ -57,6 +58,26 @@ class ConvNorm(nn.Conv2d):
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+NORMS = ("FrozenBN", "BN", "GN")
+
+
+def _make_norm(norm: str, channels: int) -> nn.Module:
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    if norm == "GN":
+        return nn.GroupNorm(min(32, channels), channels)
+    raise ValueError(f"ResNet norm {norm!r} is not one of {NORMS}")
+
+
+def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(frozen, name).copy_(getattr(bn, name).detach())
+    return frozen
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0) -> ConvNorm:
@@ -153,6 +174,9 @@ class ResNet(nn.Module):
             ``BACKBONE.FREEZE_AT``; DiffusionDet uses 2), up to 5.
         out_features: which of ``res2..res5`` ``forward`` returns.
         stride_in_1x1: bottleneck stride on the first 1x1 (MSRA) instead of the 3x3 (torchvision).
+        norm: ``FrozenBN`` (detectron2 default, all official configs), or trainable ``BN`` /
+            ``GN`` for training from scratch (toy configs: a random-init network with FrozenBN has
+            no normalisation at all). BN layers of frozen stages become FrozenBN, as in detectron2.
         stem_channels: stem output channels (64).
         res2_channels: ``res2`` output channels, doubled per stage (default 64 for basic blocks,
             256 for bottlenecks; smaller values give the narrow networks of toy configs).
@@ -169,8 +193,11 @@ class ResNet(nn.Module):
         stride_in_1x1: bool = False,
         stem_channels: int = 64,
         res2_channels: int | None = None,
+        norm: str = "FrozenBN",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"ResNet norm {norm!r} is not one of {NORMS}")
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"ResNet depth {depth!r} is not one of {sorted(RESNET_DEPTHS)}")
         if not 0 <= freeze_at <= 5:
@@ -210,6 +237,10 @@ class ResNet(nn.Module):
             self.add_module(name, nn.Sequential(*blocks))
             self._out_channels[name] = out_ch
             self._out_strides[name] = 2 ** (idx + 2)
+        if norm != "FrozenBN":
+            for m in self.modules():
+                if isinstance(m, ConvNorm):
+                    m.norm = _make_norm(norm, m.out_channels)
         self.freeze(freeze_at)
 
     @property
@@ -229,6 +260,9 @@ class ResNet(nn.Module):
             if freeze_at >= idx:
                 for p in module.parameters():
                     p.requires_grad_(False)
+                for m in module.modules():
+                    if isinstance(m, ConvNorm) and isinstance(m.norm, nn.BatchNorm2d):
+                        m.norm = _frozen_copy(m.norm)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 4:

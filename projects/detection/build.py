@@ -56,7 +56,6 @@ def build_backbone(cfg: CfgNode) -> FPN:
     if name == "build_resnet_fpn_backbone":
         r = cfg.MODEL.RESNETS
         unsupported = {
-            "NORM": (r.NORM, "FrozenBN"),
             "NUM_GROUPS": (r.NUM_GROUPS, 1),
             "WIDTH_PER_GROUP": (r.WIDTH_PER_GROUP, 64),
             "RES5_DILATION": (r.RES5_DILATION, 1),
@@ -72,6 +71,7 @@ def build_backbone(cfg: CfgNode) -> FPN:
             stride_in_1x1=r.STRIDE_IN_1X1,
             stem_channels=r.STEM_OUT_CHANNELS,
             res2_channels=r.RES2_OUT_CHANNELS,
+            norm=r.NORM,
         )
     if name == "build_swintransformer_fpn_backbone":
         s = cfg.MODEL.SWIN

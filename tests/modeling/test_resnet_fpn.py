@@ -113,3 +113,16 @@ def test_fpn_matches_torchvision_fpn():
 def test_invalid_depth_is_a_value_error():
     with pytest.raises(ValueError, match="depth 42"):
         ResNet(depth=42)
+
+
+def test_trainable_norms_for_training_from_scratch():
+    resnet = ResNet(depth=18, freeze_at=2, norm="BN", res2_channels=16, stem_channels=16)
+    assert isinstance(resnet.res3[0].conv1.norm, torch.nn.BatchNorm2d)
+    # frozen stages get FrozenBN, as in detectron2
+    assert type(resnet.res2[0].conv1.norm).__name__ == "FrozenBatchNorm2d"
+    assert type(resnet.stem.conv1.norm).__name__ == "FrozenBatchNorm2d"
+    gn = ResNet(depth=18, freeze_at=0, norm="GN", res2_channels=16, stem_channels=16)
+    assert isinstance(gn.res5[1].conv2.norm, torch.nn.GroupNorm)
+    assert gn(torch.randn(1, 3, 32, 32))["res5"].shape == (1, 128, 1, 1)
+    with pytest.raises(ValueError, match="SyncBN"):
+        ResNet(depth=18, norm="SyncBN")
