@@ -127,6 +127,16 @@ def expected_shapes(
     return shapes
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread for these small-tensor tests (restored afterwards): on a busy 2-core
+    machine, spinning OpenMP threads made them many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _meta_unet(flags: str) -> UNet:
     with torch.device("meta"):
         return UNet.from_guided_diffusion_flags(**parse_guided_diffusion_flags(flags))
