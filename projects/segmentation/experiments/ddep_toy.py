@@ -7,12 +7,13 @@ ResNet-18 UNet is fine-tuned on 1/30 of the labels (7 images) and on all 200, st
 - ``random``: no pretraining (encoder and decoder randomly initialised);
 - ``DDeP``: the decoder pretrained as a one-step denoiser (sigma = 0.22, predict eps, L2) on the
   200 training images *without labels*, with the encoder frozen in eval mode;
-- ``DeP``: the same denoising pretraining of encoder *and* decoder (the workshop paper's DeP).
+- ``DeP`` (with ``--dep``): the same denoising pretraining of encoder *and* decoder (the
+  workshop paper's DeP).
 
 No ImageNet weights can be downloaded here, so the encoder is randomly initialised in every
 row: DDeP's decoder learns to denoise from a frozen *random* encoder, not a supervised one.
 
-    python projects/segmentation/experiments/ddep_toy.py --pretrain-iters 300 --finetune-iters 150
+    python projects/segmentation/experiments/ddep_toy.py --pretrain-iters 200 --finetune-iters 120
 
 Prints a markdown table of validation mIoU / pixel accuracy.
 """
@@ -47,18 +48,19 @@ def run(config: str, opts: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pretrain-iters", type=int, default=300)
-    parser.add_argument("--finetune-iters", type=int, default=150)
+    parser.add_argument("--pretrain-iters", type=int, default=200)
+    parser.add_argument("--finetune-iters", type=int, default=120)
+    parser.add_argument("--dep", action="store_true", help="also pretrain the encoder (DeP)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--output", default="output/exp_ddep_toy")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.output)
-    common = ["SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "1000"]
+    common = ["SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "20"]
     start = time.time()
 
     pretrained = {"random": ""}
-    for name, freeze in (("DDeP", "True"), ("DeP", "False")):
+    for name, freeze in (("DDeP", "True"), ("DeP", "False"))[: 2 if args.dep else 1]:
         run(
             "ddep_toy_pretrain_r18.yaml",
             [*common, "SOLVER.MAX_ITER", str(args.pretrain_iters),
