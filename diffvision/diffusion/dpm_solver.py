@@ -9,7 +9,7 @@ with h = λ_t - λ_s. Using the x̂_0 of the last k steps m0 = x̂_0(s), m1, m2 
   x_t = (σ_t / σ_s) x_s - α_t (e^{-h} - 1) m0
 - order 2, "DPM-Solver++(2M)" (Alg. 2), with h_0 = λ_s - λ_{s1}, r0 = h_0 / h, D1 = (m0 - m1) / r0:
   x_t = (σ_t / σ_s) x_s - α_t (e^{-h} - 1) (m0 + ½ D1)
-- order 3 (multistep third order, App. of Lu et al. / DPM-Solver §3.3), with r1 = h_1 / h,
+- order 3 (the third-order multistep update of the reference implementation), r1 = h_1 / h,
   D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
   D2 = (D1_0 - D1_1) / (r0 + r1):
   x_t = (σ_t / σ_s) x_s - α_t (e^{-h} - 1) m0 + α_t ((e^{-h} - 1) / h + 1) D1
