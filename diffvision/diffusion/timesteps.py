@@ -1,6 +1,6 @@
 """Inference timestep grids: which of the T training timesteps a sampler visits.
 
-Spacings (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2,
+Spacings (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
 and the DPM-Solver reference implementation), for T training steps and N sampling steps:
 
 - ``leading``:  (N - 1 - k) · (T // N), k = 0..N-1 (DDIM / improved-diffusion "ddimN" strides).
