@@ -112,7 +112,8 @@ def load_weights(
         bb_state,
         strict=strict,
         source=f"{source} ({fmt} backbone)",
-        regenerated=("relative_position_index",),  # a constant, rebuilt by the module
+        # a constant rebuilt by the module; a counter that ImageNet files may lack
+        regenerated=("relative_position_index", "num_batches_tracked"),
     )
     logger.info("Initialised backbone.bottom_up from %s (%s naming)", source, fmt)
     return {"format": fmt, **info}

@@ -172,6 +172,7 @@ def r18_model():
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # as with any ImageNet initialisation
     return build_model(cfg, with_criterion=False)
 
 
