@@ -96,3 +96,56 @@ def test_shift_mask_separates_regions():
     assert set(mask.unique().tolist()) == {0.0, -100.0}
     assert (mask[0] == 0).all()  # the top-left window is one region
     assert (mask[3] == -100).any()
+
+
+def test_swin_matches_torchvision_swin_maths():
+    """Same weights, same features as torchvision's Swin (where both shift every other block)."""
+    from torchvision.models.swin_transformer import SwinTransformer as TorchvisionSwin
+
+    torch.manual_seed(0)
+    depths, heads = (2, 2, 2, 2), (1, 2, 2, 4)
+    tv = TorchvisionSwin(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=list(depths),
+        num_heads=list(heads),
+        window_size=[7, 7],
+        stochastic_depth_prob=0.0,
+    ).eval()
+    ours = SwinTransformer(embed_dim=16, depths=depths, num_heads=heads, drop_path_rate=0.0).eval()
+    mapped = {}
+    for key, value in tv.state_dict().items():
+        parts = key.split(".")
+        if parts[0] != "features":
+            continue
+        idx = int(parts[1])
+        rest = ".".join(parts[2:])
+        if idx == 0:
+            name = {
+                "0.weight": "patch_embed.proj.weight",
+                "0.bias": "patch_embed.proj.bias",
+                "2.weight": "patch_embed.norm.weight",
+                "2.bias": "patch_embed.norm.bias",
+            }[rest]
+        elif idx % 2 == 1:
+            rest = rest.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+            name = f"layers.{idx // 2}.blocks.{rest}"
+        else:
+            name = f"layers.{idx // 2 - 1}.downsample.{rest}"
+        if name.endswith("relative_position_index"):  # torchvision keeps it flat
+            assert torch.equal(value.view(49, 49), ours.state_dict()[name])
+            value = value.view(49, 49)
+        mapped[name] = value
+    missing, unexpected = ours.load_state_dict(mapped, strict=False)
+    assert not unexpected and all(k.startswith("norm") for k in missing)
+    # 256 px: every stage is at least one window wide, where torchvision also shifts
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out = ours(x)
+        y = x
+        for i, stage in enumerate(tv.features):
+            y = stage(y)
+            if i % 2 == 1:
+                level = i // 2
+                expected = getattr(ours, f"norm{level}")(y).permute(0, 3, 1, 2)
+                torch.testing.assert_close(out[f"swin{level}"], expected, rtol=1e-4, atol=1e-4)
