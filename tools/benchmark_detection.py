@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 import diffvision.generation  # noqa: E402,F401  (DDPM keys: read configs saved by train_net)
 import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+from diffvision.data.detection_transforms import resized_shape  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from projects.detection.box_diffusion import diffusion_to_boxes  # noqa: E402
 from projects.detection.build import build_model  # noqa: E402
@@ -289,11 +290,7 @@ def main(argv: list[str] | None = None) -> str:
     else:
         args.clock = "wall"
     if args.size is None:
-        from projects.detection.detector import resize_shortest_edge_shape
-
-        args.size = list(
-            resize_shortest_edge_shape(480, 640, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        )
+        args.size = list(resized_shape(480, 640, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
     size = tuple(args.size)
     meta = {
         "config": args.config,

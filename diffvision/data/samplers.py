@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from diffvision.engine import comm
+
 __all__ = [
     "AspectRatioGroupedBatches",
     "InferenceSampler",
@@ -29,8 +31,6 @@ __all__ = [
 
 
 def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    from diffvision.engine import comm
-
     rank = comm.get_rank() if rank is None else rank
     world_size = comm.get_world_size() if world_size is None else world_size
     if not 0 <= rank < world_size:
@@ -61,11 +61,7 @@ class TrainingSampler(Sampler[int]):
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}")
         self._size = size
         self._shuffle = shuffle
-        if seed is None:
-            from diffvision.engine import comm
-
-            seed = comm.shared_random_seed()
-        self._seed = int(seed)
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _default_rank_world(rank, world_size)
 
     def __iter__(self) -> Iterator[int]:
@@ -133,11 +129,7 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
         self._shuffle = shuffle
-        if seed is None:
-            from diffvision.engine import comm
-
-            seed = comm.shared_random_seed()
-        self._seed = int(seed)
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _default_rank_world(rank, world_size)
 
     def epoch_indices(self, generator: torch.Generator) -> torch.Tensor:

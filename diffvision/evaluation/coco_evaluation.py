@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffvision.data.catalog import get_detection_dataset, missing_data_hint
 from diffvision.engine import comm
 
 __all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file"]
@@ -47,12 +48,8 @@ def resolve_json_file(dataset: str | os.PathLike) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"annotation file not found: {path}")
         return path
-    from diffvision.data.catalog import get_detection_dataset
-
     path = get_detection_dataset(str(dataset)).json_file
     if not path.is_file():
-        from diffvision.data.catalog import missing_data_hint
-
         raise FileNotFoundError(
             f"annotation file of dataset '{dataset}' not found: {path}. {missing_data_hint()}"
         )
