@@ -268,6 +268,26 @@ class _TrainBatches:
             yield list(itertools.islice(stream, self.batch_size))
 
 
+def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
+    """A dataset with more classes than the model's logits would train silently wrong (a class id
+    equal to NUM_CLASSES reads as background): the most common custom-dataset mistake."""
+    model_cfg = cfg.MODEL.get("DiffusionDet")
+    if model_cfg is None:
+        return
+    num_data, num_model = len(metadata.thing_classes), model_cfg.NUM_CLASSES
+    if num_data > num_model:
+        raise ValueError(
+            f"the training data has {num_data} classes but MODEL.DiffusionDet.NUM_CLASSES is "
+            f"{num_model}; set MODEL.DiffusionDet.NUM_CLASSES {num_data}"
+        )
+    if num_data < num_model:
+        logger.warning(
+            "the training data has %d classes, MODEL.DiffusionDet.NUM_CLASSES is %d",
+            num_data,
+            num_model,
+        )
+
+
 def build_detection_train_loader(cfg: CN) -> _TrainBatches:
     """Infinite training loader of this process.
 
@@ -282,9 +302,10 @@ def build_detection_train_loader(cfg: CN) -> _TrainBatches:
             f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of processes "
             f"({world_size})"
         )
-    dicts, _ = get_detection_dataset_dicts(
+    dicts, metadata = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
+    _check_num_classes(cfg, metadata)
     seed = cfg.SEED if cfg.SEED >= 0 else None
     sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
     if sampler_name == "TrainingSampler":

@@ -147,6 +147,12 @@ def test_custom_dataset_from_config_and_evaluator_choice(toy_root, tmp_path):
     assert isinstance(build_detection_evaluator(cfg, "my_lvis_shapes"), LVISEvaluator)
     weights = build_fed_loss_cls_weights(cfg)
     assert weights.shape == (4,) and (weights > 0).all()
+    from diffvision.config import CN
+
+    cfg.MODEL.DiffusionDet = CN()  # as added by the DiffusionDet task
+    cfg.MODEL.DiffusionDet.NUM_CLASSES = 3
+    with pytest.raises(ValueError, match="NUM_CLASSES 4"):
+        build_detection_train_loader(cfg)
     bad = make_cfg("DATASETS.CUSTOM", "['only_a_name']")
     with pytest.raises(ValueError, match="name:json_file:image_root"):
         build_detection_train_loader(bad)
