@@ -192,8 +192,9 @@ def evaluate_detector(
     """Run ``model`` over a test loader and return the evaluator's metrics.
 
     With ``seed`` (≥ 0) every image's boxes are drawn from a generator seeded by
-    :func:`image_seed` (``seed``, ``image_id``), so the same weights give the same AP again,
-    whatever the batch size or number of processes. ``seed=None`` samples like the official code.
+    :func:`image_seed` (``seed``, ``image_id``), so the same weights give the same AP again. The
+    draws do not depend on batching (only the zero padding of a batch does, slightly).
+    ``seed=None`` samples like the official code.
     """
     model = getattr(model, "module", model)
     was_training = model.training
