@@ -13,7 +13,7 @@ def test_reference_widths_and_init():
     assert sum(p.numel() for p in small.parameters()) == 1_086_415  # reference §B.5
     wide = make_pixel_mlp(in_features=8448, num_classes=34)
     assert [m.out_features for m in wide if isinstance(m, torch.nn.Linear)] == [256, 128, 34]
-    assert float(small[0].bias.abs().sum()) == 0.0
+    assert float(small[0].bias.detach().abs().sum()) == 0.0
 
 
 def test_joint_loss_gives_each_model_its_own_gradient():
