@@ -15,7 +15,7 @@ from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
 from projects.segmentation.config import add_ddep_config
-from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, labeled_subset
+from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, train_records
 from projects.segmentation.ddep import DDeP, ResNetUNet, describe
 from projects.segmentation.inference import evaluate_denoising, evaluate_sem_seg
 
@@ -125,22 +125,7 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
 
 
 def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
-    records, meta = [], None
-    for name in cfg.DATASETS.TRAIN:
-        recs, meta = get_sem_seg_dataset(
-            name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE, require_masks=labeled
-        )
-        records += recs
-    if not records:
-        raise ValueError("DATASETS.TRAIN is empty")
-    if labeled:
-        records = labeled_subset(
-            records,
-            fraction=cfg.SEG.LABEL_COUNT or cfg.SEG.LABEL_FRACTION,
-            seed=cfg.SEG.FRACTION_SEED,
-            split_file=cfg.SEG.SPLIT_FILE,
-            output_dir=cfg.OUTPUT_DIR if comm.is_main_process() else None,
-        )
+    records = train_records(cfg, labeled=labeled)
     base = tuple(cfg.SEG.BASE_SIZE)
     augment = SegAugmentation(
         crop_size=tuple(cfg.SEG.CROP_SIZE),

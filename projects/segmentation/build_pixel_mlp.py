@@ -27,7 +27,7 @@ from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
 from diffvision.evaluation.sem_seg import SemSegEvaluator
 from projects.segmentation.config import add_pixel_mlp_config
-from projects.segmentation.data import get_sem_seg_dataset, labeled_subset
+from projects.segmentation.data import get_sem_seg_dataset, train_records
 from projects.segmentation.pixel_features import (
     DDPMFeatureExtractor,
     RawPixelExtractor,
@@ -178,16 +178,7 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
     extractor = build_feature_extractor(cfg)
     image_size = p.IMAGE_SIZE
 
-    records = []
-    for name in cfg.DATASETS.TRAIN:
-        records += get_sem_seg_dataset(name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)[0]
-    records = labeled_subset(
-        records,
-        fraction=cfg.SEG.LABEL_COUNT or cfg.SEG.LABEL_FRACTION,
-        seed=cfg.SEG.FRACTION_SEED,
-        split_file=cfg.SEG.SPLIT_FILE,
-        output_dir=cfg.OUTPUT_DIR if comm.is_main_process() else None,
-    )
+    records = train_records(cfg, labeled=True)
     images, masks = load_images(records, image_size=image_size)
     features, labels = collect_training_pixels(
         extractor,

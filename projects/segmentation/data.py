@@ -25,6 +25,7 @@ from diffvision.data.cityscapes import (
 from diffvision.data.label_fraction import select_label_fraction, write_split_file
 from diffvision.data.seg_folder import load_seg_folder, read_classes_json
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
+from diffvision.engine import comm
 
 __all__ = [
     "InfiniteSampler",
@@ -32,6 +33,7 @@ __all__ = [
     "get_sem_seg_dataset",
     "infinite_loader",
     "labeled_subset",
+    "train_records",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,27 @@ def labeled_subset(
     if output_dir is not None:
         write_split_file(Path(output_dir) / "labeled_split.txt", [r["file_name"] for r in subset])
     return subset
+
+
+def train_records(cfg, *, labeled: bool = True) -> list[dict]:
+    """Records of every ``DATASETS.TRAIN`` dataset; when ``labeled``, only the label fraction
+    chosen by ``SEG.LABEL_COUNT``/``LABEL_FRACTION``/``SPLIT_FILE`` (recorded in OUTPUT_DIR)."""
+    records = []
+    for name in cfg.DATASETS.TRAIN:
+        records += get_sem_seg_dataset(
+            name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE, require_masks=labeled
+        )[0]
+    if not records:
+        raise ValueError(f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} holds no images.")
+    if not labeled:
+        return records
+    return labeled_subset(
+        records,
+        fraction=cfg.SEG.LABEL_COUNT or cfg.SEG.LABEL_FRACTION,
+        seed=cfg.SEG.FRACTION_SEED,
+        split_file=cfg.SEG.SPLIT_FILE,
+        output_dir=cfg.OUTPUT_DIR if comm.is_main_process() else None,
+    )
 
 
 class InfiniteSampler(Sampler[int]):
