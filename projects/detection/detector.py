@@ -36,10 +36,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert
 
+from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 
 from .box_diffusion import (
@@ -51,7 +51,7 @@ from .box_diffusion import (
 )
 from .head import DynamicHead
 
-__all__ = ["DiffusionDet", "resize_shortest_edge_shape", "SCHEDULE_BUFFERS"]
+__all__ = ["DiffusionDet", "SCHEDULE_BUFFERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +69,6 @@ SCHEDULE_BUFFERS = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
-
-
-def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output (h, w) of detectron2's ``ResizeShortestEdge`` (rounding ``int(x * scale + 0.5)``)."""
-    scale = short / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        rescale = max_size / max(newh, neww)
-        newh, neww = newh * rescale, neww * rescale
-    return int(newh + 0.5), int(neww + 0.5)
 
 
 class DiffusionDet(nn.Module):
@@ -482,9 +472,9 @@ class DiffusionDet(nn.Module):
                     f"predict takes RGB uint8 (H, W, 3) images, got {arr.dtype} {arr.shape}"
                 )
             h, w = arr.shape[:2]
-            new_h, new_w = resize_shortest_edge_shape(h, w, self.min_size_test, self.max_size_test)
+            new_h, new_w = resized_shape(h, w, self.min_size_test, self.max_size_test)
             if (new_h, new_w) != (h, w):
-                arr = np.asarray(Image.fromarray(arr).resize((new_w, new_h), Image.BILINEAR))
+                arr = ResizeTransform(h, w, new_h, new_w).apply_image(arr)
             tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": h, "width": w})
         was_training = self.training

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffvision.data.detection_transforms import resized_shape
 from diffvision.modeling.fpn import build_resnet_fpn_backbone
 from projects.detection.criterion import SetCriterionDynamicK
-from projects.detection.detector import SCHEDULE_BUFFERS, DiffusionDet, resize_shortest_edge_shape
+from projects.detection.detector import SCHEDULE_BUFFERS, DiffusionDet
 from projects.detection.head import DynamicHead
 
 K = 3
@@ -156,8 +157,8 @@ def test_official_ensemble_drops_the_last_step():
 
 
 def test_predict_resizes_like_detectron2():
-    assert resize_shortest_edge_shape(480, 640, 800, 1333) == (800, 1067)
-    assert resize_shortest_edge_shape(100, 1000, 800, 1333) == (133, 1333)
+    assert resized_shape(480, 640, 800, 1333) == (800, 1067)
+    assert resized_shape(100, 1000, 800, 1333) == (133, 1333)
     model = _model()
     out = model.predict(np.zeros((30, 200, 3), dtype=np.uint8), seed=0)  # resized to 14 x 96
     assert len(out) == 1
