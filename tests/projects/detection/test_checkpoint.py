@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from official_keys import official_head_keys
 
 from diffvision.config import get_cfg
 from diffvision.modeling.resnet import convert_torchvision_resnet
@@ -53,56 +54,7 @@ def _official_r50_state_dict() -> dict[str, torch.Tensor]:
         sd[f"backbone.fpn_lateral{lv}.bias"] = rnd(256)
         sd[f"backbone.fpn_output{lv}.weight"] = rnd(256, 256, 3, 3)
         sd[f"backbone.fpn_output{lv}.bias"] = rnd(256)
-    sd.update(
-        {
-            "head.time_mlp.1.weight": rnd(1024, 256),
-            "head.time_mlp.1.bias": rnd(1024),
-            "head.time_mlp.3.weight": rnd(1024, 1024),
-            "head.time_mlp.3.bias": rnd(1024),
-        }
-    )
-    for s in range(6):
-        p = f"head.head_series.{s}."
-        shapes = {
-            "self_attn.in_proj_weight": (768, 256),
-            "self_attn.in_proj_bias": (768,),
-            "self_attn.out_proj.weight": (256, 256),
-            "self_attn.out_proj.bias": (256,),
-            "inst_interact.dynamic_layer.weight": (32768, 256),
-            "inst_interact.dynamic_layer.bias": (32768,),
-            "inst_interact.out_layer.weight": (256, 12544),
-            "inst_interact.out_layer.bias": (256,),
-            "linear1.weight": (2048, 256),
-            "linear1.bias": (2048,),
-            "linear2.weight": (256, 2048),
-            "linear2.bias": (256,),
-            "block_time_mlp.1.weight": (512, 1024),
-            "block_time_mlp.1.bias": (512,),
-            "cls_module.0.weight": (256, 256),
-            "reg_module.0.weight": (256, 256),
-            "reg_module.3.weight": (256, 256),
-            "reg_module.6.weight": (256, 256),
-            "class_logits.weight": (80, 256),
-            "class_logits.bias": (80,),
-            "bboxes_delta.weight": (4, 256),
-            "bboxes_delta.bias": (4,),
-            "inst_interact.norm1.weight": (64,),
-            "inst_interact.norm1.bias": (64,),
-        }
-        for n in (
-            "inst_interact.norm2",
-            "inst_interact.norm3",
-            "norm1",
-            "norm2",
-            "norm3",
-            "cls_module.1",
-            "reg_module.1",
-            "reg_module.4",
-            "reg_module.7",
-        ):
-            shapes[f"{n}.weight"] = (256,)
-            shapes[f"{n}.bias"] = (256,)
-        sd.update({p + k: rnd(*v) for k, v in shapes.items()})
+    sd.update({f"head.{k}": rnd(*shape) for k, shape in official_head_keys().items()})
     return sd
 
 
