@@ -197,6 +197,7 @@ class ProgressLogger(HookBase):
     def after_train(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        if comm.is_main_process():
+        if comm.is_main_process() and self.trainer.completed:
             total = datetime.timedelta(seconds=int(time.perf_counter() - self._t0))
-            logger.info("Training ran %d iterations in %s", self.trainer.iter, total)
+            ran = self.trainer.max_iter - self.trainer.start_iter
+            logger.info("Training ran %d iterations in %s", ran, total)
