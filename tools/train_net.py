@@ -29,6 +29,7 @@ from diffvision.engine.defaults import (  # noqa: E402
 )
 from diffvision.engine.launch import launch  # noqa: E402
 from diffvision.engine.run import evaluate, train  # noqa: E402
+from diffvision.modeling.weight_files import WeightDownloadError  # noqa: E402
 
 
 def main(args) -> dict:
@@ -52,7 +53,8 @@ def cli() -> int:
             use_cuda=str(cfg.MODEL.DEVICE).startswith("cuda"),
             args=(args,),
         )
-    except (ConfigError, FileNotFoundError, FloatingPointError) as exc:
+    except (ConfigError, FileNotFoundError, FloatingPointError, WeightDownloadError) as exc:
+        # Problems with the user's inputs: one clear line, no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -28,6 +28,7 @@ import torch
 from diffvision.modeling.resnet import convert_torchvision_resnet
 
 __all__ = [
+    "WeightDownloadError",
     "resolve_weight_path",
     "read_state_dict",
     "backbone_state_dict",
@@ -42,12 +43,17 @@ _D2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 BACKBONE_FORMATS = ("detectron2-resnet", "torchvision-resnet", "swin")
 
 
+class WeightDownloadError(RuntimeError):
+    """A weight URL could not be fetched (no network, wrong URL); the message says what to do."""
+
+
 def resolve_weight_path(path_or_url: str | os.PathLike) -> Path:
     """Return a local file for a path, ``http(s)://`` URL or ``detectron2://`` name.
 
     Raises:
         FileNotFoundError: a local path that does not exist.
-        RuntimeError: a URL that cannot be fetched (message names the URL and the local fallback).
+        WeightDownloadError: a URL that cannot be fetched (the message names the URL and the local
+            fallback).
     """
     name = os.fspath(path_or_url)
     if name.startswith(_D2_PREFIX):
@@ -61,7 +67,7 @@ def resolve_weight_path(path_or_url: str | os.PathLike) -> Path:
             try:
                 torch.hub.download_url_to_file(name, str(target), progress=False)
             except Exception as exc:  # network errors come in many types
-                raise RuntimeError(
+                raise WeightDownloadError(
                     f"could not download weights from {name!r} ({type(exc).__name__}: {exc}). "
                     "Download the file by other means and pass its local path instead, or "
                     f"place it at {target}."
