@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import torch  # noqa: E402
 
-import diffvision.generation  # noqa: E402,F401  (DDPM keys: read configs saved by train_net)
-import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.detection_transforms import resized_shape  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from projects.detection.box_diffusion import diffusion_to_boxes  # noqa: E402

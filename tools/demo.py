@@ -26,8 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import diffvision.generation  # noqa: E402,F401  (DDPM keys: read configs saved by train_net)
-import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from projects.detection.build import build_model  # noqa: E402

@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import torch  # noqa: E402
 
-import diffvision.generation  # noqa: E402,F401  (DDPM keys: read configs saved by train_net)
-import projects  # noqa: E402,F401  (registers the DiffusionDet config keys)
+import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
 from projects.detection.build import build_model, image_seed  # noqa: E402
 from projects.detection.checkpoint import load_weights  # noqa: E402

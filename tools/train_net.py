@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
-import diffvision.generation  # noqa: E402,F401  (registers the DDPM task)
-import projects  # noqa: E402,F401  (registers the detection and segmentation tasks)
+import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.config import ConfigError  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
