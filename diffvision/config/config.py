@@ -25,13 +25,11 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 
+from diffvision.errors import ConfigError
+
 __all__ = ["CN", "CfgNode", "ConfigError", "add_config_extension", "get_cfg", "load_yaml"]
 
 BASE_KEY = "_BASE_"
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
 def _all_key_paths(node: _YacsCfgNode, prefix: str = "") -> list[str]:

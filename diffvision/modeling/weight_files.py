@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from diffvision.errors import WeightsError
 from diffvision.modeling.resnet import convert_torchvision_resnet
 
 __all__ = [
@@ -43,7 +44,7 @@ _D2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 BACKBONE_FORMATS = ("detectron2-resnet", "torchvision-resnet", "swin")
 
 
-class WeightDownloadError(RuntimeError):
+class WeightDownloadError(WeightsError):
     """A weight URL could not be fetched (no network, wrong URL); the message says what to do."""
 
 
