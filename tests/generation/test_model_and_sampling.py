@@ -20,6 +20,17 @@ def tiny_unet(**kw) -> UNet:
     return UNet(**args)
 
 
+def perturbed_unet(**kw) -> UNet:
+    """A tiny UNet seeded with 0 whose weights (zero-init output included) are perturbed, so its
+    output depends on x, t and the label."""
+    torch.manual_seed(0)
+    unet = tiny_unet(**kw)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return unet
+
+
 def batch(n=4):
     return {"image": torch.rand(n, 3, 8, 8) * 2 - 1, "label": torch.arange(n) % 3}
 
@@ -118,11 +129,7 @@ def test_oracle_model_recovers_data(sampler, prediction_type, monkeypatch):
 
 
 def test_seeded_sampling_is_reproducible_across_batch_sizes():
-    torch.manual_seed(0)
-    unet = tiny_unet()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = perturbed_unet()
     model = DDPMModel(unet=unet, schedule=get_schedule("linear", 50)).eval()
     a = generate(model, num_samples=4, sampler="ddim", num_steps=5,
                  generator=torch.Generator().manual_seed(7))  # fmt: skip
@@ -134,11 +141,7 @@ def test_seeded_sampling_is_reproducible_across_batch_sizes():
 
 
 def test_guidance_scale_one_is_conditional_sampling():
-    torch.manual_seed(0)
-    unet = tiny_unet(num_classes=3, null_class=True, learn_sigma=True)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = perturbed_unet(num_classes=3, null_class=True, learn_sigma=True)
     model = DDPMModel(unet=unet, schedule=get_schedule("linear", 50)).eval()
     labels = torch.tensor([0, 2])
     kw = dict(num_samples=2, sampler="ddpm", num_steps=4, labels=labels)
@@ -152,11 +155,7 @@ def test_guidance_scale_one_is_conditional_sampling():
 def test_guided_output_is_the_classifier_free_combination():
     """ε̃ = ε(x, ∅) + s (ε(x, y) − ε(x, ∅)) on the mean channels, variance channels from the
     conditional branch (Ho & Salimans 2022, eq. 6), against two separate UNet calls."""
-    torch.manual_seed(0)
-    unet = tiny_unet(num_classes=3, null_class=True, learn_sigma=True)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = perturbed_unet(num_classes=3, null_class=True, learn_sigma=True)
     model = DDPMModel(unet=unet, schedule=get_schedule("linear", 50)).eval()
     x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([40, 7]), torch.tensor([0, 2])
     with torch.no_grad():
