@@ -6,6 +6,12 @@
         MODEL.WEIGHTS diffdet_coco_res50.pth MODEL.DiffusionDet.SAMPLE_STEP 4
     python tools/train_net.py --config ... --resume          # continue OUTPUT_DIR's last checkpoint
     python tools/train_net.py --config ... --num-gpus 8      # or: torchrun --nproc_per_node 8 ...
+    python tools/train_net.py --config ... --overwrite       # replace OUTPUT_DIR's checkpoints
+
+Bad input (config, data, weights, flags) ends with one line ``error: ...`` and exit status 2; a
+diverged run with the trainer's ``FloatingPointError`` line and status 1 (``--debug`` or
+``DIFFVISION_DEBUG=1``: with the traceback). An OUTPUT_DIR that holds checkpoints is never
+written over without ``--resume`` or ``--overwrite``.
 
 ``MODEL.META_ARCHITECTURE`` picks the task (DiffusionDet, DDPM, DDeP, ...).
 """
@@ -13,14 +19,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.config import ConfigError  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
+from diffvision.engine.checkpoint import check_output_dir  # noqa: E402
+from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
     default_argument_parser,
     default_setup,
@@ -28,10 +36,12 @@ from diffvision.engine.defaults import (  # noqa: E402
 )
 from diffvision.engine.launch import launch  # noqa: E402
 from diffvision.engine.run import evaluate, train  # noqa: E402
-from diffvision.modeling.weight_files import WeightDownloadError  # noqa: E402
+from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
+from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
 
 
 def main(args) -> dict:
+    """The per-process job: train (or evaluate) the config of ``args``."""
     cfg = default_setup(load_config(args.config_file, args.opts), args)
     results = evaluate(cfg) if args.eval_only else train(cfg, resume=args.resume)
     if results and comm.is_main_process():
@@ -39,23 +49,70 @@ def main(args) -> dict:
     return results
 
 
-def cli() -> int:
-    args = default_argument_parser().parse_args()
-    try:
-        cfg = load_config(args.config_file, args.opts)  # validate before spawning workers
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            use_cuda=str(cfg.MODEL.DEVICE).startswith("cuda"),
-            args=(args,),
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train in an OUTPUT_DIR that already holds checkpoints, replacing them",
+    )
+    add_debug_flag(parser)
+    return parser
+
+
+def validate(cfg, args) -> None:
+    """Checks that need no worker, done once before any process is spawned.
+
+    Raises:
+        CLIError: bad process counts, or --resume together with --overwrite / --eval-only.
+        ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes.
+        InputFileNotFoundError: MODEL.WEIGHTS names a local file that does not exist.
+        CLIError (from check_output_dir): OUTPUT_DIR holds checkpoints and neither --resume nor
+            --overwrite was given, or --resume finds checkpoints none of which is intact.
+    """
+    if args.num_gpus < 1 or args.num_machines < 1:
+        raise CLIError(
+            f"--num-gpus and --num-machines must be >= 1, got {args.num_gpus} and "
+            f"{args.num_machines}"
         )
-    except (ConfigError, FileNotFoundError, FloatingPointError, WeightDownloadError) as exc:
-        # Problems with the user's inputs: one clear line, no traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other; pass one of them")
+    world = args.num_gpus * args.num_machines
+    if "WORLD_SIZE" in os.environ:  # torchrun
+        world = int(os.environ["WORLD_SIZE"])
+    if not args.eval_only and cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the {world} "
+            f"processes (--num-gpus {args.num_gpus} x --num-machines {args.num_machines}); "
+            f"pick a multiple of {world}"
+        )
+    weights = str(cfg.MODEL.WEIGHTS)
+    if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
+        kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
+        raise InputFileNotFoundError(f"MODEL.WEIGHTS {weights!r}: {kind}")
+    if not args.eval_only:
+        check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse, validate, then run ``main`` in 1 or ``--num-gpus`` processes; the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(lambda rest: _cli(rest, debug=debug_enabled(argv)), argv)
+
+
+def _cli(argv: list[str], *, debug: bool) -> int:
+    args = argument_parser().parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    validate(cfg, args)
+    launch(
+        worker_entry(main, debug),
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        use_cuda=str(cfg.MODEL.DEVICE).startswith("cuda"),
+        args=(args,),
+    )
     return 0
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffvision.errors import DataError, InputFileNotFoundError
+
 __all__ = ["DetectionMetadata", "load_coco_json"]
 
 logger = logging.getLogger(__name__)
@@ -86,16 +88,16 @@ def load_coco_json(
     what = f"dataset '{dataset_name}'" if dataset_name else "dataset"
     hint = f" {env_hint}" if env_hint else ""
     if not json_file.is_file():
-        raise FileNotFoundError(f"{what}: annotation file not found: {json_file}.{hint}")
+        raise InputFileNotFoundError(f"{what}: annotation file not found: {json_file}.{hint}")
     if not image_root.is_dir():
-        raise FileNotFoundError(f"{what}: image folder not found: {image_root}.{hint}")
-    with open(json_file) as f:
+        raise InputFileNotFoundError(f"{what}: image folder not found: {image_root}.{hint}")
+    with open(json_file, "rb") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: {json_file} is not valid json: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{what}: {json_file} is not valid json: {e}") from e
     if not isinstance(data, dict) or not data.get("images") or not data.get("categories"):
-        raise ValueError(
+        raise DataError(
             f"{what}: {json_file} has no images or no categories; expected a COCO-format "
             "instances file with 'images', 'annotations' and 'categories'"
         )

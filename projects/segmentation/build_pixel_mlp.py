@@ -26,6 +26,7 @@ from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
 from diffvision.evaluation.sem_seg import SemSegEvaluator
+from diffvision.modeling.weight_files import safe_torch_load
 from projects.segmentation.config import add_pixel_mlp_config
 from projects.segmentation.data import get_sem_seg_dataset, train_records
 from projects.segmentation.pixel_features import (
@@ -197,7 +198,7 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
         in_features=features.shape[1], num_classes=num_classes, num_models=p.NUM_MODELS
     )
     if cfg.MODEL.WEIGHTS:
-        state = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu", weights_only=False)
+        state = safe_torch_load(cfg.MODEL.WEIGHTS)
         model.load_state_dict(state.get("model", state))
     model.to(cfg.MODEL.DEVICE)
 

@@ -16,6 +16,7 @@ from diffvision.data.catalog import (
 )
 from diffvision.data.coco import load_coco_json
 from diffvision.data.image_io import read_image_rgb
+from diffvision.errors import DataError
 
 
 def write_json(path, data):
@@ -123,7 +124,7 @@ def test_read_image_rgb_exif_and_corrupt(tmp_path):
     out = read_image_rgb(tmp_path / "rot.jpg")
     assert out.shape == (6, 4, 3) and out.dtype == np.uint8
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    with pytest.raises(OSError, match="bad.jpg"):
+    with pytest.raises(DataError, match="bad.jpg"):
         read_image_rgb(tmp_path / "bad.jpg")
     with pytest.raises(FileNotFoundError, match="gone.png"):
         read_image_rgb(tmp_path / "gone.png")
