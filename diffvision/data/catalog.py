@@ -26,6 +26,7 @@ from typing import Literal
 
 from diffvision.data.coco import DetectionMetadata, load_coco_json
 from diffvision.data.paths import DATASETS_ENV_VARS, datasets_root
+from diffvision.errors import ConfigError, UnknownNameError
 
 __all__ = [
     "DetectionDatasetInfo",
@@ -122,12 +123,12 @@ def register_coco_dataset(
     if evaluator_type is None:
         evaluator_type = "lvis" if "lvis" in name else "coco"
     if evaluator_type not in ("coco", "lvis"):
-        raise ValueError(f"evaluator_type must be 'coco' or 'lvis', got {evaluator_type!r}")
+        raise ConfigError(f"evaluator_type must be 'coco' or 'lvis', got {evaluator_type!r}")
     info = DetectionDatasetInfo(name, Path(json_file), Path(image_root), evaluator_type)
     if name in _REGISTRY:
         existing = _REGISTRY[name]()
         if existing != info:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset '{name}' is already registered with {existing.json_file} / "
                 f"{existing.image_root}; choose another name"
             )
@@ -149,7 +150,7 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         suggestion = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown detection dataset '{name}'.{suggestion} Registered: "
             f"{', '.join(list_detection_datasets())}. Declare custom COCO-format datasets with "
             "DATASETS.CUSTOM entries 'name:json_file:image_root'."

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffvision.errors import InputFileNotFoundError
 from diffvision.modeling.weight_files import load_restricted_pickle
 
 __all__ = ["CIFAR10_CLASSES", "Cifar10Dataset", "load_cifar10_arrays"]
@@ -57,7 +58,7 @@ def load_cifar10_arrays(root: str | Path, *, train: bool) -> tuple[np.ndarray, n
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"CIFAR-10 file {path} is missing: expected torchvision's layout "
                 f"<root>/{_FOLDER}/{{data_batch_1..5,test_batch}} (extract cifar-10-python.tar.gz "
                 "there; nothing is downloaded)"

@@ -131,7 +131,12 @@ def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
         flip_prob=cfg.SEG.FLIP_PROB,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
     )
-    return SemSegDataset(records, transform=augment)
+    return SemSegDataset(
+        records,
+        transform=augment,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    )
 
 
 @register_task("DDeP", add_config=add_ddep_config)

@@ -119,12 +119,17 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
 
 
 def load_images(
-    records: Sequence[dict], *, image_size: int
+    records: Sequence[dict],
+    *,
+    image_size: int,
+    num_classes: int | None = None,
+    ignore_label: int = 255,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Images ``(3, S, S)`` in [-1, 1] and masks ``(S, S)`` resized (nearest) to ``image_size``
-    (``0`` keeps the original size)."""
+    (``0`` keeps the original size). With ``num_classes``, a mask label ``>= num_classes``
+    other than ``ignore_label`` raises ``DataError`` naming the mask file."""
     images, masks = [], []
-    for item in SemSegDataset(records):
+    for item in SemSegDataset(records, num_classes=num_classes, ignore_label=ignore_label):
         image, mask = item["image"], item["sem_seg"]
         if image_size:
             image, mask = resize(image, mask, size=(image_size, image_size))
@@ -180,7 +185,9 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
     image_size = p.IMAGE_SIZE
 
     records = train_records(cfg, labeled=True)
-    images, masks = load_images(records, image_size=image_size)
+    images, masks = load_images(
+        records, image_size=image_size, num_classes=num_classes, ignore_label=ignore
+    )
     features, labels = collect_training_pixels(
         extractor,
         images,
