@@ -19,6 +19,7 @@ written over without ``--resume`` or ``--overwrite``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -104,6 +105,9 @@ def _cli(argv: list[str], *, debug: bool) -> int:
     args = argument_parser().parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     validate(cfg, args)
+    # a worker's input error is printed by the worker; the launcher's "Terminating process"
+    # notice about the other workers would only add lines
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     launch(
         worker_entry(main, debug),
         args.num_gpus,

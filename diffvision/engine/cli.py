@@ -16,8 +16,9 @@
   file): ``error: <message>`` on stderr, one line, exit status 2 (:data:`USER_ERROR`);
 - ``FloatingPointError`` (a diverged run; the trainer's message names the iteration and the loss
   terms): ``error: <message>``, one line, exit status 1 (:data:`RUN_FAILED`);
-- a spawned worker that already reported its error this way (``--num-gpus N``) exits with that
-  status and the launcher's own traceback is not repeated;
+- a spawned worker (``--num-gpus N``) reports its error this way and exits with that status
+  (rank 0 first; another rank only when rank 0 did not fail) and the launcher's own traceback is
+  not repeated;
 - anything else is a bug or an environment failure and keeps its full traceback.
 
 ``--debug`` anywhere on the command line or ``DIFFVISION_DEBUG=1`` in the environment prints the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -49,6 +51,7 @@ USER_ERROR = 2
 RUN_FAILED = 1
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "DIFFVISION_DEBUG"
+_OTHER_RANKS_WAIT_S = 5.0
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -141,9 +144,14 @@ class _WorkerEntry:
         try:
             return self.main_func(*args)
         except Exception as exc:
-            status = report_error(exc, debug=self.debug)
-            if status is None:
+            if _exit_status(exc) is None:
                 raise
+            if comm.get_rank() != 0:
+                # Usually every rank hits the same input error: give rank 0 the time to report
+                # it (the launcher then stops this process); report it here only if rank 0 did
+                # not fail.
+                time.sleep(_OTHER_RANKS_WAIT_S)
+            status = report_error(exc, debug=self.debug)
             sys.stderr.flush()
             sys.stdout.flush()
             # SystemExit passes through torch.multiprocessing's wrapper as a plain exit code
