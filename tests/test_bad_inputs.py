@@ -150,6 +150,37 @@ def test_missing_weight_file_is_rejected_before_spawning(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "opts, expected",
+    [
+        (["MODEL.META_ARCHITECTURE", "Foo"], "Unknown MODEL.META_ARCHITECTURE 'Foo'"),
+        (["SOLVER.MAX_ITER", "-5"], "SOLVER.MAX_ITER must be >= 0"),
+        (["DATASETS.CUSTOM", "['a:b.json']"], "must be 'name:json_file:image_root'"),
+        (["DATASETS.CUSTOM", "['a:nope.json:imgs']"], "annotation file nope.json does not exist"),
+    ],
+)
+def test_config_problems_found_before_spawning(tmp_path, capsys, opts, expected):
+    out = tmp_path / "out"
+    status = load_tool("train_net").cli(["--config", DET, *opts, "OUTPUT_DIR", str(out)])
+    one_line_error(capsys, status, expected)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_without_gpu_is_one_line(tmp_path, capsys):
+    status = load_tool("train_net").cli(
+        ["--config", DET, "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(tmp_path / "out")]
+    )
+    one_line_error(capsys, status, "no CUDA device is available; append MODEL.DEVICE cpu")
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "out").write_text("keep me")
+    status = load_tool("train_net").cli(["--config", DET, "OUTPUT_DIR", str(tmp_path / "out")])
+    one_line_error(capsys, status, "is a file, expected a folder")
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
 def test_missing_dataset_names_the_file(tmp_path, capsys):
     out = tmp_path / "out"
     status = load_tool("train_net").cli(

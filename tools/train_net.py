@@ -26,7 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
+import torch  # noqa: E402
+
 import projects  # noqa: E402,F401  (registers every task and its config keys)
+from diffvision.data.catalog import parse_custom_dataset  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.checkpoint import check_output_dir  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
@@ -37,6 +40,7 @@ from diffvision.engine.defaults import (  # noqa: E402
 )
 from diffvision.engine.launch import launch  # noqa: E402
 from diffvision.engine.run import evaluate, train  # noqa: E402
+from diffvision.engine.tasks import get_task_builder  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
 from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
 
@@ -87,12 +91,48 @@ def validate(cfg, args) -> None:
             f"processes (--num-gpus {args.num_gpus} x --num-machines {args.num_machines}); "
             f"pick a multiple of {world}"
         )
+    get_task_builder(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda"):
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ConfigError(
+                f"MODEL.DEVICE is {device!r} but no CUDA device is available; append "
+                "MODEL.DEVICE cpu (with --num-gpus N for N CPU processes)"
+            )
+        if args.num_gpus > available:
+            raise CLIError(f"--num-gpus {args.num_gpus} but only {available} CUDA devices exist")
+    output_dir = Path(cfg.OUTPUT_DIR)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, expected a folder")
+    if cfg.SOLVER.MAX_ITER < 0:
+        raise ConfigError(f"SOLVER.MAX_ITER must be >= 0, got {cfg.SOLVER.MAX_ITER}")
+    _check_custom_datasets(cfg)
     weights = str(cfg.MODEL.WEIGHTS)
     if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
         kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
         raise InputFileNotFoundError(f"MODEL.WEIGHTS {weights!r}: {kind}")
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
+
+
+def _check_custom_datasets(cfg) -> None:
+    """The files of ``DATASETS.CUSTOM`` entries exist (their content is checked when loaded).
+
+    Raises:
+        ConfigError: an entry is not ``name:json_file:image_root``.
+        InputFileNotFoundError: its json or image folder does not exist.
+    """
+    for entry in cfg.DATASETS.get("CUSTOM", []):
+        name, json_file, image_root = parse_custom_dataset(entry)
+        if not json_file.is_file():
+            raise InputFileNotFoundError(
+                f"DATASETS.CUSTOM {name!r}: annotation file {json_file} does not exist"
+            )
+        if not image_root.is_dir():
+            raise InputFileNotFoundError(
+                f"DATASETS.CUSTOM {name!r}: image folder {image_root} does not exist"
+            )
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "list_detection_datasets",
     "load_detection_dataset",
     "missing_data_hint",
+    "parse_custom_dataset",
     "register_coco_dataset",
 ]
 
@@ -134,6 +135,19 @@ def register_coco_dataset(
             )
         return
     _REGISTRY[name] = lambda: info
+
+
+def parse_custom_dataset(entry: str) -> tuple[str, Path, Path]:
+    """Split a ``DATASETS.CUSTOM`` entry ``"name:json_file:image_root"``.
+
+    Raises:
+        ConfigError: the entry does not have three non-empty parts.
+    """
+    parts = str(entry).split(":")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"DATASETS.CUSTOM entry {entry!r} must be 'name:json_file:image_root'")
+    name, json_file, image_root = parts
+    return name, Path(json_file), Path(image_root)
 
 
 def list_detection_datasets() -> list[str]:

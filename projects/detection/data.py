@@ -40,6 +40,7 @@ from diffvision.config import CN
 from diffvision.data.catalog import (
     get_detection_dataset,
     load_detection_dataset,
+    parse_custom_dataset,
     register_coco_dataset,
 )
 from diffvision.data.coco import DetectionMetadata
@@ -91,12 +92,7 @@ def add_detection_data_config(cfg: CN) -> None:
 def register_custom_datasets(cfg: CN) -> None:
     """Register every ``DATASETS.CUSTOM`` entry (safe to call repeatedly)."""
     for entry in cfg.DATASETS.get("CUSTOM", []):
-        parts = str(entry).split(":")
-        if len(parts) != 3 or not all(parts):
-            raise ConfigError(
-                f"DATASETS.CUSTOM entry {entry!r} must be 'name:json_file:image_root'"
-            )
-        name, json_file, image_root = parts
+        name, json_file, image_root = parse_custom_dataset(entry)
         register_coco_dataset(name, json_file=json_file, image_root=image_root)
 
 
