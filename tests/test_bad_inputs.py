@@ -10,7 +10,6 @@ itself is what is being ruled out.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -29,8 +28,8 @@ from diffvision.engine.cli import run_main
 from diffvision.engine.hooks import MetricsWriter
 from diffvision.errors import ConfigError, WeightsError
 from diffvision.modeling.weight_files import read_state_dict
+from tests.tool_helpers import REPO, drop_tool_log_handlers, load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 DET = str(REPO / "projects/detection/diffdet_toy.yaml")
 SEG = REPO / "projects" / "segmentation" / "configs"
 TINY_DET = [
@@ -39,13 +38,6 @@ TINY_DET = [
     "INPUT.MAX_SIZE_TEST", "96", "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2",
     "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
 ]  # fmt: skip
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -75,11 +67,7 @@ def clean_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "datasets"))
     monkeypatch.delenv("DIFFVISION_DEBUG", raising=False)
     yield
-    root = logging.getLogger()  # the tools log to this test's captured stdout: detach
-    for handler in list(root.handlers):
-        if getattr(handler, "_diffvision", False):
-            root.removeHandler(handler)
-            handler.close()
+    drop_tool_log_handlers()
 
 
 @pytest.fixture()

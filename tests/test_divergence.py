@@ -8,24 +8,13 @@ guard, DiffusionDet died with signal 11 inside ``roi_align``; a segfault would k
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-from pathlib import Path
-
 import pytest
 
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.data.toy_scenes import generate_toy_scenes
+from tests.tool_helpers import REPO, drop_tool_log_handlers, load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 SEG = REPO / "projects" / "segmentation" / "configs"
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
@@ -36,15 +25,6 @@ def data(tmp_path, monkeypatch):
     scenes = generate_toy_scenes(tmp_path / "scenes", num_images=4, image_size=32)
     yield tmp_path, str(scenes)
     drop_tool_log_handlers()
-
-
-def drop_tool_log_handlers():
-    """train_net's logging writes to this test's captured stdout: detach it afterwards."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_diffvision", False):
-            root.removeHandler(handler)
-            handler.close()
 
 
 def _detection(scenes):
@@ -94,7 +74,7 @@ def test_absurd_learning_rate_stops_with_one_line(task, data, capsys):
     tmp, scenes = data
     config, opts = task(scenes)
     out = tmp / "out"
-    status = load_train_net().cli(
+    status = load_tool("train_net").cli(
         ["--config", str(REPO / config), *opts,
          "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "6",
          "SOLVER.CLIP_GRADIENTS.ENABLED", "False", "SOLVER.CHECKPOINT_PERIOD", "1",
