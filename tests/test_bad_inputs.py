@@ -26,7 +26,7 @@ from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.cli import run_main
 from diffvision.engine.hooks import MetricsWriter
-from diffvision.errors import ConfigError, WeightsError
+from diffvision.errors import ConfigError, DataError, WeightsError
 from diffvision.modeling.weight_files import read_state_dict
 from tests.tool_helpers import REPO, drop_tool_log_handlers, load_tool
 
@@ -98,6 +98,24 @@ def test_run_main_one_line_exit_2_and_debug_traceback(capsys, monkeypatch):
     monkeypatch.setenv("DIFFVISION_DEBUG", "1")
     assert run_main(bad, []) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DataError(f"cannot read image photo_{i}.jpg: truncated")
+
+
+def test_error_from_a_dataloader_worker_is_still_one_line(capsys):
+    """DataLoader workers re-raise with the worker's traceback inside the message."""
+
+    def main(argv):
+        loader = torch.utils.data.DataLoader(_BadImages(), num_workers=1, batch_size=None)
+        next(iter(loader))
+
+    one_line_error(capsys, run_main(main, []), "error: cannot read image photo_0.jpg: truncated")
 
 
 def test_unexpected_exceptions_keep_their_traceback():

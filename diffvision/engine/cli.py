@@ -69,9 +69,23 @@ def debug_enabled(argv: Sequence[str] = ()) -> bool:
     return DEBUG_FLAG in argv or env not in ("", "0", "false", "no", "off")
 
 
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
 def format_error(exc: BaseException) -> str:
-    """``error: <message>`` on one line (newlines inside the message become spaces)."""
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    """``error: <message>`` on one line (newlines inside the message become spaces).
+
+    An exception re-raised by a DataLoader worker carries the worker's traceback in its
+    message; only the original message (its last line, without the type name) is kept.
+    """
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        for p in (prefix, f"{type(exc).__qualname__}: "):
+            last = last[len(p) :] if last.startswith(p) else last
+        text = last
+    message = " ".join(text.split()) or type(exc).__name__
     return f"error: {message}"
 
 
