@@ -34,6 +34,7 @@ from diffvision.engine.hooks import (
 )
 from diffvision.engine.tasks import build_task
 from diffvision.engine.trainer import Trainer
+from diffvision.errors import ConfigError
 from diffvision.modeling.weight_files import safe_torch_load
 
 __all__ = ["evaluate", "train"]
@@ -126,7 +127,7 @@ def evaluate(cfg: CfgNode) -> dict[str, float]:
     carries EMA weights, those are evaluated when ``MODEL_EMA.ENABLED``."""
     task = build_task(cfg)
     if task.evaluate is None:
-        raise ValueError(f"Task '{cfg.MODEL.META_ARCHITECTURE}' has no evaluation.")
+        raise ConfigError(f"Task '{cfg.MODEL.META_ARCHITECTURE}' has no evaluation.")
     model = task.model
     if cfg.MODEL.WEIGHTS and cfg.MODEL_EMA.ENABLED:
         try:

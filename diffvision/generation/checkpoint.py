@@ -63,7 +63,7 @@ def load_ddpm_model(
     data = _read(path)
     cfg = CN(yaml.safe_load(data["config"]))
     if cfg.MODEL.get("META_ARCHITECTURE") != "DDPM" or "DDPM" not in cfg.MODEL:
-        raise ValueError(
+        raise WeightsError(
             f"{path} was trained with MODEL.META_ARCHITECTURE "
             f"{cfg.MODEL.get('META_ARCHITECTURE')!r}, not 'DDPM'"
         )

@@ -14,6 +14,7 @@ from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from diffvision.modeling.weight_files import resolve_weight_path, safe_torch_load
 from projects.segmentation.config import add_ddep_config
 from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, train_records
@@ -151,7 +152,7 @@ def build_ddep_task(cfg: CfgNode) -> Task:
         dataset = _train_dataset(cfg, labeled=not denoise)
         world = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ValueError(
+            raise ConfigError(
                 f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} not divisible by {world} ranks"
             )
         return infinite_loader(

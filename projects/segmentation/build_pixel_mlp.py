@@ -25,6 +25,7 @@ from diffvision.data.seg_transforms import resize, to_unit_range
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from diffvision.evaluation.sem_seg import SemSegEvaluator
 from diffvision.modeling.weight_files import safe_torch_load
 from projects.segmentation.config import add_pixel_mlp_config
@@ -64,7 +65,7 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
     if p.FEATURES == "raw":
         return RawPixelExtractor().to(cfg.MODEL.DEVICE)
     if p.FEATURES != "ddpm":
-        raise ValueError(f"MODEL.PIXEL_MLP.FEATURES must be 'ddpm' or 'raw', got {p.FEATURES!r}")
+        raise ConfigError(f"MODEL.PIXEL_MLP.FEATURES must be 'ddpm' or 'raw', got {p.FEATURES!r}")
     from diffvision.modeling.unet import UNet, load_guided_diffusion_checkpoint
 
     schedule = get_schedule(p.NOISE_SCHEDULE, num_timesteps=1000)
@@ -91,7 +92,7 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
             unet = UNet.from_guided_diffusion_flags(**flags)
             source = "random initialisation"
         else:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.PIXEL_MLP needs DDPM_CHECKPOINT, GUIDED_DIFFUSION_CHECKPOINT or "
                 "RANDOM_UNET True (untrained baseline)"
             )
@@ -173,9 +174,9 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
     """Few-shot segmentation: pixel-MLP ensemble on frozen DDPM (or raw-pixel) features."""
     p = cfg.MODEL.PIXEL_MLP
     if p.FEATURE_DTYPE not in _DTYPES:
-        raise ValueError(f"MODEL.PIXEL_MLP.FEATURE_DTYPE must be one of {sorted(_DTYPES)}")
+        raise ConfigError(f"MODEL.PIXEL_MLP.FEATURE_DTYPE must be one of {sorted(_DTYPES)}")
     if p.UNCERTAINTY not in ("vote", "entropy"):
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.PIXEL_MLP.UNCERTAINTY must be 'vote' or 'entropy', got {p.UNCERTAINTY!r}"
         )
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
