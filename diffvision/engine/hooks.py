@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 def _json_safe(value):
-    """``value`` with NaN/inf floats (also inside lists/dicts) replaced by "nan"/"inf"/"-inf"."""
+    """``value`` with NaN/inf floats (also inside lists/dicts) replaced by "nan"/"inf"/"-inf"
+    and NumPy / 0-d torch scalars turned into Python numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
