@@ -38,6 +38,7 @@ from diffvision.engine.defaults import (  # noqa: E402
     default_setup,
     load_config,
 )
+from diffvision.engine.hooks import json_safe  # noqa: E402
 from diffvision.engine.launch import launch  # noqa: E402
 from diffvision.engine.run import evaluate, train  # noqa: E402
 from diffvision.engine.tasks import get_task_builder  # noqa: E402
@@ -50,7 +51,7 @@ def main(args) -> dict:
     cfg = default_setup(load_config(args.config_file, args.opts), args)
     results = evaluate(cfg) if args.eval_only else train(cfg, resume=args.resume)
     if results and comm.is_main_process():
-        print(json.dumps(results, indent=2, sort_keys=True))
+        print(json.dumps(json_safe(results), indent=2, sort_keys=True, allow_nan=False))
     return results
 
 

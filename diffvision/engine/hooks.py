@@ -22,12 +22,19 @@ from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.ema import ModelEMA
 from diffvision.engine.trainer import HookBase
 
-__all__ = ["EMAHook", "EvalHook", "MetricsWriter", "PeriodicCheckpointer", "ProgressLogger"]
+__all__ = [
+    "EMAHook",
+    "EvalHook",
+    "MetricsWriter",
+    "PeriodicCheckpointer",
+    "ProgressLogger",
+    "json_safe",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def _json_safe(value):
+def json_safe(value):
     """``value`` with NaN/inf floats (also inside lists/dicts) replaced by "nan"/"inf"/"-inf"
     and NumPy / 0-d torch scalars turned into Python numbers."""
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
@@ -35,9 +42,9 @@ def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -104,7 +111,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = _json_safe({"iteration": iteration, **metrics})
+        row = json_safe({"iteration": iteration, **metrics})
         with open(self.path, "a") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
