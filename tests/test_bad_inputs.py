@@ -193,7 +193,9 @@ def test_missing_dataset_names_the_file(tmp_path, capsys):
         ["--config", str(REPO / "projects/detection/diffdet_r50.yaml"), "MODEL.WEIGHTS", "",
          "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
     )  # fmt: skip
-    one_line_error(capsys, status, "instances_train2017.json")
+    line = one_line_error(capsys, status, "instances_train2017.json")
+    assert "DIFFVISION_DATASETS" in line
+    assert not out.exists()  # found before any process started
 
 
 # ------------------------------------------------- item 2: data checked at registration

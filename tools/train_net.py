@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.data.catalog import parse_custom_dataset  # noqa: E402
+from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.checkpoint import check_output_dir  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
@@ -118,12 +118,15 @@ def validate(cfg, args) -> None:
 
 
 def _check_custom_datasets(cfg) -> None:
-    """The files of ``DATASETS.CUSTOM`` entries exist (their content is checked when loaded).
+    """The files of builtin detection datasets and ``DATASETS.CUSTOM`` entries exist (their
+    content is checked when loaded).
 
     Raises:
         ConfigError: an entry is not ``name:json_file:image_root``.
         InputFileNotFoundError: its json or image folder does not exist.
     """
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_dataset_files(str(name))
     for entry in cfg.DATASETS.get("CUSTOM", []):
         name, json_file, image_root = parse_custom_dataset(entry)
         if not json_file.is_file():

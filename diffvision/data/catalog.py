@@ -26,10 +26,11 @@ from typing import Literal
 
 from diffvision.data.coco import DetectionMetadata, load_coco_json
 from diffvision.data.paths import DATASETS_ENV_VARS, datasets_root
-from diffvision.errors import ConfigError, UnknownNameError
+from diffvision.errors import ConfigError, InputFileNotFoundError, UnknownNameError
 
 __all__ = [
     "DetectionDatasetInfo",
+    "check_dataset_files",
     "get_detection_dataset",
     "list_detection_datasets",
     "load_detection_dataset",
@@ -170,6 +171,30 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
             "DATASETS.CUSTOM entries 'name:json_file:image_root'."
         )
     return _REGISTRY[name]()
+
+
+def check_dataset_files(name: str) -> None:
+    """Check that a registered builtin or custom detection dataset's files exist, without
+    reading them (cheap; for validating a command line before any process starts).
+
+    Unknown names and the generated toy sets (created on first use) pass.
+
+    Raises:
+        InputFileNotFoundError: the json or the image folder is missing (builtin names say
+            where datasets are looked up).
+    """
+    if name not in _REGISTRY or name.startswith("toy_detection"):
+        return
+    info = _REGISTRY[name]()
+    hint = f" {missing_data_hint()}" if name in _BUILTIN_NAMES else ""
+    if not info.json_file.is_file():
+        raise InputFileNotFoundError(
+            f"dataset '{name}': annotation file not found: {info.json_file}.{hint}"
+        )
+    if not info.image_root.is_dir():
+        raise InputFileNotFoundError(
+            f"dataset '{name}': image folder not found: {info.image_root}.{hint}"
+        )
 
 
 def missing_data_hint() -> str:
