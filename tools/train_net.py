@@ -70,11 +70,14 @@ def validate(cfg, args) -> None:
     """Checks that need no worker, done once before any process is spawned.
 
     Raises:
-        CLIError: bad process counts, or --resume together with --overwrite / --eval-only.
-        ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes.
-        InputFileNotFoundError: MODEL.WEIGHTS names a local file that does not exist.
-        CLIError (from check_output_dir): OUTPUT_DIR holds checkpoints and neither --resume nor
-            --overwrite was given, or --resume finds checkpoints none of which is intact.
+        CLIError: bad process counts, --resume together with --overwrite, more CUDA processes
+            than devices, or (check_output_dir) an OUTPUT_DIR holding checkpoints without
+            --resume or --overwrite.
+        ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes, unknown
+            task, CUDA device without a GPU, OUTPUT_DIR that is a file, negative MAX_ITER, or
+            a malformed DATASETS.CUSTOM entry.
+        InputFileNotFoundError: MODEL.WEIGHTS or a dataset file that does not exist.
+        WeightsError (from check_output_dir): --resume finds checkpoints, none of them intact.
     """
     if args.num_gpus < 1 or args.num_machines < 1:
         raise CLIError(
@@ -108,7 +111,7 @@ def validate(cfg, args) -> None:
         raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, expected a folder")
     if cfg.SOLVER.MAX_ITER < 0:
         raise ConfigError(f"SOLVER.MAX_ITER must be >= 0, got {cfg.SOLVER.MAX_ITER}")
-    _check_custom_datasets(cfg)
+    _check_dataset_files(cfg)
     weights = str(cfg.MODEL.WEIGHTS)
     if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
         kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
@@ -117,7 +120,7 @@ def validate(cfg, args) -> None:
         check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
 
 
-def _check_custom_datasets(cfg) -> None:
+def _check_dataset_files(cfg) -> None:
     """The files of builtin detection datasets and ``DATASETS.CUSTOM`` entries exist (their
     content is checked when loaded).
 
