@@ -34,6 +34,9 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from torch.multiprocessing import ProcessExitedException
+
+from diffvision.engine import comm
 from diffvision.errors import UserInputError
 
 __all__ = [
@@ -151,8 +154,6 @@ class _WorkerEntry:
         self.debug = debug
 
     def __call__(self, *args: object) -> object:
-        from diffvision.engine import comm
-
         if comm.get_world_size() <= 1:
             return self.main_func(*args)
         try:
@@ -174,10 +175,6 @@ class _WorkerEntry:
 
 def _reported_worker_status(exc: BaseException) -> int | None:
     """Exit status of a spawned worker that ended through :class:`_WorkerEntry`, else None."""
-    try:
-        from torch.multiprocessing import ProcessExitedException
-    except ImportError:  # pragma: no cover - torch always has it
-        return None
     if isinstance(exc, ProcessExitedException) and exc.exit_code in (USER_ERROR, RUN_FAILED):
         return exc.exit_code
     return None
