@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,22 @@ def test_batch_not_divisible_is_rejected_before_spawning(tmp_path, capsys):
     )
     one_line_error(capsys, status, "SOLVER.IMS_PER_BATCH 3 is not divisible by the 2 processes")
     assert not out.exists()
+
+
+def test_error_inside_two_workers_is_one_line(tmp_path):
+    """An input error found only inside the --num-gpus workers (here an unknown dataset name,
+    raised by every rank) is printed once, exit status 2, without the launcher's traceback.
+    A subprocess: the spawned workers must import tools/train_net.py as __main__."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools/train_net.py"), "--config", DET, "--num-gpus", "2",
+         *TINY_DET, "DATASETS.TRAIN", "('nope',)", "OUTPUT_DIR", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DIFFVISION_DATASETS": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unknown detection dataset 'nope'" in errors[0], proc.stderr
 
 
 def test_missing_weight_file_is_rejected_before_spawning(tmp_path, capsys):
