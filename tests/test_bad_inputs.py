@@ -543,3 +543,11 @@ def test_sweep_seed_and_config_seed_must_agree(toy_det, capsys):
     )
     one_line_error(capsys, status, "--seed 3 disagrees with SEED 5 from the override")
     assert not (toy_det / "s").exists()
+
+
+def test_sweep_seed_resolution_is_always_said():
+    resolve = load_tool("sweep_boxes_steps").resolve_seed
+    assert resolve(None, 5, []) == (5, "the config's SEED 5")
+    assert resolve(None, -1, [])[0] == 0 and "random" in resolve(None, -1, [])[1]
+    assert resolve(3, 0, []) == (3, "--seed 3 (overrides the config's SEED 0)")
+    assert resolve(3, 3, ["SEED", "3"]) == (3, "--seed 3")

@@ -10,8 +10,9 @@ The paper's "dynamic boxes" and "progressive refinement" tables in one command:
 
 ``--boxes``/``--steps`` take numbers separated by spaces or commas; the first token that is not
 a number starts the trailing ``KEY VALUE`` config overrides. The per-image box seeds come from
-``--seed`` or else the config's ``SEED`` (0 when it is negative, i.e. random); giving both with
-different values is an error.
+``--seed`` (overriding the config file's ``SEED``, which the log and ``sweep.md`` say) or else the
+config's ``SEED`` (0 when it is negative, i.e. random); ``--seed`` and a ``SEED`` override on the
+same command line must agree.
 
 For every (``NUM_PROPOSALS``, ``SAMPLE_STEP``) pair the test set (``DATASETS.TEST[0]`` or
 ``--dataset``) is evaluated with the same per-image seeds, and the model's inference time per
@@ -157,21 +158,27 @@ def split_number_lists(
     return numbers, moved + list(args.opts or [])
 
 
-def resolve_seed(seed_flag: int | None, cfg_seed: int, opts: list[str]) -> int:
-    """The per-image box seed: ``--seed`` or the config's ``SEED``; never both, differing.
+def resolve_seed(seed_flag: int | None, cfg_seed: int, opts: list[str]) -> tuple[int, str]:
+    """The per-image box seed and where it came from (logged and written into ``sweep.md``).
+
+    ``--seed`` wins over the config file's ``SEED`` (said in the returned note); the config's
+    ``SEED`` is used without ``--seed`` (0 when it is negative, i.e. random).
 
     Raises:
-        CLIError: ``--seed`` and a non-negative ``SEED`` in the config or overrides differ.
+        CLIError: ``--seed`` and a ``SEED`` override on the same command line differ.
     """
     if seed_flag is not None:
-        if cfg_seed >= 0 and cfg_seed != seed_flag:
-            where = "the override" if "SEED" in opts[::2] else "the config file"
+        if "SEED" in opts[::2] and cfg_seed != seed_flag:
             raise CLIError(
-                f"--seed {seed_flag} disagrees with SEED {cfg_seed} from {where}; pass only one "
-                "of them (or the same value)"
+                f"--seed {seed_flag} disagrees with SEED {cfg_seed} from the override; pass only "
+                "one of them (or the same value)"
             )
-        return seed_flag
-    return 0 if cfg_seed < 0 else cfg_seed
+        if cfg_seed >= 0 and cfg_seed != seed_flag:
+            return seed_flag, f"--seed {seed_flag} (overrides the config's SEED {cfg_seed})"
+        return seed_flag, f"--seed {seed_flag}"
+    if cfg_seed < 0:
+        return 0, f"0 (the config's SEED is {cfg_seed}, random; pass --seed to choose)"
+    return cfg_seed, f"the config's SEED {cfg_seed}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -203,15 +210,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.opts)
-    seed_flag = args.seed
-    args.seed = resolve_seed(seed_flag, cfg.SEED, args.opts)
+    args.seed, seed_note = resolve_seed(args.seed, cfg.SEED, args.opts)
     device = torch.device(cfg.MODEL.DEVICE)
     use_cpu_clock = args.clock == "cpu" and device.type == "cpu"
     clock = time.process_time if use_cpu_clock else time.perf_counter
     output_dir = Path(args.output_dir or Path(cfg.OUTPUT_DIR) / "sweep")
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir)
-    logger.info("Per-image box seed %d (--seed %s, config SEED %d)", args.seed, seed_flag, cfg.SEED)
+    logger.info("Per-image box seed: %s", seed_note)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     model = build_model(cfg, with_criterion=False)
     if cfg.MODEL.WEIGHTS:
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"`{args.config}` weights `{cfg.MODEL.WEIGHTS or '(random)'}` on {dataset} "
         f"({rows[0]['images']} images), {where}, {torch.get_num_threads()} threads, "
         f"{'CPU' if use_cpu_clock else 'wall'}-clock ms, batch {cfg.TEST.IMS_PER_BATCH}, "
-        f"seed {args.seed}"
+        f"seed {seed_note}"
     )
     print(write_table(rows, output_dir / "sweep.md", note))
     (output_dir / "sweep.json").write_text(json.dumps({"note": note, "rows": rows}, indent=2))
