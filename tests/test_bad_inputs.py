@@ -430,6 +430,16 @@ def test_sample_negative_count_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_sample_output_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "s").write_text("keep")
+    status = run_main(
+        load_tool("sample").main,
+        ["--checkpoint", str(tmp_path / "m.pth"), "--output", str(tmp_path / "s")],
+    )
+    one_line_error(capsys, status, "is a file; samples are written into a folder")
+    assert (tmp_path / "s").read_text() == "keep"
+
+
 def test_sample_missing_checkpoint_is_one_line(tmp_path, capsys):
     status = run_main(
         load_tool("sample").main, ["--checkpoint", str(tmp_path / "m.pth"), "--output", "x"]

@@ -78,6 +78,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--strength must lie in (0, 1], got {args.strength}")
     if args.eta < 0:
         raise CLIError(f"--eta must be >= 0, got {args.eta}")
+    if Path(args.output).is_file():
+        raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device} but no CUDA device is available; use --device cpu")
 
 
 def check_model_args(args: argparse.Namespace, unet) -> None:
