@@ -306,6 +306,20 @@ def test_finished_output_dir_is_not_overwritten(tmp_path, capsys):
     assert snapshot(out) == before
 
 
+def test_overwrite_replaces_the_finished_run(toy_det, capsys):
+    out = toy_det / "out"
+    before = finished_run(out)
+    status = load_tool("train_net").cli(
+        ["--config", DET, "--overwrite", *TINY_DET, "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()",
+         "OUTPUT_DIR", str(out)]
+    )  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    after = snapshot(out)
+    assert after["model_final.pth"] != before["model_final.pth"]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["iteration"] < 1 for r in rows)  # the old run's row 19 is gone
+
+
 def test_resume_with_no_intact_checkpoint_stops(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
