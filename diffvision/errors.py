@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputFileNotFoundError",
+    "UnknownNameError",
     "UserInputError",
     "WeightsError",
 ]
@@ -31,6 +32,12 @@ class UserInputError(Exception):
 
 class ConfigError(UserInputError, ValueError):
     """A config file or override names an unknown key, or a value of the wrong type or range."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name looked up in a registry (dataset, task) is unknown; also a ``KeyError``."""
+
+    __str__ = BaseException.__str__  # the message as written, not KeyError's repr of it
 
 
 class DataError(UserInputError, ValueError):

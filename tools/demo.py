@@ -9,7 +9,10 @@
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
-Without ``--output`` images and frames are shown in a window.
+Without ``--output`` images and frames are shown in a window. ``--input`` takes files, glob
+patterns and folders (every image inside, sorted); a file that cannot be read is skipped with a
+warning naming it and the batch goes on. Bad input ends with one line ``error: ...`` and exit
+status 2 (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
+from diffvision.data.image_folder import IMAGE_EXTENSIONS  # noqa: E402
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
+from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_model  # noqa: E402
 from projects.detection.checkpoint import load_weights  # noqa: E402
 
@@ -91,12 +97,49 @@ def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
     return canvas
 
 
-def run_images(model, paths, args, names) -> None:
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Image paths of ``--input``: files as given, glob patterns expanded, folders listed
+    (images directly inside, sorted by name).
+
+    Raises:
+        InputFileNotFoundError: nothing at all matches (each pattern that matched nothing is named).
+    """
+    paths, unmatched = [], []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
+        if not matches:
+            unmatched.append(pattern)
+        for match in matches:
+            if Path(match).is_dir():
+                inside = sorted(Path(match).iterdir())
+                paths += [str(p) for p in inside if p.suffix.lower() in IMAGE_EXTENSIONS]
+            else:
+                paths.append(match)
+    for pattern in unmatched:
+        print(f"warning: --input {pattern!r}: no such file or folder, skipped", file=sys.stderr)
+    if not paths:
+        raise InputFileNotFoundError(
+            f"--input {' '.join(patterns)}: no image files found (files, glob patterns or folders "
+            f"of {'/'.join(IMAGE_EXTENSIONS)} images)"
+        )
+    return paths
+
+
+def run_images(model, paths, args, names) -> int:
+    """Detect on every readable image of ``paths``; returns how many were skipped."""
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
+        if out_dir.is_file():
+            raise CLIError(f"--output {out_dir} is a file; images need a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = 0
     for path in paths:
-        rgb = read_image_rgb(path)
+        try:
+            rgb = read_image_rgb(path)
+        except (DataError, InputFileNotFoundError) as exc:
+            print(f"warning: skipped {path}: {exc}", file=sys.stderr)
+            skipped += 1
+            continue
         start = time.perf_counter()
         det = detect(model, rgb, args.confidence_threshold, args.seed)
         print(f"{path}: {len(det['scores'])} detections in {time.perf_counter() - start:.2f}s")
@@ -107,12 +150,16 @@ def run_images(model, paths, args, names) -> None:
             cv2.imshow("DiffusionDet", canvas)
             if cv2.waitKey(0) == 27:
                 break
+    if skipped:
+        print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
+    return skipped
 
 
 def run_stream(model, source, args, names) -> None:
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        raise FileNotFoundError(f"cannot open video source {source!r}")
+        kind = "camera" if isinstance(source, int) else "video file"
+        raise DataError(f"cannot open {kind} {source!r} (not a video OpenCV can decode?)")
     writer = None
     frames = 0
     try:
@@ -145,7 +192,7 @@ def run_stream(model, source, args, names) -> None:
     print(f"processed {frames} frames")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -156,10 +203,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
     parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
+    add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.seed is not None and args.seed < 0:
         args.seed = None
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise CLIError(
+            f"--confidence-threshold must lie in [0, 1], got {args.confidence_threshold}"
+        )
+    if args.max_frames < 0:
+        raise CLIError(f"--max-frames must be >= 0, got {args.max_frames}")
+    paths = expand_inputs(args.input) if args.input else None  # before building the model
+    if args.video_input and not Path(args.video_input).is_file():
+        what = "is a folder" if Path(args.video_input).is_dir() else "does not exist"
+        raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
 
     cfg = load_config(args.config, args.opts)
     model = build_model(cfg, with_criterion=False)
@@ -170,14 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     names = class_names(cfg)
     with torch.no_grad():
-        if args.input:
-            paths = [p for pattern in args.input for p in sorted(glob.glob(pattern)) or [pattern]]
+        if paths is not None:
             run_images(model, paths, args, names)
         elif args.video_input:
             run_stream(model, args.video_input, args, names)
         else:
             run_stream(model, 0, args, names)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

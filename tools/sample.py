@@ -9,6 +9,10 @@
 
 Writes ``<output>/samples.png`` (a grid) and ``<output>/samples.npz`` (``arr_0``: (N, H, W, 3)
 uint8, ``arr_1``: labels for class-conditional models), guided-diffusion's layout.
+
+Samples are drawn ``--batch-size`` at a time with progress and an estimate of the remaining time
+after every batch; Ctrl-C writes the samples finished so far. Bad input ends with one line
+``error: ...`` and exit status 2 (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from diffvision.data.image_folder import load_image, to_tensor  # noqa: E402
+from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
+from diffvision.errors import CLIError  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_model  # noqa: E402
 from diffvision.generation.images import save_grid, save_npz  # noqa: E402
 from diffvision.generation.sampling import SAMPLER_NAMES, generate  # noqa: E402
@@ -53,49 +59,107 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ilvr-factor", type=int, default=4, help="ILVR down-sampling factor N")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--upscale", type=int, default=1, help="nearest upscaling of the PNG grid")
+    add_debug_flag(p)
     return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks that need no model.
+
+    Raises:
+        CLIError: the first flag out of range, naming it and the valid range.
+    """
+    positive = ("num_samples", "batch_size", "steps", "order", "ilvr_factor", "upscale")
+    for name in positive:
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 < args.strength <= 1.0:
+        raise CLIError(f"--strength must lie in (0, 1], got {args.strength}")
+    if args.eta < 0:
+        raise CLIError(f"--eta must be >= 0, got {args.eta}")
+    if Path(args.output).is_file():
+        raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device} but no CUDA device is available; use --device cpu")
+
+
+def check_model_args(args: argparse.Namespace, unet) -> None:
+    """Checks against the loaded UNet (labels, learned variance).
+
+    Raises:
+        CLIError: a flag the model cannot honour.
+    """
+    if args.variance == "learned" and not unet.learn_sigma:
+        raise CLIError("--variance learned needs a model trained with a learned variance")
+    if args.labels:
+        if unet.num_classes is None:
+            raise CLIError("--labels given, but the model is not class-conditional")
+        bad = [y for y in args.labels if not 0 <= y < unet.num_classes]
+        if bad:
+            raise CLIError(f"--labels {bad} out of range: the model has {unet.num_classes} classes")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_args(args)
     model, cfg = load_ddpm_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    check_model_args(args, model.unet)
     size = model.unet.image_size
 
     def read(path: str | None) -> torch.Tensor | None:
         return None if path is None else to_tensor(load_image(path, size))[None]
 
+    init_image, ilvr_reference = read(args.init_image), read(args.ilvr_reference)
     labels = None
     if args.labels:
         labels = torch.tensor(args.labels).repeat(args.num_samples)[: args.num_samples]
-    start = time.perf_counter()
-    images = generate(
-        model,
-        num_samples=args.num_samples,
-        sampler=args.sampler,
-        num_steps=args.steps,
-        eta=args.eta,
-        order=args.order,
-        variance=args.variance,
-        guidance_scale=args.guidance_scale,
-        labels=labels,
-        clip_denoised=not args.no_clip,
-        generator=torch.Generator().manual_seed(args.seed),
-        batch_size=args.batch_size,
-        init_image=read(args.init_image),
-        strength=args.strength if args.init_image else 1.0,
-        ilvr_reference=read(args.ilvr_reference),
-        ilvr_factor=args.ilvr_factor,
+    elif model.unet.num_classes is not None and not model.unet.null_class:
+        labels = torch.arange(args.num_samples) % model.unet.num_classes
+    strength = args.strength if init_image is not None else 1.0
+    generator = torch.Generator().manual_seed(args.seed)  # one stream, batch after batch
+    num_batches = -(-args.num_samples // args.batch_size)
+    print(
+        f"{args.num_samples} samples in {num_batches} batches of <= {args.batch_size}, "
+        f"{args.steps} {args.sampler} steps each",
+        flush=True,
     )
+    chunks, done = [], 0
+    start = time.perf_counter()
+    try:
+        for lo in range(0, args.num_samples, args.batch_size):
+            n = min(args.batch_size, args.num_samples - lo)
+            chunks.append(
+                generate(
+                    model, num_samples=n, sampler=args.sampler, num_steps=args.steps,
+                    eta=args.eta, order=args.order, variance=args.variance,
+                    guidance_scale=args.guidance_scale,
+                    labels=None if labels is None else labels[lo : lo + n],
+                    clip_denoised=not args.no_clip, generator=generator, batch_size=n,
+                    init_image=init_image, strength=strength,
+                    ilvr_reference=ilvr_reference, ilvr_factor=args.ilvr_factor,
+                ).cpu()
+            )  # fmt: skip
+            done += n
+            elapsed = time.perf_counter() - start
+            left = elapsed / done * (args.num_samples - done)
+            print(
+                f"[{done}/{args.num_samples}] {elapsed:.1f}s elapsed, about {left:.0f}s left",
+                flush=True,
+            )
+    except KeyboardInterrupt:
+        if not chunks:
+            raise
+        print(f"interrupted: writing the {done} samples finished so far", flush=True)
     elapsed = time.perf_counter() - start
+    images = torch.cat(chunks)
     out = Path(args.output)
     grid = save_grid(images, out / "samples.png", upscale=args.upscale)
-    if labels is None and model.unet.num_classes is not None and not model.unet.null_class:
-        labels = torch.arange(args.num_samples) % model.unet.num_classes
-    npz = save_npz(images, out / "samples.npz", labels=labels)
-    print(f"{args.num_samples} samples ({args.sampler}, {args.steps} steps) in {elapsed:.1f}s")
+    npz = save_npz(images, out / "samples.npz", labels=None if labels is None else labels[:done])
+    print(f"{done} samples ({args.sampler}, {args.steps} steps) in {elapsed:.1f}s")
     print(f"wrote {grid} and {npz}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -26,13 +26,16 @@ from typing import Literal
 
 from diffvision.data.coco import DetectionMetadata, load_coco_json
 from diffvision.data.paths import DATASETS_ENV_VARS, datasets_root
+from diffvision.errors import ConfigError, InputFileNotFoundError, UnknownNameError
 
 __all__ = [
     "DetectionDatasetInfo",
+    "check_dataset_files",
     "get_detection_dataset",
     "list_detection_datasets",
     "load_detection_dataset",
     "missing_data_hint",
+    "parse_custom_dataset",
     "register_coco_dataset",
 ]
 
@@ -122,17 +125,30 @@ def register_coco_dataset(
     if evaluator_type is None:
         evaluator_type = "lvis" if "lvis" in name else "coco"
     if evaluator_type not in ("coco", "lvis"):
-        raise ValueError(f"evaluator_type must be 'coco' or 'lvis', got {evaluator_type!r}")
+        raise ConfigError(f"evaluator_type must be 'coco' or 'lvis', got {evaluator_type!r}")
     info = DetectionDatasetInfo(name, Path(json_file), Path(image_root), evaluator_type)
     if name in _REGISTRY:
         existing = _REGISTRY[name]()
         if existing != info:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset '{name}' is already registered with {existing.json_file} / "
                 f"{existing.image_root}; choose another name"
             )
         return
     _REGISTRY[name] = lambda: info
+
+
+def parse_custom_dataset(entry: str) -> tuple[str, Path, Path]:
+    """Split a ``DATASETS.CUSTOM`` entry ``"name:json_file:image_root"``.
+
+    Raises:
+        ConfigError: the entry does not have three non-empty parts.
+    """
+    parts = str(entry).split(":")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"DATASETS.CUSTOM entry {entry!r} must be 'name:json_file:image_root'")
+    name, json_file, image_root = parts
+    return name, Path(json_file), Path(image_root)
 
 
 def list_detection_datasets() -> list[str]:
@@ -149,12 +165,36 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         suggestion = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown detection dataset '{name}'.{suggestion} Registered: "
             f"{', '.join(list_detection_datasets())}. Declare custom COCO-format datasets with "
             "DATASETS.CUSTOM entries 'name:json_file:image_root'."
         )
     return _REGISTRY[name]()
+
+
+def check_dataset_files(name: str) -> None:
+    """Check that a registered builtin or custom detection dataset's files exist, without
+    reading them (cheap; for validating a command line before any process starts).
+
+    Unknown names and the generated toy sets (created on first use) pass.
+
+    Raises:
+        InputFileNotFoundError: the json or the image folder is missing (builtin names say
+            where datasets are looked up).
+    """
+    if name not in _REGISTRY or name.startswith("toy_detection"):
+        return
+    info = _REGISTRY[name]()
+    hint = f" {missing_data_hint()}" if name in _BUILTIN_NAMES else ""
+    if not info.json_file.is_file():
+        raise InputFileNotFoundError(
+            f"dataset '{name}': annotation file not found: {info.json_file}.{hint}"
+        )
+    if not info.image_root.is_dir():
+        raise InputFileNotFoundError(
+            f"dataset '{name}': image folder not found: {info.image_root}.{hint}"
+        )
 
 
 def missing_data_hint() -> str:

@@ -11,12 +11,14 @@ Each batch is a pickle holding ``b"data"`` (N, 3072) uint8 in CHW order and ``b"
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from diffvision.errors import InputFileNotFoundError
+from diffvision.modeling.weight_files import load_restricted_pickle
 
 __all__ = ["CIFAR10_CLASSES", "Cifar10Dataset", "load_cifar10_arrays"]
 
@@ -56,13 +58,12 @@ def load_cifar10_arrays(root: str | Path, *, train: bool) -> tuple[np.ndarray, n
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"CIFAR-10 file {path} is missing: expected torchvision's layout "
                 f"<root>/{_FOLDER}/{{data_batch_1..5,test_batch}} (extract cifar-10-python.tar.gz "
                 "there; nothing is downloaded)"
             )
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = load_restricted_pickle(path, what="CIFAR-10 file")  # plain data only
         data = entry[b"data"] if b"data" in entry else entry["data"]
         lab = entry.get(b"labels", entry.get("labels"))
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))

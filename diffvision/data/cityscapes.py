@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffvision.errors import ConfigError, InputFileNotFoundError
+
 __all__ = [
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
@@ -92,7 +94,7 @@ def load_cityscapes_semantic(image_dir: str | Path, gt_dir: str | Path) -> list[
     image_dir, gt_dir = Path(image_dir), Path(gt_dir)
     for folder in (image_dir, gt_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"Cityscapes folder not found: {folder} (set DIFFVISION_DATASETS to the folder "
                 "holding cityscapes/)"
             )
@@ -111,11 +113,11 @@ def load_cityscapes_semantic(image_dir: str | Path, gt_dir: str | Path) -> list[
                 lut = cityscapes_label_to_train_id_lut()
             record = {"sem_seg_file_name": str(label_ids), "label_lut": lut}
         else:
-            raise FileNotFoundError(f"no labelTrainIds/labelIds file for {image_path}")
+            raise InputFileNotFoundError(f"no labelTrainIds/labelIds file for {image_path}")
         record.update(file_name=str(image_path), image_id=stem)
         records.append(record)
     if not records:
-        raise FileNotFoundError(f"no *{suffix} images under {image_dir}/<city>/")
+        raise InputFileNotFoundError(f"no *{suffix} images under {image_dir}/<city>/")
     if lut is not None:
         logger.info("Converting Cityscapes labelIds to trainIds on the fly under %s", gt_dir)
     return records
@@ -130,7 +132,7 @@ def get_cityscapes_sem_seg_records(name: str, *, root: str | Path | None = None)
             (``$DIFFVISION_DATASETS``).
     """
     if name not in CITYSCAPES_SEM_SEG_SPLITS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown Cityscapes split {name!r}; known: {sorted(CITYSCAPES_SEM_SEG_SPLITS)}"
         )
     if root is None:

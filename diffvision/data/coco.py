@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DetectionMetadata", "load_coco_json"]
+from PIL import Image
+
+from diffvision.errors import DataError, InputFileNotFoundError
+
+__all__ = ["IMAGE_CHECK_LIMIT", "DetectionMetadata", "load_coco_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +49,164 @@ class DetectionMetadata:
     class_frequency: list[str] | None = field(default=None)
 
 
-def _image_file_name(image: dict[str, Any], image_root: Path) -> Path:
-    if "file_name" in image:
+def _image_file_name(image: dict[str, Any], image_root: Path, json_file: Path) -> Path:
+    """detectron2's rule: ``file_name`` under the root, else LVIS v1's ``coco_url`` tail
+    (``.../train2017/000000391895.jpg`` -> ``<root>/train2017/000000391895.jpg``)."""
+    if image.get("file_name"):
         return image_root / image["file_name"]
-    if "coco_url" in image:  # LVIS v1
-        split_folder, name = image["coco_url"].split("/")[-2:]
+    if image.get("coco_url"):  # LVIS v1
+        split_folder, name = str(image["coco_url"]).split("/")[-2:]
         return image_root / split_folder / name
-    raise ValueError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url'")
+    raise DataError(f"{json_file}: image {image.get('id')} has neither 'file_name' nor 'coco_url'")
+
+
+# Image headers are read at load time (existence, size vs the json) for datasets up to this
+# many images; larger ones are checked image by image when the loader reads them.
+IMAGE_CHECK_LIMIT = 5000
+
+
+@dataclass
+class _Report:
+    """What loading dropped or fixed, counted, with a few examples each."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, example: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.examples.setdefault(kind, [])) < 3:
+            self.examples[kind].append(example)
+
+    def log(self, what: str, json_file: Path, dicts: list[dict], num_classes: int, *,
+            images_checked: bool) -> None:  # fmt: skip
+        num_instances = sum(len(d["annotations"]) for d in dicts)
+        logger.info(
+            "Loaded %d images, %d instances, %d classes from %s%s",
+            len(dicts),
+            num_instances,
+            num_classes,
+            json_file,
+            "" if images_checked else " (image files are checked when read)",
+        )
+        if self.counts:
+            parts = [
+                f"{n} {kind} (e.g. {'; '.join(self.examples[kind])})"
+                for kind, n in sorted(self.counts.items())
+            ]
+            logger.warning("%s: %s: %s", what, json_file, ", ".join(parts))
+
+
+def _bbox_xywh(ann: dict[str, Any], json_file: Path) -> tuple[float, float, float, float]:
+    bbox = ann.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{json_file}: annotation {ann.get('id')} has bbox {bbox!r}; expected [x, y, w, h]"
+        ) from None
+    return x, y, w, h
+
+
+def _image_records(data: dict, json_file: Path) -> dict[Any, dict[str, Any]]:
+    """``images`` by id, each with a positive integer width and height."""
+    images: dict[Any, dict[str, Any]] = {}
+    for image in data["images"]:
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if image_id is None:
+            raise DataError(f"{json_file}: an image record has no 'id': {str(image)[:120]}")
+        if image_id in images:
+            raise DataError(f"{json_file}: image id {image_id} appears twice in 'images'")
+        try:
+            width, height = int(image["width"]), int(image["height"])
+        except (KeyError, TypeError, ValueError):
+            width = height = 0
+        if width <= 0 or height <= 0:
+            raise DataError(
+                f"{json_file}: image {image_id} has width {image.get('width')!r} and height "
+                f"{image.get('height')!r}; expected positive integers"
+            )
+        images[image_id] = image
+    return images
+
+
+def _build_records(
+    data: dict, id_map: dict[int, int], image_root: Path, json_file: Path
+) -> tuple[list[dict[str, Any]], _Report]:
+    """Dataset dicts with every annotation checked against its image (see load_coco_json)."""
+    report = _Report()
+    images = _image_records(data, json_file)
+    anns_per_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in data.get("annotations") or []:
+        ann_id = ann.get("id")
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            report.add("annotations of unknown images", f"{ann_id} -> image {ann.get('image_id')}")
+            continue
+        if ann.get("category_id") not in id_map:
+            report.add("annotations of unknown categories", f"{ann_id}: {ann.get('category_id')}")
+            continue
+        x, y, w, h = _bbox_xywh(ann, json_file)
+        if not (math.isfinite(x + y + w + h) and w > 0 and h > 0):
+            report.add("degenerate boxes dropped", f"{ann_id}: {[x, y, w, h]}")
+            continue
+        width, height = int(image["width"]), int(image["height"])
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x2 <= x1 or y2 <= y1:
+            report.add("boxes outside their image dropped", f"{ann_id}: {[x, y, w, h]}")
+            continue
+        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+            report.add("boxes clipped to their image", f"{ann_id}")
+        anns_per_image.setdefault(image["id"], []).append(
+            {
+                "bbox": [x1, y1, x2, y2],
+                "category_id": id_map[ann["category_id"]],
+                "iscrowd": ann.get("iscrowd", 0),
+            }
+        )
+    dicts = [
+        {
+            "file_name": str(_image_file_name(image, image_root, json_file)),
+            "height": int(image["height"]),
+            "width": int(image["width"]),
+            "image_id": image_id,
+            "annotations": anns_per_image.get(image_id, []),
+        }
+        for image_id, image in images.items()
+    ]
+    return dicts, report
+
+
+def _displayed_size(path: str) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation (as read_image_rgb returns it)."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+            width, height = height, width
+    return width, height
+
+
+def _check_image_files(dicts: list[dict[str, Any]], report: _Report) -> list[dict[str, Any]]:
+    """Drop (and report by path) images that are missing, unreadable or of another size."""
+    kept = []
+    for d in dicts:
+        path = d["file_name"]
+        try:
+            width, height = _displayed_size(path)
+        except FileNotFoundError:
+            report.add("missing images dropped", path)
+            continue
+        except (OSError, SyntaxError, ValueError) as exc:
+            report.add("unreadable images dropped", f"{path}: {exc}")
+            continue
+        if (width, height) != (d["width"], d["height"]):
+            report.add(
+                "images whose size disagrees with the json dropped",
+                f"{path} is {width}x{height}, json {d['width']}x{d['height']}",
+            )
+            continue
+        kept.append(d)
+    return kept
 
 
 def load_coco_json(
@@ -59,43 +215,56 @@ def load_coco_json(
     *,
     dataset_name: str | None = None,
     env_hint: str | None = None,
+    check_images: bool | None = None,
 ) -> tuple[list[dict[str, Any]], DetectionMetadata]:
-    """Read a COCO- or LVIS-format instances json.
+    """Read a COCO- or LVIS-format instances json, checking it once (summary in the log).
 
-    Boxes with non-positive width or height are skipped (one warning with their count).
-    Segmentations and keypoints are not loaded.
+    Dropped, with their count and a few examples in one warning: annotations whose ``image_id``
+    is not among the images or whose ``category_id`` is not among the categories, boxes with a
+    non-positive or non-finite width/height, boxes entirely outside their image, and (when
+    ``check_images``) images that are missing, unreadable or whose size disagrees with the
+    json. Boxes partly outside their image are clipped to it (counted too). Segmentations and
+    keypoints are not loaded.
 
     Args:
         json_file: the annotation file.
         image_root: folder the image ``file_name`` (or LVIS ``coco_url`` tail) is relative to.
         dataset_name: used in messages.
         env_hint: appended to "not found" errors (e.g. which environment variable to set).
+        check_images: read every image header (existence, size); default: when the dataset has
+            at most :data:`IMAGE_CHECK_LIMIT` images (the loader checks each image it reads).
 
     Returns:
         ``(dataset_dicts, metadata)``; dataset dicts are in the json's image order.
 
     Raises:
-        FileNotFoundError: the json or the image root does not exist.
-        ValueError: the json has no ``images`` / ``categories``, or annotations are malformed.
+        InputFileNotFoundError: the json or the image root does not exist.
+        DataError: the json is not valid, has no ``images`` / ``categories``, an image record
+            lacks an id or a positive size, or an annotation's bbox is not 4 numbers.
     """
     json_file, image_root = Path(json_file), Path(image_root)
     what = f"dataset '{dataset_name}'" if dataset_name else "dataset"
     hint = f" {env_hint}" if env_hint else ""
     if not json_file.is_file():
-        raise FileNotFoundError(f"{what}: annotation file not found: {json_file}.{hint}")
+        raise InputFileNotFoundError(f"{what}: annotation file not found: {json_file}.{hint}")
     if not image_root.is_dir():
-        raise FileNotFoundError(f"{what}: image folder not found: {image_root}.{hint}")
-    with open(json_file) as f:
+        raise InputFileNotFoundError(f"{what}: image folder not found: {image_root}.{hint}")
+    with open(json_file, "rb") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: {json_file} is not valid json: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{what}: {json_file} is not valid json: {e}") from e
     if not isinstance(data, dict) or not data.get("images") or not data.get("categories"):
-        raise ValueError(
+        raise DataError(
             f"{what}: {json_file} has no images or no categories; expected a COCO-format "
             "instances file with 'images', 'annotations' and 'categories'"
         )
 
+    bad = [
+        c for c in data["categories"] if not isinstance(c, dict) or "id" not in c or "name" not in c
+    ]
+    if bad:
+        raise DataError(f"{what}: {json_file}: category {bad[0]!r} lacks an 'id' or a 'name'")
     categories = sorted(data["categories"], key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(categories)}
     metadata = DetectionMetadata(
@@ -113,51 +282,10 @@ def load_coco_json(
         ),
     )
 
-    anns_per_image: dict[int, list[dict[str, Any]]] = {}
-    num_degenerate = 0
-    for ann in data.get("annotations", []):
-        try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            category = id_map[ann["category_id"]]
-            image_id = ann["image_id"]
-        except KeyError as e:
-            raise ValueError(
-                f"{what}: annotation {ann.get('id')} in {json_file} has a missing or unknown {e}"
-            ) from e
-        if not (w > 0 and h > 0):
-            num_degenerate += 1
-            continue
-        anns_per_image.setdefault(image_id, []).append(
-            {
-                "bbox": [x, y, x + w, y + h],
-                "category_id": category,
-                "iscrowd": ann.get("iscrowd", 0),
-            }
-        )
-    if num_degenerate:
-        logger.warning(
-            "%s: skipped %d annotations with non-positive width or height in %s",
-            what,
-            num_degenerate,
-            json_file,
-        )
-
-    dataset_dicts = [
-        {
-            "file_name": str(_image_file_name(image, image_root)),
-            "height": image["height"],
-            "width": image["width"],
-            "image_id": image["id"],
-            "annotations": anns_per_image.get(image["id"], []),
-        }
-        for image in data["images"]
-    ]
-    num_instances = sum(len(d["annotations"]) for d in dataset_dicts)
-    logger.info(
-        "Loaded %d images, %d instances, %d classes from %s",
-        len(dataset_dicts),
-        num_instances,
-        len(categories),
-        json_file,
-    )
+    dataset_dicts, report = _build_records(data, id_map, image_root, json_file)
+    if check_images is None:
+        check_images = len(dataset_dicts) <= IMAGE_CHECK_LIMIT
+    if check_images:
+        dataset_dicts = _check_image_files(dataset_dicts, report)
+    report.log(what, json_file, dataset_dicts, len(categories), images_checked=check_images)
     return dataset_dicts, metadata

@@ -27,6 +27,7 @@ from diffvision.data.detection_transforms import (
     transform_boxes,
 )
 from diffvision.data.image_io import read_image_rgb
+from diffvision.errors import DataError
 
 __all__ = ["DetectionDatasetMapper"]
 
@@ -66,7 +67,7 @@ class DetectionDatasetMapper:
         height = dataset_dict.get("height", image.shape[0])
         width = dataset_dict.get("width", image.shape[1])
         if image.shape[:2] != (height, width):
-            raise ValueError(
+            raise DataError(
                 f"image {dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH) but "
                 f"its annotation says {width}x{height}"
             )

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from diffvision.errors import DataError, InputFileNotFoundError
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "load_image", "to_tensor"]
 
 logger = logging.getLogger(__name__)
@@ -28,11 +30,12 @@ def list_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, sorted, case-insensitive extensions).
 
     Raises:
-        FileNotFoundError: if ``root`` is not a folder.
+        InputFileNotFoundError: if ``root`` is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        what = "is a file, expected a folder" if root.is_file() else "does not exist"
+        raise InputFileNotFoundError(f"image folder {root} {what}")
     return sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
@@ -43,9 +46,18 @@ def load_image(path: str | Path, image_size: int) -> Image.Image:
 
     Downscaling uses box filtering down to < 2× the target then bicubic, like ADM's
     ``center_crop_arr``, which avoids the aliasing of a single bicubic resize.
+
+    Raises:
+        InputFileNotFoundError: ``path`` does not exist.
+        DataError: ``path`` cannot be decoded as an image (the message names it).
     """
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    if not Path(path).is_file():
+        raise InputFileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {exc}") from exc
     w, h = img.size
     side = min(w, h)
     img = img.crop(

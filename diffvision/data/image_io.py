@@ -11,6 +11,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffvision.errors import DataError, InputFileNotFoundError
+
 __all__ = ["read_image_rgb"]
 
 
@@ -24,14 +26,16 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         (H, W, 3) uint8 array, RGB, EXIF orientation applied (so H, W are the displayed size).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        OSError: the file exists but cannot be decoded (truncated or not an image).
+        InputFileNotFoundError: the file does not exist, or is a folder.
+        DataError: the file exists but cannot be decoded (truncated or not an image).
     """
+    if os.path.isdir(path):
+        raise InputFileNotFoundError(f"image {path} is a folder, expected an image file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise InputFileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e

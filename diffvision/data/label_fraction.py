@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffvision.errors import ConfigError, DataError, InputFileNotFoundError
+
 __all__ = [
     "label_fraction_count",
     "read_split_file",
@@ -54,16 +56,16 @@ def label_fraction_count(fraction: str | float | int, *, num_total: int) -> int:
     if isinstance(fraction, int) or spec.isdigit():
         count = int(spec)
         if not 1 <= count <= num_total:
-            raise ValueError(f"label count {count} must lie in [1, {num_total}]")
+            raise ConfigError(f"label count {count} must lie in [1, {num_total}]")
         return count
     try:
         value = Fraction(spec) if "/" in spec else Fraction(float(spec))
     except (ValueError, ZeroDivisionError) as exc:
-        raise ValueError(
+        raise ConfigError(
             f"label fraction {fraction!r} is not 'full', '1/N', a float in (0, 1] or a count"
         ) from exc
     if not 0 < value <= 1:
-        raise ValueError(f"label fraction {fraction!r} must lie in (0, 1]")
+        raise ConfigError(f"label fraction {fraction!r} must lie in (0, 1]")
     return max(1, math.ceil(value * num_total))
 
 
@@ -71,7 +73,7 @@ def read_split_file(path: str | Path) -> list[str]:
     """Read a split-list file: one image path or stem per non-empty line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise InputFileNotFoundError(f"split file not found: {path}")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -109,7 +111,7 @@ def select_label_fraction(
         wanted = read_split_file(split_file)
         missing = [line for line in wanted if _stem(line) not in by_stem]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{len(missing)} entries of split file {split_file} match no image, "
                 f"e.g. {missing[:3]}"
             )

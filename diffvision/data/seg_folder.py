@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from diffvision.errors import DataError, InputFileNotFoundError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SemSegDataset",
@@ -54,14 +56,14 @@ def read_classes_json(path: str | Path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classes file not found: {path}")
+        raise InputFileNotFoundError(f"classes file not found: {path}")
     meta = json.loads(path.read_text())
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not isinstance(classes, list) or not classes:
-        raise ValueError(f"{path} must hold a non-empty 'classes' list, got {meta!r:.200}")
+        raise DataError(f"{path} must hold a non-empty 'classes' list, got {meta!r:.200}")
     palette = meta.get("palette")
     if palette is not None and len(palette) < len(classes):
-        raise ValueError(f"{path}: palette has {len(palette)} entries for {len(classes)} classes")
+        raise DataError(f"{path}: palette has {len(palette)} entries for {len(classes)} classes")
     return {
         "classes": [str(c) for c in classes],
         "palette": palette,
@@ -100,7 +102,7 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
     root = Path(root)
     image_dir = root / "images"
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"no images/ folder in {root}")
+        raise InputFileNotFoundError(f"no images/ folder in {root}")
     mask_dir = root / "masks"
     records = []
     for path in sorted(image_dir.iterdir()):
@@ -109,7 +111,7 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             if require_masks:
-                raise FileNotFoundError(f"mask for {path.name} not found: {mask_path}")
+                raise InputFileNotFoundError(f"mask for {path.name} not found: {mask_path}")
             mask_path = None
         records.append(
             {
@@ -119,13 +121,29 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
             }
         )
     if not records:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+        raise InputFileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
     return records
 
 
+def _open(path: str | Path, what: str) -> Image.Image:
+    """``Image.open`` with the failures as project errors naming ``path``."""
+    if not Path(path).is_file():
+        raise InputFileNotFoundError(f"{what} file not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from exc
+    return image
+
+
 def read_image(path: str | Path) -> torch.Tensor:
-    """Read an RGB image as a ``uint8`` tensor ``(3, H, W)``."""
-    with Image.open(path) as img:
+    """Read an RGB image as a ``uint8`` tensor ``(3, H, W)``.
+
+    Raises:
+        InputFileNotFoundError, DataError: missing or undecodable (the path is named).
+    """
+    with _open(path, "image") as img:
         array = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -137,14 +155,17 @@ def read_mask(path: str | Path, *, label_lut: np.ndarray | None = None) -> torch
         path: PNG path (mode ``L``/``P``/``I``).
         label_lut: optional ``(256,)`` uint8 table mapping raw values to class indices
             (e.g. Cityscapes ``labelId -> trainId``).
+
+    Raises:
+        InputFileNotFoundError, DataError: missing, undecodable or not single-channel.
     """
-    with Image.open(path) as img:
+    with _open(path, "mask") as img:
         array = np.asarray(img)
     if array.ndim != 2:
-        raise ValueError(f"mask {path} must be single-channel, got shape {array.shape}")
+        raise DataError(f"mask {path} must be single-channel, got shape {array.shape}")
     if label_lut is not None:
         if array.min() < 0 or array.max() >= len(label_lut):
-            raise ValueError(
+            raise DataError(
                 f"mask {path} has values outside the lookup table [0, {len(label_lut)})"
             )
         array = label_lut[array]
@@ -163,6 +184,10 @@ class SemSegDataset(Dataset):
             optional ``label_lut``.
         transform: ``(image, mask) -> (image, mask)``, e.g.
             :class:`diffvision.data.seg_transforms.SegAugmentation`.
+        num_classes: when given, a mask value ``>= num_classes`` other than ``ignore_label``
+            raises :class:`~diffvision.errors.DataError` naming the mask file (instead of torch's
+            "Target 7 is out of bounds" deep inside the loss).
+        ignore_label: the value that marks unlabelled pixels.
     """
 
     def __init__(
@@ -170,9 +195,13 @@ class SemSegDataset(Dataset):
         records: Sequence[dict],
         *,
         transform: Callable[[torch.Tensor, torch.Tensor | None], tuple] | None = None,
+        num_classes: int | None = None,
+        ignore_label: int = 255,
     ) -> None:
         self.records = list(records)
         self.transform = transform
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
 
     def __len__(self) -> int:
         return len(self.records)
@@ -183,8 +212,9 @@ class SemSegDataset(Dataset):
         mask = None
         if record.get("sem_seg_file_name"):
             mask = read_mask(record["sem_seg_file_name"], label_lut=record.get("label_lut"))
+            self._check_labels(mask, record["sem_seg_file_name"])
             if mask.shape != image.shape[-2:]:
-                raise ValueError(
+                raise DataError(
                     f"mask {record['sem_seg_file_name']} is {tuple(mask.shape)}, "
                     f"image is {tuple(image.shape[-2:])}"
                 )
@@ -195,3 +225,15 @@ class SemSegDataset(Dataset):
         if mask is not None:
             item["sem_seg"] = mask
         return item
+
+    def _check_labels(self, mask: torch.Tensor, path: str) -> None:
+        if self.num_classes is None:
+            return
+        bad = mask[(mask >= self.num_classes) & (mask != self.ignore_label)]
+        if bad.numel():
+            values = sorted(int(v) for v in bad.unique()[:5])
+            raise DataError(
+                f"mask {path} holds labels {values} >= MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"{self.num_classes} (ignore label {self.ignore_label}); fix the mask or raise "
+                "NUM_CLASSES"
+            )

@@ -12,6 +12,7 @@ from diffvision.engine.ema import ModelEMA
 from diffvision.engine.lr_scheduler import make_lr_scheduler
 from diffvision.engine.optim import make_optimizer, make_param_groups
 from diffvision.engine.trainer import GradientClipping
+from diffvision.errors import ConfigError
 
 __all__ = [
     "build_amp_dtype",
@@ -56,7 +57,7 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """``SOLVER.LR_SCHEDULER_NAME`` with warm-up, stepped once per iteration."""
     s = cfg.SOLVER
     if s.LR_SCHEDULER_NAME not in _SCHEDULER_NAMES:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown SOLVER.LR_SCHEDULER_NAME '{s.LR_SCHEDULER_NAME}'; expected one of "
             f"{sorted(_SCHEDULER_NAMES)}."
         )
@@ -91,9 +92,9 @@ def build_amp_dtype(cfg: CfgNode) -> torch.dtype | None:
         return None
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
     if amp.DTYPE not in dtypes:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(dtypes)}, got '{amp.DTYPE}'.")
+        raise ConfigError(f"SOLVER.AMP.DTYPE must be one of {sorted(dtypes)}, got '{amp.DTYPE}'.")
     if amp.DTYPE == "float16" and not str(cfg.MODEL.DEVICE).startswith("cuda"):
-        raise ValueError("SOLVER.AMP.DTYPE float16 needs a CUDA device; use bfloat16 on CPU.")
+        raise ConfigError("SOLVER.AMP.DTYPE float16 needs a CUDA device; use bfloat16 on CPU.")
     return dtypes[amp.DTYPE]
 
 

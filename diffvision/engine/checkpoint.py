@@ -8,7 +8,17 @@ Layout (detectron2's ``{"model": ...}`` wrapper, so official tools read it)::
 
 Files are ``OUTPUT_DIR/model_{iter:07d}.pth`` and ``model_final.pth``;
 ``OUTPUT_DIR/last_checkpoint`` names the newest. Each file is written to a temporary name and
-renamed, so a crash mid-write leaves the previous checkpoint intact.
+renamed, so a crash mid-write leaves the previous checkpoint intact; the file gets the mode of any
+other output (``0o666`` less the umask), not the temporary file's ``0o600``.
+
+Finished work is never lost:
+
+- :func:`check_output_dir` refuses to start a fresh run in a folder that holds checkpoints unless
+  told to ``--resume`` or ``--overwrite``;
+- :meth:`Checkpointer.resume` tries ``last_checkpoint`` first and, when that marker is missing,
+  empty or names an unreadable file, falls back to the newest intact ``model_*.pth``, logging
+  why; it raises :class:`~diffvision.errors.WeightsError` when checkpoints exist but none is
+  intact. Checkpoints are read with ``weights_only=True`` (no code runs).
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +37,15 @@ import torch
 from torch import nn
 
 import diffvision
+from diffvision.errors import CLIError, WeightsError
+from diffvision.modeling.weight_files import safe_torch_load
 
 __all__ = [
     "Checkpointer",
     "atomic_torch_save",
     "capture_rng_state",
+    "check_output_dir",
+    "find_checkpoints",
     "is_diffvision_checkpoint",
     "restore_rng_state",
 ]
@@ -38,6 +54,14 @@ logger = logging.getLogger(__name__)
 
 FORMAT_TAG = "diffvision"
 LAST_CHECKPOINT_FILE = "last_checkpoint"
+_CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth")
+
+
+def _output_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -50,6 +74,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _output_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,7 +86,102 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, _output_file_mode())
     os.replace(tmp, path)
+
+
+def find_checkpoints(save_dir: str | Path) -> list[Path]:
+    """``model_final.pth`` and ``model_XXXXXXX.pth`` of ``save_dir``, newest first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    found = []
+    for path in save_dir.iterdir():
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match and path.is_file():
+            order = float("inf") if match.group(1) == "final" else int(match.group(1))
+            found.append((order, path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _zip_intact(path: Path) -> str | None:
+    """Cheap integrity check of a ``torch.save`` zip file: None if intact, else the reason."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if bad is None else f"corrupt member {bad}"
+
+
+def _resume_candidates(save_dir: Path) -> tuple[list[Path], list[str]]:
+    """Checkpoints to try on resume, in order, and notes on why ``last_checkpoint`` was skipped.
+
+    ``last_checkpoint``'s target comes first when the marker is readable and names an existing
+    file; then every other ``model_*.pth``, newest first.
+    """
+    notes = []
+    first = None
+    marker = save_dir / LAST_CHECKPOINT_FILE
+    if not marker.is_file():
+        notes.append(f"{marker} is missing")
+    else:
+        try:
+            name = marker.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            name = ""
+            notes.append(f"{marker} is unreadable ({exc})")
+        else:
+            if not name:
+                notes.append(f"{marker} is empty")
+        if name:
+            target = save_dir / name
+            if target.is_file():
+                first = target
+            else:
+                notes.append(f"{marker} names {name!r}, which does not exist")
+    rest = [p for p in find_checkpoints(save_dir) if first is None or p != first]
+    return ([first] if first is not None else []) + rest, notes
+
+
+def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run that would write over finished work (call before training).
+
+    Args:
+        output_dir: the run's ``OUTPUT_DIR``.
+        resume: ``--resume`` was given: some checkpoint must be intact if any exists.
+        overwrite: ``--overwrite`` was given: checkpoints may be replaced.
+
+    Raises:
+        CLIError: the folder holds checkpoints and neither ``resume`` nor ``overwrite`` is set.
+        WeightsError: ``resume`` and every checkpoint of the folder is unreadable.
+    """
+    output_dir = Path(output_dir)
+    existing = find_checkpoints(output_dir)
+    if resume:
+        candidates, _ = _resume_candidates(output_dir)
+        problems = []
+        for path in candidates:
+            reason = _zip_intact(path)
+            if reason is None:
+                return
+            problems.append(f"{path.name} ({reason})")
+        if problems:
+            raise WeightsError(_no_intact_message(output_dir, problems))
+        return
+    if existing and not overwrite:
+        names = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise CLIError(
+            f"OUTPUT_DIR {output_dir} already holds checkpoints ({names}); pass --resume to "
+            "continue that run, set a new OUTPUT_DIR, or pass --overwrite to replace them"
+        )
+
+
+def _no_intact_message(save_dir: Path, problems: list[str]) -> str:
+    return (
+        f"--resume: no intact checkpoint in {save_dir}: {'; '.join(problems)}. Start a new "
+        "OUTPUT_DIR, or pass --overwrite instead of --resume to train from scratch here"
+    )
 
 
 def capture_rng_state() -> dict:
@@ -143,23 +263,43 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ loading
     def last_checkpoint(self) -> Path | None:
-        """The checkpoint named by ``last_checkpoint``, if it exists."""
-        marker = self.save_dir / LAST_CHECKPOINT_FILE
-        if not marker.is_file():
-            return None
-        path = self.save_dir / marker.read_text().strip()
-        return path if path.is_file() else None
+        """The checkpoint named by ``last_checkpoint``, if the marker names an existing file."""
+        candidates, notes = _resume_candidates(self.save_dir)
+        return candidates[0] if candidates and not notes else None
 
     def resume(self) -> int:
-        """Restore the newest checkpoint of ``save_dir`` fully; return the next iteration to run.
+        """Restore the newest intact checkpoint of ``save_dir`` fully; the next iteration to run.
 
-        Returns 0 (a fresh start) when the folder holds no checkpoint.
+        Tries ``last_checkpoint``'s file, then every ``model_*.pth`` newest first, and logs a
+        warning naming each one skipped and why. Returns 0 (a fresh start) when the folder holds
+        no checkpoint at all.
+
+        Raises:
+            WeightsError: checkpoints exist but none can be read.
         """
-        path = self.last_checkpoint()
-        if path is None:
+        candidates, notes = _resume_candidates(self.save_dir)
+        if not candidates:
             logger.info("No checkpoint found in %s: starting from iteration 0.", self.save_dir)
             return 0
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        problems = []
+        for path in candidates:
+            try:
+                data = safe_torch_load(path, what="checkpoint")
+            except WeightsError as exc:
+                problems.append(f"{path.name} ({exc})")
+                continue
+            if not is_diffvision_checkpoint(data):
+                problems.append(f"{path.name} (not a diffvision training checkpoint)")
+                continue
+            break
+        else:
+            raise WeightsError(_no_intact_message(self.save_dir, problems))
+        if notes or problems:
+            logger.warning(
+                "Resume: %s; falling back to %s, the newest intact checkpoint.",
+                "; ".join(notes + [f"skipped {p}" for p in problems]),
+                path,
+            )
         self.model.load_state_dict(data["model"])
         if self.optimizer is not None and "optimizer" in data:
             self.optimizer.load_state_dict(data["optimizer"])

@@ -22,23 +22,58 @@ from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.ema import ModelEMA
 from diffvision.engine.trainer import HookBase
 
-__all__ = ["EMAHook", "EvalHook", "MetricsWriter", "PeriodicCheckpointer", "ProgressLogger"]
+__all__ = [
+    "EMAHook",
+    "EvalHook",
+    "MetricsWriter",
+    "PeriodicCheckpointer",
+    "ProgressLogger",
+    "json_safe",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def json_safe(value):
+    """``value`` with NaN/inf floats (also inside lists/dicts) replaced by "nan"/"inf"/"-inf"
+    and NumPy / 0-d torch scalars turned into Python numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class MetricsWriter:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard (main process only).
 
+    Every line is strict JSON: NaN and infinite values are written as the strings ``"nan"``,
+    ``"inf"``, ``"-inf"`` (Python's bare ``NaN`` is not JSON).
+
     Args:
         output_dir: the run folder.
         use_tensorboard: also write TensorBoard event files (skipped if tensorboard is missing).
+        start_iter: the iteration a (resumed or overwriting) training run starts at: rows of
+            an earlier run with ``iteration >= start_iter`` are removed, so replayed iterations
+            are not recorded twice. None (evaluation-only writers) keeps every row.
     """
 
-    def __init__(self, output_dir: str | Path, *, use_tensorboard: bool = True):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        use_tensorboard: bool = True,
+        start_iter: int | None = None,
+    ):
         self.enabled = comm.is_main_process()
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb = None
+        if self.enabled and start_iter is not None:
+            self._truncate(start_iter)
         if self.enabled and use_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -47,12 +82,38 @@ class MetricsWriter:
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 logger.warning("tensorboard is not installed: writing metrics.jsonl only.")
 
+    def _truncate(self, start_iter: int) -> None:
+        """Drop rows with ``iteration >= start_iter`` (lines that are not JSON are kept)."""
+        if not self.path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                kept.append(line)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+                if row["iteration"] >= start_iter:
+                    dropped += 1
+                    continue
+            kept.append(line)
+        if dropped:
+            self.path.write_text("".join(line + "\n" for line in kept))
+            logger.info(
+                "Removed %d rows of %s from iteration %d on (they are run again).",
+                dropped,
+                self.path,
+                start_iter,
+            )
+
     def write(self, iteration: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = json_safe({"iteration": iteration, **metrics})
         with open(self.path, "a") as f:
-            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from diffvision.errors import ConfigError
+
 __all__ = ["make_optimizer", "make_param_groups"]
 
 _NORM_TYPES = (
@@ -87,4 +89,4 @@ def make_optimizer(
         return torch.optim.AdamW(param_groups, lr=base_lr, betas=tuple(betas))
     if key == "ADAM":
         return torch.optim.Adam(param_groups, lr=base_lr, betas=tuple(betas))
-    raise ValueError(f"Unknown SOLVER.OPTIMIZER '{name}'; expected one of SGD, ADAMW, ADAM.")
+    raise ConfigError(f"Unknown SOLVER.OPTIMIZER '{name}'; expected one of SGD, ADAMW, ADAM.")

@@ -34,6 +34,8 @@ from diffvision.engine.hooks import (
 )
 from diffvision.engine.tasks import build_task
 from diffvision.engine.trainer import Trainer
+from diffvision.errors import ConfigError
+from diffvision.modeling.weight_files import safe_torch_load
 
 __all__ = ["evaluate", "train"]
 
@@ -99,7 +101,7 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
         grad_clip=build_grad_clip(cfg),
         amp_dtype=build_amp_dtype(cfg),
     )
-    writer = MetricsWriter(cfg.OUTPUT_DIR)
+    writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter=start_iter)
     eval_hook = None
     if task.evaluate is not None:
         eval_model = ema.model if ema is not None else model
@@ -125,11 +127,11 @@ def evaluate(cfg: CfgNode) -> dict[str, float]:
     carries EMA weights, those are evaluated when ``MODEL_EMA.ENABLED``."""
     task = build_task(cfg)
     if task.evaluate is None:
-        raise ValueError(f"Task '{cfg.MODEL.META_ARCHITECTURE}' has no evaluation.")
+        raise ConfigError(f"Task '{cfg.MODEL.META_ARCHITECTURE}' has no evaluation.")
     model = task.model
     if cfg.MODEL.WEIGHTS and cfg.MODEL_EMA.ENABLED:
         try:
-            data = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu", weights_only=False)
+            data = safe_torch_load(cfg.MODEL.WEIGHTS)
         except (FileNotFoundError, OSError, RuntimeError):
             data = None
         if is_diffvision_checkpoint(data) and "ema" in data:

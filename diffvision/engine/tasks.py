@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from diffvision.config import CfgNode, add_config_extension
+from diffvision.errors import ConfigError
 
 __all__ = ["Task", "build_task", "get_task_builder", "register_task", "registered_tasks"]
 
@@ -71,7 +72,7 @@ def get_task_builder(name: str) -> Callable[[CfgNode], Task]:
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"Unknown MODEL.META_ARCHITECTURE '{name}'.{hint} Registered tasks: "
             f"{', '.join(registered_tasks()) or '(none: import projects first)'}."
         )

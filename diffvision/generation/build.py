@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from diffvision.config import CN, CfgNode
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
+from diffvision.errors import ConfigError
 from diffvision.generation.model import DDPMModel
 from diffvision.modeling.unet import UNet
 
@@ -81,9 +82,9 @@ def build_unet(cfg: CfgNode, *, num_classes: int | None) -> UNet:
     d = cfg.MODEL.DDPM
     u = d.UNET
     if cfg.INPUT.IMAGE_SIZE <= 0:
-        raise ValueError(f"INPUT.IMAGE_SIZE must be > 0 for DDPM, got {cfg.INPUT.IMAGE_SIZE}")
+        raise ConfigError(f"INPUT.IMAGE_SIZE must be > 0 for DDPM, got {cfg.INPUT.IMAGE_SIZE}")
     if d.CLASS_COND and not num_classes:
-        raise ValueError("MODEL.DDPM.CLASS_COND needs num_classes > 0")
+        raise ConfigError("MODEL.DDPM.CLASS_COND needs num_classes > 0")
     return UNet(
         image_size=cfg.INPUT.IMAGE_SIZE,
         in_channels=3,
@@ -109,7 +110,7 @@ def build_ddpm_model(cfg: CfgNode, *, num_classes: int | None = None) -> DDPMMod
     """Build the :class:`DDPMModel` (UNet + schedule + loss options) of ``MODEL.DDPM``."""
     d = cfg.MODEL.DDPM
     if d.LOSS_WEIGHTING not in LOSS_WEIGHTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.DDPM.LOSS_WEIGHTING must be one of {LOSS_WEIGHTINGS}, got {d.LOSS_WEIGHTING!r}"
         )
     return DDPMModel(

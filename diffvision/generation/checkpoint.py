@@ -17,9 +17,11 @@ import yaml
 
 from diffvision.config import CN, CfgNode
 from diffvision.diffusion.schedule import NoiseSchedule
+from diffvision.errors import WeightsError
 from diffvision.generation.build import build_ddpm_model
 from diffvision.generation.model import DDPMModel
 from diffvision.modeling.unet import UNet
+from diffvision.modeling.weight_files import safe_torch_load
 
 __all__ = ["load_ddpm_model", "load_ddpm_unet", "load_model_weights"]
 
@@ -28,12 +30,13 @@ logger = logging.getLogger(__name__)
 
 def _read(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"DDPM checkpoint {path} does not exist")
-    # Engine checkpoints carry RNG states (numpy objects): not loadable with weights_only=True.
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only=True with NumPy admitted (engine checkpoints carry NumPy's RNG state)
+    data = safe_torch_load(path, what="DDPM checkpoint")
     if not isinstance(data, dict) or "model" not in data or not data.get("config"):
-        raise ValueError(f"{path} is not a diffvision checkpoint with 'model' and 'config'")
+        raise WeightsError(
+            f"{path} is not a diffvision checkpoint with 'model' and 'config' (expected the "
+            "model_final.pth of a tools/train_net.py DDPM run)"
+        )
     return data
 
 
@@ -60,7 +63,7 @@ def load_ddpm_model(
     data = _read(path)
     cfg = CN(yaml.safe_load(data["config"]))
     if cfg.MODEL.get("META_ARCHITECTURE") != "DDPM" or "DDPM" not in cfg.MODEL:
-        raise ValueError(
+        raise WeightsError(
             f"{path} was trained with MODEL.META_ARCHITECTURE "
             f"{cfg.MODEL.get('META_ARCHITECTURE')!r}, not 'DDPM'"
         )
@@ -95,7 +98,7 @@ def load_model_weights(model: DDPMModel, path: str | os.PathLike) -> None:
     """Load ``MODEL.WEIGHTS`` into ``model``: an engine checkpoint (its ``"model"`` weights) or a
     raw UNet state dict (e.g. guided-diffusion's, when the UNet keys match)."""
     path = os.fspath(path)
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = safe_torch_load(path)
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         model.load_state_dict(data["model"], strict=True)
     else:

@@ -23,6 +23,7 @@ from diffvision.data.image_folder import ImageFolderDataset
 from diffvision.data.paths import datasets_root
 from diffvision.data.samplers import TrainingSampler
 from diffvision.data.toy_shapes import ToyShapesDataset
+from diffvision.errors import ConfigError
 
 __all__ = ["DDPM_DATASETS", "build_ddpm_dataset", "build_ddpm_train_loader", "dataset_num_classes"]
 
@@ -51,7 +52,7 @@ def build_ddpm_dataset(name: str, *, image_size: int, random_flip: bool = True) 
         return ToyShapesDataset(image_size=image_size, random_flip=random_flip)
     if name in ("cifar10_train", "cifar10_test"):
         if image_size != 32:
-            raise ValueError(f"CIFAR-10 images are 32×32; INPUT.IMAGE_SIZE is {image_size}")
+            raise ConfigError(f"CIFAR-10 images are 32×32; INPUT.IMAGE_SIZE is {image_size}")
         return Cifar10Dataset(_cifar_root(), train=name.endswith("train"), random_flip=random_flip)
     if name.startswith("image_folder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
@@ -88,7 +89,7 @@ def build_ddpm_train_loader(
         seed: shuffling seed shared by all ranks (default: a shared random seed).
     """
     if not names:
-        raise ValueError("DATASETS.TRAIN is empty")
+        raise ConfigError("DATASETS.TRAIN is empty")
     datasets = [
         build_ddpm_dataset(n, image_size=image_size, random_flip=random_flip) for n in names
     ]

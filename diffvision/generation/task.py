@@ -25,6 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from diffvision.config import CfgNode
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from diffvision.evaluation.fid import (
     compute_features,
     fid_from_features,
@@ -67,7 +68,7 @@ def build_ddpm_task(cfg: CfgNode) -> Task:
 
     world = comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the world size "
             f"{world}"
         )

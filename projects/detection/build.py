@@ -19,6 +19,7 @@ from torch import nn
 from diffvision.config import CfgNode
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from diffvision.modeling.fpn import FPN, build_resnet_fpn_backbone, build_swin_fpn_backbone
 
 from .checkpoint import load_weights
@@ -49,7 +50,7 @@ def build_backbone(cfg: CfgNode) -> FPN:
     name = cfg.MODEL.BACKBONE.NAME
     fpn_in = tuple(cfg.MODEL.FPN.IN_FEATURES)
     if cfg.MODEL.FPN.NORM != "" or cfg.MODEL.FPN.FUSE_TYPE != "sum":
-        raise ValueError(
+        raise ConfigError(
             f"only MODEL.FPN.NORM '' and FUSE_TYPE 'sum' are supported, got "
             f"{cfg.MODEL.FPN.NORM!r}, {cfg.MODEL.FPN.FUSE_TYPE!r}"
         )
@@ -62,7 +63,7 @@ def build_backbone(cfg: CfgNode) -> FPN:
         }
         for key, (value, supported) in unsupported.items():
             if value != supported:
-                raise ValueError(f"MODEL.RESNETS.{key} = {value!r} is unsupported ({supported!r})")
+                raise ConfigError(f"MODEL.RESNETS.{key} = {value!r} is unsupported ({supported!r})")
         return build_resnet_fpn_backbone(
             depth=r.DEPTH,
             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
@@ -81,7 +82,7 @@ def build_backbone(cfg: CfgNode) -> FPN:
             out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
             use_checkpoint=s.USE_CHECKPOINT,
         )
-    raise ValueError(
+    raise ConfigError(
         f"MODEL.BACKBONE.NAME {name!r} is not one of "
         "['build_resnet_fpn_backbone', 'build_swintransformer_fpn_backbone']"
     )
@@ -123,12 +124,12 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
     """
     d = cfg.MODEL.DiffusionDet
     if d.ACTIVATION != "relu":
-        raise ValueError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
+        raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
-        raise ValueError("MODEL.DiffusionDet needs USE_FOCAL or USE_FED_LOSS (sigmoid scores)")
+        raise ConfigError("MODEL.DiffusionDet needs USE_FOCAL or USE_FED_LOSS (sigmoid scores)")
     box_head = cfg.MODEL.ROI_BOX_HEAD
     if box_head.POOLER_TYPE != "ROIAlignV2":
-        raise ValueError(f"ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE!r} != 'ROIAlignV2'")
+        raise ConfigError(f"ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE!r} != 'ROIAlignV2'")
     backbone = build_backbone(cfg)
     in_features = tuple(cfg.MODEL.ROI_HEADS.IN_FEATURES)
     for f in in_features:

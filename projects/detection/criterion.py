@@ -13,8 +13,10 @@ were tuned with it.
 
 Differences from the official code:
 
-- A non-finite predicted box raises ``FloatingPointError`` naming the stage, instead of the bare
-  ``assert`` inside ``generalized_box_iou`` (reference §7.1 item 7).
+- A stage with a non-finite predicted box gets NaN losses without matching (NaN costs would
+  break the assignment), instead of the bare ``assert`` inside ``generalized_box_iou``
+  (reference §7.1 item 7); the trainer's ``FloatingPointError`` then names the iteration and
+  every loss term, so the diverged stage shows as ``loss_*_{i}=nan``.
 - GIoU is computed pairwise on the matched pairs (``generalized_box_iou_loss``) instead of the
   diagonal of an M x M matrix: same value up to its 1e-7 epsilon, linear memory.
 - Federated-loss sampling draws at most as many negatives as there are classes with non-zero
@@ -288,8 +290,7 @@ class SetCriterionDynamicK(nn.Module):
             ``loss_ce, loss_bbox, loss_giou`` and ``loss_ce_{i}, loss_bbox_{i}, loss_giou_{i}``
             for aux stage i, each already multiplied by its weight.
 
-        Raises:
-            FloatingPointError: a predicted box is NaN or infinite.
+        A stage whose predicted boxes hold a NaN or infinite value gets NaN losses (unmatched).
         """
         stages = [("", outputs)]
         if self.deep_supervision:
@@ -297,11 +298,10 @@ class SetCriterionDynamicK(nn.Module):
         losses = {}
         for suffix, stage in stages:
             if not bool(torch.isfinite(stage["pred_boxes"]).all()):
-                name = "last stage" if not suffix else f"aux stage {suffix[1:]}"
-                raise FloatingPointError(
-                    f"DiffusionDet predicted non-finite boxes ({name}); training diverged - "
-                    "lower SOLVER.BASE_LR, keep gradient clipping, check the annotations"
-                )
+                nan = stage["pred_boxes"].sum() * float("nan")  # keeps the graph and device
+                for k in ("loss_ce", "loss_bbox", "loss_giou"):
+                    losses[k + suffix] = nan
+                continue
             for k, v in self.stage_losses(stage, targets).items():
                 losses[k + suffix] = v * self.weight_dict[k + suffix]
         return losses

@@ -40,6 +40,7 @@ from diffvision.config import CN
 from diffvision.data.catalog import (
     get_detection_dataset,
     load_detection_dataset,
+    parse_custom_dataset,
     register_coco_dataset,
 )
 from diffvision.data.coco import DetectionMetadata
@@ -53,6 +54,7 @@ from diffvision.data.samplers import (
     repeat_factors_from_category_frequency,
 )
 from diffvision.engine import comm
+from diffvision.errors import ConfigError, DataError
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
 from diffvision.evaluation.lvis_evaluation import LVISEvaluator
 from projects.detection.criterion import get_fed_loss_cls_weights
@@ -90,10 +92,7 @@ def add_detection_data_config(cfg: CN) -> None:
 def register_custom_datasets(cfg: CN) -> None:
     """Register every ``DATASETS.CUSTOM`` entry (safe to call repeatedly)."""
     for entry in cfg.DATASETS.get("CUSTOM", []):
-        parts = str(entry).split(":")
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"DATASETS.CUSTOM entry {entry!r} must be 'name:json_file:image_root'")
-        name, json_file, image_root = parts
+        name, json_file, image_root = parse_custom_dataset(entry)
         register_coco_dataset(name, json_file=json_file, image_root=image_root)
 
 
@@ -111,12 +110,12 @@ def get_detection_dataset_dicts(
     """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
+        raise ConfigError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
     all_dicts, metadata = [], None
     for name in names:
         dicts, meta = load_detection_dataset(name)
         if metadata is not None and meta.thing_classes != metadata.thing_classes:
-            raise ValueError(f"dataset '{name}' has other classes than '{names[0]}'")
+            raise DataError(f"dataset '{name}' has other classes than '{names[0]}'")
         metadata = meta
         all_dicts.extend(dicts)
     if filter_empty:
@@ -124,6 +123,21 @@ def get_detection_dataset_dicts(
         all_dicts = [d for d in all_dicts if any(not a.get("iscrowd", 0) for a in d["annotations"])]
         logger.info("Removed %d images without annotations", before - len(all_dicts))
     return all_dicts, metadata
+
+
+def require_annotations(dicts: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+    """Fail before training on data with nothing to learn from.
+
+    Raises:
+        DataError: no image of ``names`` keeps a usable (non-crowd) annotation after the
+            registration checks (the log says what was dropped and why).
+    """
+    if not any(not a.get("iscrowd", 0) for d in dicts for a in d["annotations"]):
+        raise DataError(
+            f"DATASETS.TRAIN {tuple(names)}: no usable annotation in {len(dicts)} images, "
+            "nothing to train on (the log lists what was dropped: annotations of unknown images "
+            "or categories, degenerate or out-of-image boxes, missing images)"
+        )
 
 
 def get_detection_metadata(cfg: CN, dataset_name: str | None = None) -> DetectionMetadata:
@@ -157,7 +171,7 @@ def build_fed_loss_cls_weights(cfg: CN) -> torch.Tensor:
 
 def _check_format(cfg: CN) -> None:
     if cfg.INPUT.FORMAT != "RGB":
-        raise ValueError(
+        raise ConfigError(
             f"DiffusionDet models take RGB input; INPUT.FORMAT is {cfg.INPUT.FORMAT!r}"
         )
 
@@ -276,7 +290,7 @@ def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
         return
     num_data, num_model = len(metadata.thing_classes), model_cfg.NUM_CLASSES
     if num_data > num_model:
-        raise ValueError(
+        raise ConfigError(
             f"the training data has {num_data} classes but MODEL.DiffusionDet.NUM_CLASSES is "
             f"{num_model}; set MODEL.DiffusionDet.NUM_CLASSES {num_data}"
         )
@@ -298,13 +312,14 @@ def build_detection_train_loader(cfg: CN) -> _TrainBatches:
     world_size = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of processes "
             f"({world_size})"
         )
     dicts, metadata = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
+    require_annotations(dicts, cfg.DATASETS.TRAIN)
     _check_num_classes(cfg, metadata)
     seed = cfg.SEED if cfg.SEED >= 0 else None
     sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
@@ -316,7 +331,7 @@ def build_detection_train_loader(cfg: CN) -> _TrainBatches:
         )
         sampler = RepeatFactorTrainingSampler(factors, seed=seed)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"DATALOADER.SAMPLER_TRAIN must be 'TrainingSampler' or "
             f"'RepeatFactorTrainingSampler', got {sampler_name!r}"
         )

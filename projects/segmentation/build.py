@@ -14,6 +14,8 @@ from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
+from diffvision.modeling.weight_files import resolve_weight_path, safe_torch_load
 from projects.segmentation.config import add_ddep_config
 from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, train_records
 from projects.segmentation.ddep import DDeP, ResNetUNet, describe
@@ -34,12 +36,8 @@ _TORCHVISION_TO_BACKBONE = {
 
 
 def _read_state_dict(path_or_url: str) -> dict[str, torch.Tensor]:
-    if "://" in path_or_url:
-        data = torch.hub.load_state_dict_from_url(path_or_url, map_location="cpu")
-    else:
-        if not Path(path_or_url).is_file():
-            raise FileNotFoundError(f"weights file not found: {path_or_url}")
-        data = torch.load(path_or_url, map_location="cpu", weights_only=False)
+    # no code runs from the file: weights_only=True (URLs download once, as before)
+    data = safe_torch_load(resolve_weight_path(path_or_url))
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]  # a diffvision / detectron2 checkpoint
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -134,7 +132,12 @@ def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
         flip_prob=cfg.SEG.FLIP_PROB,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
     )
-    return SemSegDataset(records, transform=augment)
+    return SemSegDataset(
+        records,
+        transform=augment,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    )
 
 
 @register_task("DDeP", add_config=add_ddep_config)
@@ -149,7 +152,7 @@ def build_ddep_task(cfg: CfgNode) -> Task:
         dataset = _train_dataset(cfg, labeled=not denoise)
         world = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ValueError(
+            raise ConfigError(
                 f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} not divisible by {world} ranks"
             )
         return infinite_loader(

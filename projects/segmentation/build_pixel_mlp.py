@@ -25,7 +25,9 @@ from diffvision.data.seg_transforms import resize, to_unit_range
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from diffvision.evaluation.sem_seg import SemSegEvaluator
+from diffvision.modeling.weight_files import safe_torch_load
 from projects.segmentation.config import add_pixel_mlp_config
 from projects.segmentation.data import get_sem_seg_dataset, train_records
 from projects.segmentation.pixel_features import (
@@ -63,7 +65,7 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
     if p.FEATURES == "raw":
         return RawPixelExtractor().to(cfg.MODEL.DEVICE)
     if p.FEATURES != "ddpm":
-        raise ValueError(f"MODEL.PIXEL_MLP.FEATURES must be 'ddpm' or 'raw', got {p.FEATURES!r}")
+        raise ConfigError(f"MODEL.PIXEL_MLP.FEATURES must be 'ddpm' or 'raw', got {p.FEATURES!r}")
     from diffvision.modeling.unet import UNet, load_guided_diffusion_checkpoint
 
     schedule = get_schedule(p.NOISE_SCHEDULE, num_timesteps=1000)
@@ -90,7 +92,7 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
             unet = UNet.from_guided_diffusion_flags(**flags)
             source = "random initialisation"
         else:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.PIXEL_MLP needs DDPM_CHECKPOINT, GUIDED_DIFFUSION_CHECKPOINT or "
                 "RANDOM_UNET True (untrained baseline)"
             )
@@ -118,12 +120,17 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
 
 
 def load_images(
-    records: Sequence[dict], *, image_size: int
+    records: Sequence[dict],
+    *,
+    image_size: int,
+    num_classes: int | None = None,
+    ignore_label: int = 255,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Images ``(3, S, S)`` in [-1, 1] and masks ``(S, S)`` resized (nearest) to ``image_size``
-    (``0`` keeps the original size)."""
+    (``0`` keeps the original size). With ``num_classes``, a mask label ``>= num_classes``
+    other than ``ignore_label`` raises ``DataError`` naming the mask file."""
     images, masks = [], []
-    for item in SemSegDataset(records):
+    for item in SemSegDataset(records, num_classes=num_classes, ignore_label=ignore_label):
         image, mask = item["image"], item["sem_seg"]
         if image_size:
             image, mask = resize(image, mask, size=(image_size, image_size))
@@ -167,9 +174,9 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
     """Few-shot segmentation: pixel-MLP ensemble on frozen DDPM (or raw-pixel) features."""
     p = cfg.MODEL.PIXEL_MLP
     if p.FEATURE_DTYPE not in _DTYPES:
-        raise ValueError(f"MODEL.PIXEL_MLP.FEATURE_DTYPE must be one of {sorted(_DTYPES)}")
+        raise ConfigError(f"MODEL.PIXEL_MLP.FEATURE_DTYPE must be one of {sorted(_DTYPES)}")
     if p.UNCERTAINTY not in ("vote", "entropy"):
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.PIXEL_MLP.UNCERTAINTY must be 'vote' or 'entropy', got {p.UNCERTAINTY!r}"
         )
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
@@ -179,7 +186,9 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
     image_size = p.IMAGE_SIZE
 
     records = train_records(cfg, labeled=True)
-    images, masks = load_images(records, image_size=image_size)
+    images, masks = load_images(
+        records, image_size=image_size, num_classes=num_classes, ignore_label=ignore
+    )
     features, labels = collect_training_pixels(
         extractor,
         images,
@@ -197,7 +206,7 @@ def build_pixel_mlp_task(cfg: CfgNode) -> Task:
         in_features=features.shape[1], num_classes=num_classes, num_models=p.NUM_MODELS
     )
     if cfg.MODEL.WEIGHTS:
-        state = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu", weights_only=False)
+        state = safe_torch_load(cfg.MODEL.WEIGHTS)
         model.load_state_dict(state.get("model", state))
     model.to(cfg.MODEL.DEVICE)
 

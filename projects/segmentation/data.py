@@ -26,6 +26,7 @@ from diffvision.data.label_fraction import select_label_fraction, write_split_fi
 from diffvision.data.seg_folder import load_seg_folder, read_classes_json
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
 from diffvision.engine import comm
+from diffvision.errors import DataError, InputFileNotFoundError
 
 __all__ = [
     "InfiniteSampler",
@@ -62,7 +63,7 @@ def get_sem_seg_dataset(
     else:
         folder = Path(name)
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise InputFileNotFoundError(
                 f"dataset {name!r} is neither a known name (cityscapes_fine_sem_seg_*, "
                 f"toy_scenes_{{{','.join(TOY_SCENE_SPLITS)}}}) nor a folder"
             )
@@ -102,7 +103,7 @@ def train_records(cfg, *, labeled: bool = True) -> list[dict]:
             name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE, require_masks=labeled
         )[0]
     if not records:
-        raise ValueError(f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} holds no images.")
+        raise DataError(f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} holds no images.")
     if not labeled:
         return records
     return labeled_subset(

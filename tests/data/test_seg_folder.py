@@ -12,6 +12,7 @@ from diffvision.data.seg_folder import (
     write_classes_json,
 )
 from diffvision.data.seg_transforms import SegAugmentation, random_crop, resize
+from diffvision.errors import DataError
 
 
 def _make_folder(root, *, n=3, masked=2):
@@ -72,3 +73,21 @@ def test_transforms_keep_alignment_and_pad_with_ignore():
     assert torch.equal(img5, image.flip(-1)) and torch.equal(mask5, mask.flip(-1))
     with pytest.raises(ValueError, match="scale_range"):
         SegAugmentation(scale_range=(2.0, 1.0))
+
+
+def test_mask_labels_checked_against_num_classes_ignore_label_allowed(tmp_path):
+    _make_folder(tmp_path)  # labels 0, 1 and the ignore label 255
+    records = load_seg_folder(tmp_path)
+    assert SemSegDataset(records, num_classes=2, ignore_label=255)[0]["sem_seg"].max() == 255
+    with pytest.raises(DataError, match=r"im0.png holds labels \[1\] >= .*NUM_CLASSES 1"):
+        SemSegDataset(records, num_classes=1, ignore_label=255)[0]
+    with pytest.raises(DataError, match=r"holds labels \[255\]"):  # 255 is a label here
+        SemSegDataset(records, num_classes=2, ignore_label=0)[0]
+
+
+def test_unreadable_image_or_mask_names_the_file(tmp_path):
+    _make_folder(tmp_path)
+    (tmp_path / "masks" / "im1.png").write_bytes(b"not a png")
+    records = load_seg_folder(tmp_path)
+    with pytest.raises(DataError, match="cannot read mask .*im1.png"):
+        SemSegDataset(records)[1]

@@ -28,7 +28,7 @@ def test_unknown_override_key_is_one_clear_line(tmp_path):
         "--config", str(REPO / "projects/detection/diffdet_toy.yaml"), "SOLVER.BASE_LRR", "1",
         cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "Unknown config key 'SOLVER.BASE_LRR'" in proc.stderr
     assert "Did you mean: SOLVER.BASE_LR" in proc.stderr
@@ -40,7 +40,7 @@ def test_missing_dataset_names_the_file_and_the_env_var(tmp_path):
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"),
         cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "instances_train2017.json" in proc.stderr
     assert "DIFFVISION_DATASETS" in proc.stderr

@@ -86,12 +86,16 @@ def test_training_losses_are_finite_and_backpropagate():
     assert grad is not None and torch.isfinite(grad).all()
 
 
-def test_non_finite_boxes_raise_naming_the_stage():
+def test_non_finite_boxes_give_nan_losses_from_that_stage_on():
+    """A diverged stage must not crash (roi_align segfaults on NaN boxes, the matcher fails on
+    NaN costs): its losses and the later stages' are NaN, the earlier ones stay finite, so the
+    trainer's FloatingPointError names the iteration and shows which terms diverged."""
     model = _model().train()
     with torch.no_grad():
         model.head.head_series[1].bboxes_delta.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="stage 1"):
-        model(_batch())
+    losses = model(_batch())
+    assert all(torch.isfinite(v) for k, v in losses.items() if k.endswith("_0"))
+    assert all(torch.isnan(v) for k, v in losses.items() if not k.endswith("_0"))
 
 
 def test_eval_forward_returns_boxes_in_original_pixels():
