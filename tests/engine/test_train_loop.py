@@ -19,6 +19,8 @@ def _cfg(tmp_path, *overrides):
             "MODEL.DEVICE", "cpu",
             "OUTPUT_DIR", str(tmp_path),
             "SEED", "7",
+            "SOLVER.IMS_PER_BATCH", "8",
+            "DATALOADER.NUM_WORKERS", "0",
             "SOLVER.BASE_LR", "0.05",
             "SOLVER.MAX_ITER", "12",
             "SOLVER.STEPS", "(8,)",
@@ -98,16 +100,21 @@ def test_ema_weights_are_saved_and_used_for_eval_only(tmp_path):
     assert "ema" in ckpt
     assert not torch.equal(ckpt["ema"]["head.weight"], ckpt["model"]["head.weight"])
     weights = str(tmp_path / "run" / "model_final.pth")
-    # The toy builder does not load MODEL.WEIGHTS itself: the engine's EMA swap is what we check.
+    # The engine loads MODEL.WEIGHTS, taking the EMA entry when MODEL_EMA.ENABLED.
     ema_only = evaluate(
         _cfg(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL_EMA.ENABLED", "True")
     )
-    from toy_task import ToyRegressor, build_toy_task
+    raw = evaluate(_cfg(tmp_path / "eval_raw", "MODEL.WEIGHTS", weights))
+    from toy_task import TOY_TASK, ToyRegressor
 
-    reference = ToyRegressor()
-    reference.load_state_dict(ckpt["ema"])
-    expected = build_toy_task(_cfg(tmp_path / "ref")).evaluate(reference)
-    assert ema_only["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+    from diffvision.engine.run import evaluate_model
+
+    for entry, got in (("ema", ema_only), ("model", raw)):
+        reference = ToyRegressor()
+        reference.load_state_dict(ckpt[entry])
+        expected = evaluate_model(_cfg(tmp_path / f"ref_{entry}"), TOY_TASK, reference)
+        assert got["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+    assert ema_only["mse"] != raw["mse"]
 
 
 def test_full_model_gradient_clipping_bounds_the_update(tmp_path):
@@ -119,9 +126,9 @@ def test_full_model_gradient_clipping_bounds_the_update(tmp_path):
         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.01", "SOLVER.CHECKPOINT_PERIOD", "0",
     )  # fmt: skip
     torch.manual_seed(0)
-    from diffvision.engine.tasks import build_task
+    from toy_task import TOY_TASK
 
-    before = {k: v.clone() for k, v in build_task(cfg).model.state_dict().items()}
+    before = {k: v.clone() for k, v in TOY_TASK.build_model(cfg).state_dict().items()}
     torch.manual_seed(0)
     train(cfg)
     after = _weights(tmp_path / "model_final.pth")
