@@ -8,6 +8,17 @@ Each box is pooled from one pyramid level (Lin et al., FPN, eq. 1; detectron2
 with canonical size s0 = 224 at canonical level k0 = 4, then ``roi_align(aligned=True,
 sampling_ratio=2)`` at the level's scale (reference diffusiondet.md §1.3). torchvision's
 ``MultiScaleRoIAlign`` is not equivalent (``aligned=False``, scales inferred from padded shapes).
+
+Two guarantees beyond the arithmetic:
+
+- Every level is pooled, even one that receives no box (``roi_align`` on zero rois), so every
+  level's feature stays in the autograd graph with a zero gradient, as in detectron2. DDP with
+  ``find_unused_parameters=False`` needs this: otherwise the layers that only feed an empty level
+  get no gradient on that step and the next step fails.
+- Non-finite boxes (a diverged head) never reach ``roi_align``, whose CPU kernel reads out of
+  bounds on NaN/inf coordinates (segfault). Such a box is pooled as a dummy zero box and its
+  output row is set to NaN, so the divergence still shows up in the losses (and the trainer's
+  ``FloatingPointError``) instead of being hidden or crashing the process.
 """
 
 from __future__ import annotations
@@ -89,7 +100,8 @@ class ROIPooler(nn.Module):
             boxes_xyxy: (B, N, 4) absolute boxes in input-image pixels.
 
         Returns:
-            (B·N, C, S, S), image-major (row b·N + i is box i of image b).
+            (B·N, C, S, S), image-major (row b·N + i is box i of image b). Rows of boxes with a
+            NaN/inf coordinate are NaN.
         """
         if len(features) != len(self.scales):
             raise ValueError(
@@ -98,11 +110,15 @@ class ROIPooler(nn.Module):
         b, n, _ = boxes_xyxy.shape
         x0 = features[0]
         boxes = boxes_xyxy.reshape(b * n, 4).to(x0.dtype)
+        # (B·N, 1); torch.where instead of a data-dependent branch: no host sync on accelerators
+        finite = torch.isfinite(boxes).all(dim=1, keepdim=True)
+        boxes = torch.where(finite, boxes, torch.zeros_like(boxes))
         batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(n)
         rois = torch.cat([batch_idx[:, None], boxes], dim=1)  # (B·N, 5)
         s = self.output_size
         if len(features) == 1:
-            return roi_align(x0, rois, s, self.scales[0], self.sampling_ratio, aligned=True)
+            out = roi_align(x0, rois, s, self.scales[0], self.sampling_ratio, aligned=True)
+            return self._poison(out, finite)
         level_idx = assign_boxes_to_levels(
             boxes,
             min_level=self.min_level,
@@ -112,9 +128,13 @@ class ROIPooler(nn.Module):
         )
         out = x0.new_zeros(b * n, x0.shape[1], s, s)
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            # an empty level still runs (zero rois): its feature stays in the graph
             inds = torch.nonzero(level_idx == level).squeeze(1)
-            if inds.numel() == 0:
-                continue
             pooled = roi_align(feature, rois[inds], s, scale, self.sampling_ratio, aligned=True)
             out.index_copy_(0, inds, pooled)
-        return out
+        return self._poison(out, finite)
+
+    @staticmethod
+    def _poison(out: Tensor, finite: Tensor) -> Tensor:
+        """Set the rows of non-finite boxes to NaN. out: (M, C, S, S); finite: (M, 1) bool."""
+        return torch.where(finite[:, :, None, None], out, out.new_tensor(float("nan")))
