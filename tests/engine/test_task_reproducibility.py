@@ -70,12 +70,49 @@ def _assert_equal_states(a: dict, b: dict, *, exact: bool, what: str) -> None:
         if exact:
             assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
         elif a[key].dtype.is_floating_point:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{what}: {key}")
+            # Adam turns float-summation noise of a near-zero gradient into steps of up to ~lr:
+            # the tolerance is a fraction of the 6 steps' lr (1e-3 or less in every tiny config).
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=5e-4, msg=f"{what}: {key}")
         else:
             assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
 
 
 _STRAIGHT: dict[str, Path] = {}
+
+
+def _ensure_tiny_square_detection(root: Path) -> None:
+    """8 images of 64x64 with 1-3 boxes of 2 classes (COCO json): equal sizes, so a batch split
+    over processes is padded exactly like the whole batch."""
+    if (root / "train.json").is_file():
+        return
+    from PIL import Image, ImageDraw
+
+    g = torch.Generator().manual_seed(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(8):
+        img = Image.new("RGB", (64, 64), (90, 110, 130))
+        draw = ImageDraw.Draw(img)
+        for _ in range(1 + i % 3):
+            x, y = (int(v) for v in torch.randint(0, 40, (2,), generator=g))
+            w, h = (int(v) for v in torch.randint(8, 24, (2,), generator=g))
+            cls = int(torch.randint(0, 2, (1,), generator=g))
+            draw.rectangle([x, y, x + w, y + h], fill=((230, 40, 40), (40, 200, 60))[cls])
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
+                 "bbox": [x, y, w + 1, h + 1], "area": (w + 1) * (h + 1), "iscrowd": 0}
+            )  # fmt: skip
+        img.save(root / "images" / f"{i:02d}.png")
+        images.append({"id": i + 1, "file_name": f"{i:02d}.png", "width": 64, "height": 64})
+    categories = [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}]
+    tmp = root / "train.json.tmp"
+    tmp.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    tmp.replace(root / "train.json")
+
+
+_ensure_tiny_square_detection(REPO / "datasets" / "tiny_square_detection")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +178,12 @@ def test_two_processes_equal_one_process(task, straight, tmp_path):
     _train(task, tmp_path, flags=("--num-gpus", "2"))
     a, b = _checkpoint(reference), _checkpoint(tmp_path)
     _assert_equal_states(a["model"], b["model"], exact=False, what="2 processes")
-    # The runs must have moved the weights (else equality would prove nothing).
-    initial = _losses(reference)
-    assert initial[0] != initial[MAX_ITER - 1]
+    # Every logged loss (the mean over the global batch) agrees to float precision, and the
+    # losses move (a run that learns nothing would compare equal trivially).
+    one, two = _losses(reference), _losses(tmp_path)
+    assert one.keys() == two.keys() == set(range(MAX_ITER))
+    for it in one:
+        assert one[it].keys() == two[it].keys()
+        for k in one[it]:
+            assert two[it][k] == pytest.approx(one[it][k], rel=1e-4, abs=1e-6), (it, k)
+    assert one[0] != one[MAX_ITER - 1]
