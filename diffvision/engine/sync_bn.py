@@ -1,10 +1,10 @@
 """Synchronised batch normalisation that also runs on CPU (gloo), for ``NORM: SyncBN``.
 
 ``torch.nn.SyncBatchNorm`` only trains on GPUs. :class:`SyncBatchNorm` computes the batch
-statistics of the *global* batch with one differentiable all-reduce of (Σx, Σx², count) per
-layer, so a model trained on W processes with global batch B sees the statistics a 1-process run
-on B sees (up to float summation order). Outside a multi-process training run it is plain
-``BatchNorm``.
+statistics of the *global* batch with two differentiable all-reduces per layer ((Σx, count),
+then Σ(x − mean)²), so a model trained on W processes with global batch B sees the statistics a
+1-process run on B sees (up to float summation order); one process runs the same formula without
+the all-reduces. In eval mode it is plain ``BatchNorm`` (running statistics).
 """
 
 from __future__ import annotations
@@ -41,31 +41,33 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"SyncBatchNorm expects (N, C, ...) input, got shape {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if not (self.training and distributed):
+        if not self.training:
             return super().forward(x)
+        # One formula whatever the process count (two passes: mean, then centred squares), so
+        # 1 and W processes differ by float summation order only.
         self._check_input_dim(x)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        reduce = _AllReduceSum.apply if distributed else (lambda t: t)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
+        shape = (1, c) + (1,) * (x.dim() - 2)
         xf = x.float()
         count = torch.full((1,), x.numel() // c, dtype=torch.float32, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp(min=0)
+        sums = reduce(torch.cat([xf.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        centred = xf - mean.view(shape)
+        var = reduce((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (
-                    self.momentum
-                    if self.momentum is not None
-                    else 1.0 / float(self.num_batches_tracked)
-                )
+                m = self.momentum
+                if m is None:
+                    m = 1.0 / float(self.num_batches_tracked)
                 unbiased = var * n / (n - 1).clamp(min=1)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)

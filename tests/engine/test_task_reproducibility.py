@@ -70,9 +70,7 @@ def _assert_equal_states(a: dict, b: dict, *, exact: bool, what: str) -> None:
         if exact:
             assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
         elif a[key].dtype.is_floating_point:
-            # Adam turns float-summation noise of a near-zero gradient into steps of up to ~lr:
-            # the tolerance is a fraction of the 6 steps' lr (1e-3 or less in every tiny config).
-            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=5e-4, msg=f"{what}: {key}")
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{what}: {key}")
         else:
             assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
 
