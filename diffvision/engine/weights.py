@@ -98,7 +98,9 @@ def _best_placement(
             head = prefix + "." if prefix else ""
             names = {k[len(head) :] for k in all_keys if k.startswith(head)}
             n = sum(1 for k in cand if k in names)
-            if n > best[3]:
+            # More names placed wins; at equal count, the renaming that leaves fewer names out
+            # (e.g. one that drops a classifier) wins.
+            if n > best[3] or (n == best[3] and n > 0 and len(cand) < len(best[2])):
                 best = (fmt, prefix, cand, n)
         if best[3] == len(best[2]):
             break  # every name placed: a renaming cannot do better
