@@ -37,6 +37,7 @@ from projects.segmentation.data import (
     SegTestBatches,
     build_seg_train_loader,
     get_sem_seg_dataset,
+    sem_seg_evaluator_kwargs,
     train_records,
 )
 from projects.segmentation.ddep import DDeP, ResNetUNet, describe
@@ -191,17 +192,7 @@ class DenoisingEvaluator:
 def build_evaluator(cfg: CfgNode, dataset_name: str):
     if cfg.MODEL.DDEP.MODE == "denoise":
         return DenoisingEvaluator()
-    _, meta = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
-    return SemSegEvaluator(
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        class_names=meta["classes"],
-        palette=meta.get("palette"),
-        output_dir=Path(cfg.OUTPUT_DIR) / "vis" / Path(dataset_name).name
-        if comm.is_main_process()
-        else None,
-        num_visualizations=cfg.SEG.NUM_VIS,
-    )
+    return SemSegEvaluator(**sem_seg_evaluator_kwargs(cfg, dataset_name))
 
 
 DDEP_TASK = register_task(

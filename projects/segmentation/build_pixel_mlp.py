@@ -36,7 +36,12 @@ from diffvision.engine.sync_bn import convert_sync_batchnorm
 from diffvision.engine.tasks import register_task
 from diffvision.evaluation.sem_seg import SemSegEvaluator
 from projects.segmentation.config import add_pixel_mlp_config
-from projects.segmentation.data import SegTestBatches, get_sem_seg_dataset, train_records
+from projects.segmentation.data import (
+    SegTestBatches,
+    get_sem_seg_dataset,
+    sem_seg_evaluator_kwargs,
+    train_records,
+)
 from projects.segmentation.pixel_features import (
     DDPMFeatureExtractor,
     RawPixelExtractor,
@@ -379,20 +384,11 @@ class PixelMLPEvaluator(SemSegEvaluator):
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str) -> PixelMLPEvaluator:
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    _, meta = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
     vote = cfg.MODEL.PIXEL_MLP.UNCERTAINTY == "vote"
     return PixelMLPEvaluator(
         prediction_dir=Path(cfg.OUTPUT_DIR) / "predictions" / Path(dataset_name).name,
-        uncertainty_scale=255.0 if vote else 255.0 / np.log(num_classes),
-        num_classes=num_classes,
-        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        class_names=meta["classes"],
-        palette=meta.get("palette"),
-        output_dir=Path(cfg.OUTPUT_DIR) / "vis" / Path(dataset_name).name
-        if comm.is_main_process()
-        else None,
-        num_visualizations=cfg.SEG.NUM_VIS,
+        uncertainty_scale=255.0 if vote else 255.0 / np.log(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
+        **sem_seg_evaluator_kwargs(cfg, dataset_name),
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "build_seg_train_loader",
     "collate_sem_seg",
     "get_sem_seg_dataset",
+    "sem_seg_evaluator_kwargs",
     "labeled_subset",
     "train_records",
 ]
@@ -156,3 +157,19 @@ class SegTestBatches:
     def __iter__(self) -> Iterator[list[dict]]:
         for item in SemSegDataset(self.records):
             yield [item]
+
+
+def sem_seg_evaluator_kwargs(cfg, dataset_name: str) -> dict:
+    """The :class:`~diffvision.evaluation.sem_seg.SemSegEvaluator` arguments of both
+    segmentation tasks for ``dataset_name`` (classes, palette, overlays under
+    ``OUTPUT_DIR/vis/<name>`` on the main process)."""
+    _, meta = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
+    vis_dir = Path(cfg.OUTPUT_DIR) / "vis" / Path(dataset_name).name
+    return {
+        "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        "class_names": meta["classes"],
+        "palette": meta.get("palette"),
+        "output_dir": vis_dir if comm.is_main_process() else None,
+        "num_visualizations": cfg.SEG.NUM_VIS,
+    }
