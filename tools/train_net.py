@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.config import ConfigError  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
+from diffvision.engine.build import build_batch_split  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
     default_argument_parser,
     default_setup,
@@ -43,6 +44,7 @@ def cli() -> int:
     args = default_argument_parser().parse_args()
     try:
         cfg = load_config(args.config_file, args.opts)  # validate before spawning workers
+        build_batch_split(cfg, args.num_gpus * args.num_machines)  # ConfigError if it cannot split
         launch(
             main,
             args.num_gpus,

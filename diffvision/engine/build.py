@@ -121,7 +121,7 @@ def build_batch_split(cfg: CfgNode, world_size: int | None = None) -> int:
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH ({total}) is the global batch and must be a positive multiple "
             f"of the number of processes ({world_size}); e.g. SOLVER.IMS_PER_BATCH "
-            f"{max(world_size, total - total % world_size)}"
+            f"{max(1, -(-total // world_size)) * world_size}"
         )
     return total // world_size
 

@@ -134,3 +134,15 @@ def test_full_model_gradient_clipping_bounds_the_update(tmp_path):
     after = _weights(tmp_path / "model_final.pth")
     step = torch.cat([(after[k] - before[k]).flatten() for k in before if k != "calls"])
     assert step.norm().item() == pytest.approx(0.01, rel=1e-4)  # lr 1 × clipped grad of norm 0.01
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path):
+    from diffvision.engine.build import build_batch_split
+    from diffvision.errors import ConfigError
+
+    cfg = _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", "6")
+    assert build_batch_split(cfg, 3) == 2 and build_batch_split(cfg, 1) == 6
+    with pytest.raises(
+        ConfigError, match=r"IMS_PER_BATCH \(6\).*\(4\); e.g. SOLVER.IMS_PER_BATCH 8"
+    ):
+        build_batch_split(cfg, 4)
