@@ -19,7 +19,6 @@ Samplers:
   §"repeat factor sampling"): ``r(c) = max(1, sqrt(t / f(c)))`` with ``f(c)`` the fraction of
   images containing class c, ``r(image) = max_c r(c)``, stochastically rounded every epoch.
 - :class:`InferenceSampler`: contiguous shards covering every index exactly once.
-- :class:`AspectRatioGroupedBatches`: batches of images that are all landscape or all portrait.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_in
 from diffvision.engine import comm
 
 __all__ = [
-    "AspectRatioGroupedBatches",
     "GlobalBatchLoader",
     "isolated_rng",
     "mix_seed",
@@ -296,35 +294,6 @@ class InferenceSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._local_indices)
-
-
-class AspectRatioGroupedBatches:
-    """Group a stream of mapped images into batches of equal orientation.
-
-    Two buckets (width > height, and the rest) fill independently; a bucket is emitted as a
-    batch when it holds ``batch_size`` images. Orientation is read from the mapped image tensor,
-    so it reflects crops.
-
-    Args:
-        stream: iterable of mapped dicts with ``"image"`` (C, H, W).
-        batch_size: images per batch.
-    """
-
-    def __init__(self, stream: Iterable[dict[str, Any]], *, batch_size: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.stream = stream
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        buckets: list[list[dict[str, Any]]] = [[], []]
-        for d in self.stream:
-            h, w = d["image"].shape[-2:]
-            bucket = buckets[0 if w > h else 1]
-            bucket.append(d)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
 
 
 class _GlobalBatchStream(IterableDataset):
