@@ -18,8 +18,8 @@ from projects.segmentation import build_pixel_mlp
 REPO = Path(__file__).resolve().parents[3]
 FLAGS = (
     "--attention_resolutions 4 --class_cond False --diffusion_steps 1000 --image_size 16 "
-    "--learn_sigma False --noise_schedule linear --num_channels 32 --num_res_blocks 1 --channel_mult 1,2 "
-    "--use_fp16 False"
+    "--learn_sigma False --noise_schedule linear --num_channels 32 --num_res_blocks 1 "
+    "--channel_mult 1,2 --use_fp16 False"
 )
 
 
