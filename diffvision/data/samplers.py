@@ -95,7 +95,7 @@ def per_sample_generators(seeds: Iterable[int] | torch.Tensor) -> list[torch.Gen
 
 @contextmanager
 def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's CPU RNG from ``seed`` for the block, then restore
+    """Seed Python's, NumPy's and torch's CPU RNGs from ``seed`` for the block, then restore
     their previous states: code that draws from the process RNG (augmentations) becomes a pure
     function of ``seed`` without disturbing anyone else's stream."""
     py_state, np_state, torch_state = (
@@ -105,7 +105,7 @@ def isolated_rng(seed: int) -> Iterator[None]:
     )
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA streams untouched
     try:
         yield
     finally:
