@@ -144,7 +144,7 @@ def test_batch_not_divisible_is_rejected_before_spawning(tmp_path, capsys):
     status = load_tool("train_net").cli(
         ["--config", DET, "--num-gpus", "2", "SOLVER.IMS_PER_BATCH", "3", "OUTPUT_DIR", str(out)]
     )
-    one_line_error(capsys, status, "SOLVER.IMS_PER_BATCH 3 is not divisible by the 2 processes")
+    one_line_error(capsys, status, "SOLVER.IMS_PER_BATCH (3) is the global batch")
     assert not out.exists()
 
 

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
+from diffvision.engine.build import build_batch_split  # noqa: E402
 from diffvision.engine.checkpoint import check_output_dir  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
@@ -89,12 +90,8 @@ def validate(cfg, args) -> None:
     world = args.num_gpus * args.num_machines
     if "WORLD_SIZE" in os.environ:  # torchrun
         world = int(os.environ["WORLD_SIZE"])
-    if not args.eval_only and cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the {world} "
-            f"processes (--num-gpus {args.num_gpus} x --num-machines {args.num_machines}); "
-            f"pick a multiple of {world}"
-        )
+    if not args.eval_only:
+        build_batch_split(cfg, world)  # ConfigError when the global batch cannot be split
     get_task_builder(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):

@@ -1,33 +1,117 @@
-"""Samplers and batching for detection training and inference (detectron2 semantics).
+"""Samplers, training loaders and the randomness contract of every task.
 
-- :class:`TrainingSampler`: an infinite stream of shuffled indices, the same permutation on every
-  rank (shared seed) and each rank taking every ``world_size``-th index.
+Randomness is a pure function of ``(SEED, iteration, position in the global batch)``:
+
+- :func:`mix_seed` hashes integers into a 63-bit seed (splitmix64), :func:`sample_seeds` gives
+  the per-sample seeds of a slice of global batch ``iteration``;
+- :class:`GlobalBatchLoader` builds global batch ``i`` from the sampler's positions
+  ``i·B .. (i+1)·B-1``; rank r maps only its slice ``r·B/W .. (r+1)·B/W-1``. Each sample is mapped
+  under :func:`isolated_rng` seeded by ``(SEED, i, j, "augment")`` and carries
+  ``seed = (SEED, i, j, "draws")`` for the model's own draws (diffusion timesteps, noise,
+  padded boxes). So neither the rank, the process count nor the data-loader worker changes what
+  a sample looks like, and a loader started at ``start_iter`` continues a killed run exactly.
+
+Samplers:
+
+- :class:`TrainingSampler`: an infinite stream of shuffled indices, epoch ``e`` a permutation
+  seeded by ``(seed, e)``; iterating takes every ``world_size``-th index.
 - :class:`RepeatFactorTrainingSampler`: LVIS class-balanced repeats (Gupta et al., LVIS,
   §"repeat factor sampling"): ``r(c) = max(1, sqrt(t / f(c)))`` with ``f(c)`` the fraction of
   images containing class c, ``r(image) = max_c r(c)``, stochastically rounded every epoch.
 - :class:`InferenceSampler`: contiguous shards covering every index exactly once.
-- :class:`AspectRatioGroupedBatches`: batches of images that are all landscape or all portrait.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from diffvision.engine import comm
 
 __all__ = [
-    "AspectRatioGroupedBatches",
+    "GlobalBatchLoader",
+    "isolated_rng",
+    "mix_seed",
+    "per_sample_generators",
+    "sample_seeds",
     "InferenceSampler",
     "RepeatFactorTrainingSampler",
     "TrainingSampler",
     "repeat_factors_from_category_frequency",
 ]
+
+
+_MASK64 = (1 << 64) - 1
+# Stream tags: one independent seed stream per purpose.
+_SHUFFLE, _AUGMENT, _DRAWS, _STEP = 0x5F, 0xA6, 0xD7, 0x57
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every integer of ``parts`` (splitmix64 chain).
+
+    Fits ``torch.Generator.manual_seed`` and an int64 tensor; equal inputs give equal outputs on
+    every machine and process.
+    """
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h >> 1
+
+
+def sample_seeds(seed: int, iteration: int, positions: Iterable[int]) -> list[int]:
+    """Seeds of the model's random draws for the samples at ``positions`` of global batch
+    ``iteration`` (what :class:`GlobalBatchLoader` attaches as ``seed``)."""
+    return [mix_seed(seed, iteration, j, _DRAWS) for j in positions]
+
+
+def step_seed(seed: int, iteration: int, rank: int) -> int:
+    """Seed of the process-wide RNG during training step ``iteration`` on ``rank`` (dropout and
+    other draws a model does not route through per-sample generators)."""
+    return mix_seed(seed, iteration, rank, _STEP)
+
+
+def per_sample_generators(seeds: Iterable[int] | torch.Tensor) -> list[torch.Generator]:
+    """One CPU ``torch.Generator`` per sample seed (draw on CPU, then move: identical on any
+    device)."""
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's CPU RNGs from ``seed`` for the block, then restore
+    their previous states: code that draws from the process RNG (augmentations) becomes a pure
+    function of ``seed`` without disturbing anyone else's stream."""
+    py_state, np_state, torch_state = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+    )
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA streams untouched
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
 
 
 def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -39,7 +123,12 @@ def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, 
 
 
 class TrainingSampler(Sampler[int]):
-    """Infinite shuffled indices, sharded by rank.
+    """Infinite shuffled indices: epoch ``e`` is ``randperm(size)`` seeded by ``(seed, e)``.
+
+    The index at global position ``p`` (``p = iteration * global_batch + j``) is therefore a pure
+    function of ``(seed, p)``: :meth:`indices` gives any range without replaying the stream.
+    Iterating yields this rank's share (every ``world_size``-th position, detectron2's layout);
+    :class:`GlobalBatchLoader` instead gives each rank a contiguous slice of every global batch.
 
     Args:
         size: dataset length.
@@ -63,17 +152,27 @@ class TrainingSampler(Sampler[int]):
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _default_rank_world(rank, world_size)
+        self._epochs: dict[int, list[int]] = {}
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """The ``size`` indices of one epoch (a permutation when shuffling)."""
+        if epoch not in self._epochs:
+            if len(self._epochs) > 4:
+                self._epochs.clear()
+            if self._shuffle:
+                g = torch.Generator().manual_seed(mix_seed(self._seed, epoch, _SHUFFLE))
+                self._epochs[epoch] = torch.randperm(self._size, generator=g).tolist()
+            else:
+                self._epochs[epoch] = list(range(self._size))
+        return self._epochs[epoch]
+
+    def indices(self, start: int, stop: int) -> list[int]:
+        """Dataset indices at global positions ``start .. stop-1``."""
+        return [self.epoch_indices(p // self._size)[p % self._size] for p in range(start, stop)]
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self._seed)
-        while True:
-            if self._shuffle:
-                yield from torch.randperm(self._size, generator=g).tolist()
-            else:
-                yield from range(self._size)
+        for p in itertools.count(self._rank, self._world_size):
+            yield self.indices(p, p + 1)[0]
 
 
 def repeat_factors_from_category_frequency(
@@ -131,23 +230,49 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _default_rank_world(rank, world_size)
+        self._epochs: dict[int, list[int]] = {}
+        self._starts = [0]  # first global position of each epoch computed so far
 
-    def epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
-        """One epoch of (unshuffled) indices with stochastically rounded repeats."""
-        rands = torch.rand(len(self._frac_part), generator=generator)
-        reps = self._int_part + (rands < self._frac_part).float()
-        return torch.repeat_interleave(torch.arange(len(reps)), reps.long())
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self._seed)
-        while True:
-            indices = self.epoch_indices(g)
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """One epoch of indices: repeats stochastically rounded, then shuffled, both seeded by
+        ``(seed, epoch)``."""
+        if epoch not in self._epochs:
+            if len(self._epochs) > 4:
+                self._epochs.clear()
+            g = torch.Generator().manual_seed(mix_seed(self._seed, epoch, _SHUFFLE))
+            rands = torch.rand(len(self._frac_part), generator=g)
+            reps = self._int_part + (rands < self._frac_part).float()
+            indices = torch.repeat_interleave(torch.arange(len(reps)), reps.long())
             if self._shuffle:
                 indices = indices[torch.randperm(len(indices), generator=g)]
-            yield from indices.tolist()
+            self._epochs[epoch] = indices.tolist()
+        return self._epochs[epoch]
+
+    def indices(self, start: int, stop: int) -> list[int]:
+        """Dataset indices at global positions ``start .. stop-1`` (epochs differ in length, so
+        the epoch of a position is found by walking the epoch lengths from 0)."""
+        out = []
+        epoch, first = self._epoch_of(start)
+        p = start
+        while p < stop:
+            idx = self.epoch_indices(epoch)
+            take = min(stop - p, first + len(idx) - p)
+            out += idx[p - first : p - first + take]
+            p += take
+            first += len(idx)
+            epoch += 1
+        return out
+
+    def _epoch_of(self, position: int) -> tuple[int, int]:
+        """``(epoch, its first global position)`` of ``position``."""
+        while self._starts[-1] <= position:
+            self._starts.append(self._starts[-1] + len(self.epoch_indices(len(self._starts) - 1)))
+        epoch = next(e for e in range(len(self._starts) - 1) if self._starts[e + 1] > position)
+        return epoch, self._starts[epoch]
+
+    def __iter__(self) -> Iterator[int]:
+        for p in itertools.count(self._rank, self._world_size):
+            yield self.indices(p, p + 1)[0]
 
 
 class InferenceSampler(Sampler[int]):
@@ -171,30 +296,97 @@ class InferenceSampler(Sampler[int]):
         return len(self._local_indices)
 
 
-class AspectRatioGroupedBatches:
-    """Group a stream of mapped images into batches of equal orientation.
+class _GlobalBatchStream(IterableDataset):
+    """This rank's slices of global batches ``start_iter, start_iter+1, ...``; data-loader worker
+    w of W builds iterations ``start_iter + w, start_iter + w + W, ...`` (the DataLoader returns
+    them round-robin, i.e. in order)."""
 
-    Two buckets (width > height, and the rest) fill independently; a bucket is emitted as a
-    batch when it holds ``batch_size`` images. Orientation is read from the mapped image tensor,
-    so it reflects crops.
+    def __init__(self, loader: GlobalBatchLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        ld = self.loader
+        for it in itertools.count(ld.start_iter + worker, num_workers):
+            yield ld.batch(it)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class GlobalBatchLoader:
+    """Infinite loader of this rank's part of every global batch, continuing at ``start_iter``.
+
+    Global batch ``i`` holds the samples at sampler positions ``i·B .. (i+1)·B-1`` (``B`` =
+    ``global_batch_size``); rank r of W maps positions ``j`` in ``r·B/W .. (r+1)·B/W-1`` of it.
+    Sample j is produced by ``dataset[index]`` inside :func:`isolated_rng` seeded by
+    ``(seed, i, j)``, and ``collate(items, seeds)`` receives the per-sample draw seeds
+    :func:`sample_seeds` so the model can draw its noise per sample.
 
     Args:
-        stream: iterable of mapped dicts with ``"image"`` (C, H, W).
-        batch_size: images per batch.
+        dataset: map-style; ``dataset[index]`` may draw augmentations from the process RNG.
+        sampler: an object with ``indices(start, stop) -> list[int]`` (global positions), e.g.
+            :class:`TrainingSampler`.
+        seed: the run's SEED (same on every rank).
+        global_batch_size: B, summed over ranks; must be divisible by ``world_size``.
+        start_iter: first global batch to produce.
+        collate: ``collate(items, seeds) -> batch``.
+        num_workers: data-loader worker processes (the output does not depend on it).
+        rank, world_size: default from ``diffvision.engine.comm``.
     """
 
-    def __init__(self, stream: Iterable[dict[str, Any]], *, batch_size: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.stream = stream
-        self.batch_size = batch_size
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        sampler: Any,
+        seed: int,
+        global_batch_size: int,
+        start_iter: int = 0,
+        collate: Callable[[list[Any], list[int]], Any],
+        num_workers: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.rank, self.world_size = _default_rank_world(rank, world_size)
+        if global_batch_size % self.world_size:
+            raise ValueError(
+                f"global batch {global_batch_size} is not divisible by {self.world_size} processes"
+            )
+        self.dataset = dataset
+        self.sampler = sampler
+        self.seed = int(seed)
+        self.global_batch_size = global_batch_size
+        self.batch_size = global_batch_size // self.world_size
+        self.start_iter = start_iter
+        self.collate = collate
+        self.num_workers = num_workers
 
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        buckets: list[list[dict[str, Any]]] = [[], []]
-        for d in self.stream:
-            h, w = d["image"].shape[-2:]
-            bucket = buckets[0 if w > h else 1]
-            bucket.append(d)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
+    def positions(self) -> range:
+        """Positions j (within a global batch) that this rank maps."""
+        return range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+
+    def batch(self, iteration: int) -> Any:
+        """This rank's slice of global batch ``iteration`` (a pure function of its arguments)."""
+        positions = self.positions()
+        first = iteration * self.global_batch_size
+        indices = self.sampler.indices(first + positions.start, first + positions.stop)
+        items = []
+        for j, index in zip(positions, indices, strict=True):
+            with isolated_rng(mix_seed(self.seed, iteration, j, _AUGMENT)):
+                items.append(self.dataset[index])
+        return self.collate(items, sample_seeds(self.seed, iteration, positions))
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_workers == 0:
+            for it in itertools.count(self.start_iter):
+                yield self.batch(it)
+            return
+        yield from DataLoader(
+            _GlobalBatchStream(self),
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+        )

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from diffvision.config import CfgNode
+from diffvision.engine import comm
 from diffvision.engine.ema import ModelEMA
 from diffvision.engine.lr_scheduler import make_lr_scheduler
 from diffvision.engine.optim import make_optimizer, make_param_groups
@@ -16,6 +17,8 @@ from diffvision.errors import ConfigError
 
 __all__ = [
     "build_amp_dtype",
+    "build_batch_split",
+    "build_seed",
     "build_ema",
     "build_grad_clip",
     "build_lr_scheduler",
@@ -103,3 +106,27 @@ def build_ema(cfg: CfgNode, model: nn.Module) -> ModelEMA | None:
     if not e.ENABLED:
         return None
     return ModelEMA(model, decay=e.DECAY, device=e.DEVICE or None)
+
+
+def build_batch_split(cfg: CfgNode, world_size: int | None = None) -> int:
+    """Images per process: ``SOLVER.IMS_PER_BATCH`` (the global batch) over ``world_size``
+    processes (default: the current world size).
+
+    Raises:
+        ConfigError: the global batch is not a positive multiple of the process count.
+    """
+    world_size = comm.get_world_size() if world_size is None else world_size
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total < 1 or total % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH ({total}) is the global batch and must be a positive multiple "
+            f"of the number of processes ({world_size}); e.g. SOLVER.IMS_PER_BATCH "
+            f"{max(1, -(-total // world_size)) * world_size}"
+        )
+    return total // world_size
+
+
+def build_seed(cfg: CfgNode) -> int:
+    """The run's seed: ``SEED``, or when negative one random seed shared by all ranks
+    (``default_setup`` writes it back into the config, so training normally sees ``SEED >= 0``)."""
+    return int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()

@@ -117,10 +117,13 @@ def seed_everything(seed: int) -> int:
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
-    """Create ``OUTPUT_DIR``, set up logging, seed (``SEED`` + rank), save ``config.yaml``.
+    """Create ``OUTPUT_DIR``, set up logging, seed, save ``config.yaml``.
 
-    The SEED actually used is written back into ``cfg`` so that the saved config reproduces the
-    run. Returns the frozen config.
+    Every rank seeds its process RNGs with the same ``SEED`` (a negative SEED becomes one random
+    seed shared by all ranks), so models are initialised identically whatever the process count;
+    the training loop reseeds per step from ``(SEED, iteration, rank)``. The SEED actually used is
+    written back into ``cfg`` so that the saved config reproduces the run. Returns the frozen
+    config.
     """
     rank = comm.get_rank()
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -131,7 +134,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     seed = cfg.SEED
     if seed < 0:
         seed = comm.all_gather(seed_everything(-1))[0]
-    seed_everything(seed + rank)
+    seed_everything(seed)
     cfg.SEED = seed
     logger.info("Rank %d of %d, seed %d", rank, comm.get_world_size(), seed)
     if args is not None:

@@ -1,17 +1,19 @@
 """Top-level training and evaluation of any registered task from a config.
 
-``train(cfg)`` builds the task (model, data, evaluation), then the optimizer, LR schedule, EMA,
-checkpointer and hooks, wraps the model in DistributedDataParallel when several processes run,
-and hands everything to the :class:`~diffvision.engine.trainer.Trainer`.
+``train(cfg)`` checks the split of ``SOLVER.IMS_PER_BATCH`` over the processes, builds the task's
+model, loads ``MODEL.WEIGHTS`` (the one :func:`~diffvision.engine.weights.load_weights`), builds
+the optimizer, LR schedule, EMA and checkpointer, resumes, builds the task's train loader at the
+resumed iteration, wraps the model in DistributedDataParallel when several processes run and
+hands everything to the :class:`~diffvision.engine.trainer.Trainer`, which reseeds the process
+RNGs per step. Evaluation (periodic, final, ``--eval-only``) is the shared
+:func:`~diffvision.engine.evaluation.inference_on_dataset` over the task's test loaders and
+evaluators, on the EMA weights when ``MODEL_EMA.ENABLED``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable, Iterable
 
-import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -19,12 +21,15 @@ from diffvision.config import CfgNode
 from diffvision.engine import comm
 from diffvision.engine.build import (
     build_amp_dtype,
+    build_batch_split,
     build_ema,
     build_grad_clip,
     build_lr_scheduler,
     build_optimizer,
+    build_seed,
 )
-from diffvision.engine.checkpoint import Checkpointer, is_diffvision_checkpoint
+from diffvision.engine.checkpoint import Checkpointer
+from diffvision.engine.evaluation import inference_on_dataset
 from diffvision.engine.hooks import (
     EMAHook,
     EvalHook,
@@ -32,40 +37,44 @@ from diffvision.engine.hooks import (
     PeriodicCheckpointer,
     ProgressLogger,
 )
-from diffvision.engine.tasks import build_task
+from diffvision.engine.tasks import Task, build_task
 from diffvision.engine.trainer import Trainer
+from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
-from diffvision.modeling.weight_files import safe_torch_load
 
-__all__ = ["evaluate", "train"]
+__all__ = ["evaluate", "evaluate_model", "train"]
 
 logger = logging.getLogger(__name__)
 
 
-def _call_loader_builder(build: Callable[..., Iterable], start_iter: int) -> Iterable:
-    """Pass ``start_iter`` to loader builders that accept it, so resumed data order continues."""
-    if "start_iter" in inspect.signature(build).parameters:
-        return build(start_iter=start_iter)
-    if start_iter:
-        logger.info("The task's loader restarts its data order on resume (no start_iter).")
-    return build()
-
-
-def _run_evaluation(evaluate: Callable[[nn.Module], dict], model: nn.Module) -> dict:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return evaluate(model) or {}
-    finally:
-        model.train(was_training)
+def evaluate_model(cfg: CfgNode, task: Task, model: nn.Module) -> dict[str, float]:
+    """Evaluate ``model`` on every dataset the task evaluates for ``cfg`` with the shared loop
+    (:func:`~diffvision.engine.evaluation.inference_on_dataset`); metrics of several datasets are
+    prefixed ``<name>/``. Runs on every rank; returns the metrics on the main process."""
+    names = task.evaluation_names(cfg)
+    run = task.build_inference(cfg) if task.build_inference is not None else None
+    results: dict[str, float] = {}
+    for name in names:
+        metrics = inference_on_dataset(
+            model,
+            task.build_test_loader(cfg, name),
+            task.build_evaluator(cfg, name),
+            run=run,
+        )
+        prefix = f"{name}/" if len(names) > 1 else ""
+        results.update({prefix + k: v for k, v in metrics.items()})
+    return results if comm.is_main_process() else {}
 
 
 def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
     """Train the task of ``cfg`` (resuming from ``OUTPUT_DIR`` if asked); returns the final
     evaluation metrics (empty on non-main ranks or without evaluation)."""
     task = build_task(cfg)
-    model = task.model
+    build_batch_split(cfg)  # a global batch the processes cannot share fails before any work
+    seed = build_seed(cfg)
+    model = task.build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     ema = build_ema(cfg, model)
@@ -94,20 +103,21 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
     trainer = Trainer(
         model=train_model,
         optimizer=optimizer,
-        data_loader=_call_loader_builder(task.build_train_loader, start_iter),
+        data_loader=task.build_train_loader(cfg, start_iter=start_iter),
         max_iter=cfg.SOLVER.MAX_ITER,
         start_iter=start_iter,
         scheduler=scheduler,
         grad_clip=build_grad_clip(cfg),
         amp_dtype=build_amp_dtype(cfg),
+        seed=seed,
     )
     writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter=start_iter)
     eval_hook = None
-    if task.evaluate is not None:
+    if task.evaluation_names(cfg):
         eval_model = ema.model if ema is not None else model
         eval_hook = EvalHook(
             period=cfg.TEST.EVAL_PERIOD,
-            evaluate=lambda: _run_evaluation(task.evaluate, eval_model),
+            evaluate=lambda: evaluate_model(cfg, task, eval_model),
             writer=writer,
         )
     trainer.register_hooks(
@@ -123,21 +133,17 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
 
 
 def evaluate(cfg: CfgNode) -> dict[str, float]:
-    """Evaluate ``MODEL.WEIGHTS`` (loaded by the task builder). For a diffvision checkpoint that
-    carries EMA weights, those are evaluated when ``MODEL_EMA.ENABLED``."""
+    """Evaluate ``MODEL.WEIGHTS`` (loaded strictly by :func:`load_weights`; a diffvision
+    checkpoint's EMA weights when ``MODEL_EMA.ENABLED`` and it has them)."""
     task = build_task(cfg)
-    if task.evaluate is None:
-        raise ConfigError(f"Task '{cfg.MODEL.META_ARCHITECTURE}' has no evaluation.")
-    model = task.model
-    if cfg.MODEL.WEIGHTS and cfg.MODEL_EMA.ENABLED:
-        try:
-            data = safe_torch_load(cfg.MODEL.WEIGHTS)
-        except (FileNotFoundError, OSError, RuntimeError):
-            data = None
-        if is_diffvision_checkpoint(data) and "ema" in data:
-            model.load_state_dict(data["ema"])
-            logger.info("Evaluating the EMA weights of %s", cfg.MODEL.WEIGHTS)
-    results = _run_evaluation(task.evaluate, model)
+    if not task.evaluation_names(cfg):
+        raise ConfigError(
+            f"Task '{cfg.MODEL.META_ARCHITECTURE}' has nothing to evaluate: set DATASETS.TEST."
+        )
+    model = task.build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS, use_ema=cfg.MODEL_EMA.ENABLED)
+    results = evaluate_model(cfg, task, model)
     if results and comm.is_main_process():
         MetricsWriter(cfg.OUTPUT_DIR, use_tensorboard=False).write(
             -1, {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}

@@ -1,8 +1,10 @@
-"""The task registry: ``MODEL.META_ARCHITECTURE`` names the builder that turns a config into a
-:class:`Task` (model, training data, evaluation) for the engine.
+"""The task registry: ``MODEL.META_ARCHITECTURE`` names the :class:`Task` whose builders turn a
+config into a model, training batches, test batches and an evaluator.
 
-A builder is the only code that reads the config; everything below it takes keyword arguments.
-See ``docs/internals.md`` for the full contract.
+Builders are the only code that reads the config; everything below them takes keyword
+arguments. The engine (:mod:`diffvision.engine.run`) owns what every task shares: weight loading,
+seeding, the split of ``SOLVER.IMS_PER_BATCH`` over ranks, the training loop, EMA and the
+evaluation loop. See ``docs/internals.md`` for the contract in one page.
 """
 
 from __future__ import annotations
@@ -10,56 +12,110 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from torch import nn
 
 from diffvision.config import CfgNode, add_config_extension
 from diffvision.errors import ConfigError
 
-__all__ = ["Task", "build_task", "get_task_builder", "register_task", "registered_tasks"]
+__all__ = [
+    "DatasetEvaluator",
+    "Task",
+    "build_task",
+    "get_task",
+    "register_task",
+    "registered_tasks",
+]
 
 
-@dataclass
+class DatasetEvaluator(Protocol):
+    """detectron2's evaluator shape: ``reset()``; ``process(inputs, outputs)`` once per batch;
+    ``evaluate() -> dict`` gathers across ranks itself and returns flat metrics on the main
+    process (``{}`` elsewhere)."""
+
+    def reset(self) -> None: ...
+
+    def process(self, inputs: Any, outputs: Any) -> None: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
 class Task:
-    """What a task builder hands to the engine.
+    """The four builders of one task (plus two optional hooks).
 
     Attributes:
-        model: the model, already on ``cfg.MODEL.DEVICE``. In training mode ``model(batch)``
-            returns a dict of scalar, already-weighted losses that the trainer sums.
-        build_train_loader: returns an infinite iterable of batches for this process (rank).
-        evaluate: ``evaluate(model) -> dict[str, float]`` run on every rank with the unwrapped (or
-            EMA) model in eval mode; returns flat metrics on the main process. ``None`` if the task
-            has no evaluation.
+        name: the ``MODEL.META_ARCHITECTURE`` value.
+        build_model: ``(cfg) -> nn.Module`` on ``MODEL.DEVICE``, randomly initialised (the engine
+            loads ``MODEL.WEIGHTS``). In training mode ``model(batch)`` returns a dict of scalar,
+            already-weighted losses whose mean over a global batch does not depend on how it is
+            split over ranks.
+        build_train_loader: ``(cfg, *, start_iter) -> iterable`` of this rank's part of global
+            batches ``start_iter, start_iter+1, ...`` (see
+            :class:`~diffvision.data.samplers.GlobalBatchLoader`).
+        build_test_loader: ``(cfg, dataset_name) -> iterable`` of this rank's test batches.
+        build_evaluator: ``(cfg, dataset_name) ->`` :class:`DatasetEvaluator`.
+        build_inference: optional ``(cfg) -> run(model, inputs) -> outputs`` used by the
+            evaluation loop instead of ``model(inputs)`` (test-time work that is not the
+            trained module's, e.g. a frozen feature extractor).
+        test_dataset_names: optional ``(cfg) -> names`` evaluated (default ``DATASETS.TEST``).
     """
 
-    model: nn.Module
-    build_train_loader: Callable[[], Iterable]
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    name: str
+    build_model: Callable[[CfgNode], nn.Module]
+    build_train_loader: Callable[..., Iterable]
+    build_test_loader: Callable[[CfgNode, str], Iterable] | None = None
+    build_evaluator: Callable[[CfgNode, str], DatasetEvaluator] | None = None
+    build_inference: Callable[[CfgNode], Callable[[nn.Module, Any], Any]] | None = None
+    test_dataset_names: Callable[[CfgNode], list[str]] | None = None
+
+    def evaluation_names(self, cfg: CfgNode) -> list[str]:
+        """The dataset names evaluated for ``cfg`` (empty: no evaluation)."""
+        if self.build_evaluator is None or self.build_test_loader is None:
+            return []
+        if self.test_dataset_names is not None:
+            return list(self.test_dataset_names(cfg))
+        return list(cfg.DATASETS.TEST)
 
 
-_TASKS: dict[str, Callable[[CfgNode], Task]] = {}
+_TASKS: dict[str, Task] = {}
 
 
 def register_task(
-    name: str, *, add_config: Callable[[CfgNode], None] | None = None
-) -> Callable[[Callable[[CfgNode], Task]], Callable[[CfgNode], Task]]:
-    """Decorator registering ``builder(cfg) -> Task`` under ``MODEL.META_ARCHITECTURE == name``.
+    name: str,
+    *,
+    build_model: Callable[[CfgNode], nn.Module],
+    build_train_loader: Callable[..., Iterable],
+    build_test_loader: Callable[[CfgNode, str], Iterable] | None = None,
+    build_evaluator: Callable[[CfgNode, str], DatasetEvaluator] | None = None,
+    build_inference: Callable[[CfgNode], Callable[[nn.Module, Any], Any]] | None = None,
+    test_dataset_names: Callable[[CfgNode], list[str]] | None = None,
+    add_config: Callable[[CfgNode], None] | None = None,
+) -> Task:
+    """Register a task under ``MODEL.META_ARCHITECTURE == name`` and return it.
 
     Args:
         name: the meta-architecture name used in configs.
         add_config: ``add_config(cfg)`` adding the task's keys to the default config tree.
+        others: see :class:`Task`.
     """
-
-    def decorator(builder: Callable[[CfgNode], Task]) -> Callable[[CfgNode], Task]:
-        existing = _TASKS.get(name)
-        if existing is not None and existing is not builder:
-            raise ValueError(f"A task named '{name}' is already registered ({existing}).")
-        _TASKS[name] = builder
-        if add_config is not None:
-            add_config_extension(add_config)
-        return builder
-
-    return decorator
+    task = Task(
+        name=name,
+        build_model=build_model,
+        build_train_loader=build_train_loader,
+        build_test_loader=build_test_loader,
+        build_evaluator=build_evaluator,
+        build_inference=build_inference,
+        test_dataset_names=test_dataset_names,
+    )
+    existing = _TASKS.get(name)
+    if existing is not None and existing.build_model is not build_model:
+        raise ValueError(f"A task named '{name}' is already registered ({existing}).")
+    _TASKS[name] = task
+    if add_config is not None:
+        add_config_extension(add_config)
+    return task
 
 
 def registered_tasks() -> list[str]:
@@ -67,8 +123,8 @@ def registered_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task_builder(name: str) -> Callable[[CfgNode], Task]:
-    """Return the builder for ``name``; an unknown name lists the registered ones."""
+def get_task(name: str) -> Task:
+    """The task registered as ``name``; an unknown name lists the registered ones."""
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -80,5 +136,5 @@ def get_task_builder(name: str) -> Callable[[CfgNode], Task]:
 
 
 def build_task(cfg: CfgNode) -> Task:
-    """Build the task named by ``cfg.MODEL.META_ARCHITECTURE``."""
-    return get_task_builder(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    """The task named by ``cfg.MODEL.META_ARCHITECTURE``."""
+    return get_task(cfg.MODEL.META_ARCHITECTURE)

@@ -19,7 +19,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from diffvision.data.samplers import step_seed
 from diffvision.engine import comm
+from diffvision.engine.defaults import seed_everything
 
 __all__ = ["GradientClipping", "HookBase", "Trainer"]
 
@@ -98,6 +100,9 @@ class Trainer:
         scheduler: a per-iteration LR scheduler (stepped after each optimizer step).
         grad_clip: optional :class:`GradientClipping`.
         amp_dtype: ``torch.bfloat16``/``torch.float16`` to train under autocast, or None.
+        seed: when given, the process RNGs (Python, NumPy, torch) are reseeded before every step
+            from ``(seed, iteration, rank)``, so draws a model does not take from per-sample
+            generators (dropout) do not depend on what ran before: a resumed run repeats them.
     """
 
     def __init__(
@@ -111,7 +116,9 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         grad_clip: GradientClipping | None = None,
         amp_dtype: torch.dtype | None = None,
+        seed: int | None = None,
     ):
+        self.seed = seed
         self.model = model
         self.optimizer = optimizer
         self.data_loader = data_loader
@@ -169,6 +176,8 @@ class Trainer:
         start = time.perf_counter()
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
+        if self.seed is not None:
+            seed_everything(step_seed(self.seed, self.iter, comm.get_rank()))
 
         with self._autocast():
             loss_dict = self.model(batch)

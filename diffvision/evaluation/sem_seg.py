@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffvision.engine import comm
+
 __all__ = [
     "SemSegEvaluator",
     "colorize",
@@ -168,9 +170,12 @@ class SemSegEvaluator:
 
         evaluator = SemSegEvaluator(num_classes=19, class_names=CITYSCAPES_CLASSES)
         evaluator.reset()
-        for ...:
-            evaluator.process(pred, gt, image=image_uint8, name=stem)
+        for inputs in loader:  # [{"sem_seg": (H, W), "image": (3, H, W) uint8, "file_name"}]
+            evaluator.process(inputs, outputs)  # [{"sem_seg": (H, W) labels or (C, H, W)}]
         metrics = evaluator.evaluate()   # {"sem_seg/mIoU": ..., "sem_seg/pACC": ..., ...}
+
+    (detectron2's ``DatasetEvaluator`` shape; :meth:`process_image` adds one prediction
+    directly). :meth:`evaluate` sums the confusion matrices of all ranks.
 
     Args:
         num_classes: number of evaluated classes ``C``; ground truth outside ``[0, C)`` other than
@@ -209,7 +214,18 @@ class SemSegEvaluator:
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self._num_visualized = 0
 
-    def process(
+    def process(self, inputs: Sequence[dict], outputs: Sequence[dict]) -> None:
+        """Add a batch: ``inputs[i]`` has ``sem_seg`` (H, W) ground truth and optionally
+        ``image`` (3, H, W) uint8 and ``file_name``; ``outputs[i]["sem_seg"]`` is (H, W) class
+        indices or (C, H, W) scores (argmax taken)."""
+        for x, out in zip(inputs, outputs, strict=True):
+            pred = out["sem_seg"]
+            if pred.ndim == 3:
+                pred = pred.argmax(0)
+            name = Path(x["file_name"]).stem if "file_name" in x else None
+            self.process_image(pred, x["sem_seg"], image=x.get("image"), name=name)
+
+    def process_image(
         self,
         pred: torch.Tensor | np.ndarray,
         gt: torch.Tensor | np.ndarray,
@@ -262,8 +278,12 @@ class SemSegEvaluator:
         Image.fromarray(panel).save(self.output_dir / f"{name}.png")
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics ×100, flat: ``sem_seg/mIoU``, ``sem_seg/pACC``, ``sem_seg/IoU-<name>``."""
-        result = iou_from_confusion(self.confusion)
+        """Metrics ×100, flat: ``sem_seg/mIoU``, ``sem_seg/pACC``, ``sem_seg/IoU-<name>``, over
+        the confusion matrices of all ranks (``{}`` on the other ranks)."""
+        confusion = np.asarray(sum(comm.all_gather(self.confusion)))
+        if not comm.is_main_process():
+            return {}
+        result = iou_from_confusion(confusion)
         metrics = {
             "sem_seg/mIoU": 100.0 * result["miou"],
             "sem_seg/pACC": 100.0 * result["pacc"],

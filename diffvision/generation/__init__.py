@@ -9,13 +9,13 @@ from diffvision.generation.build import add_ddpm_config, build_ddpm_model, build
 from diffvision.generation.checkpoint import load_ddpm_model, load_ddpm_unet
 from diffvision.generation.model import DDPMModel
 from diffvision.generation.sampling import generate
-from diffvision.generation.task import build_ddpm_task
+from diffvision.generation.task import DDPM_TASK
 
 __all__ = [
     "DDPMModel",
+    "DDPM_TASK",
     "add_ddpm_config",
     "build_ddpm_model",
-    "build_ddpm_task",
     "build_unet",
     "generate",
     "load_ddpm_model",

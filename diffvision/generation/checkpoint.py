@@ -23,7 +23,7 @@ from diffvision.generation.model import DDPMModel
 from diffvision.modeling.unet import UNet
 from diffvision.modeling.weight_files import safe_torch_load
 
-__all__ = ["load_ddpm_model", "load_ddpm_unet", "load_model_weights"]
+__all__ = ["load_ddpm_model", "load_ddpm_unet"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +92,3 @@ def load_ddpm_unet(
     """
     model, cfg = load_ddpm_model(path, use_ema=use_ema, device=device)
     return model.unet, model.schedule, cfg
-
-
-def load_model_weights(model: DDPMModel, path: str | os.PathLike) -> None:
-    """Load ``MODEL.WEIGHTS`` into ``model``: an engine checkpoint (its ``"model"`` weights) or a
-    raw UNet state dict (e.g. guided-diffusion's, when the UNet keys match)."""
-    path = os.fspath(path)
-    data = safe_torch_load(path)
-    if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
-        model.load_state_dict(data["model"], strict=True)
-    else:
-        model.unet.load_state_dict(data, strict=True)
-    logger.info("loaded weights %s", path)

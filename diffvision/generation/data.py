@@ -12,20 +12,26 @@ Dataset names (``DATASETS.TRAIN``), resolved under :func:`~diffvision.data.paths
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from diffvision.data.cifar import Cifar10Dataset
 from diffvision.data.image_folder import ImageFolderDataset
 from diffvision.data.paths import datasets_root
-from diffvision.data.samplers import TrainingSampler
+from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler
 from diffvision.data.toy_shapes import ToyShapesDataset
 from diffvision.errors import ConfigError
 
-__all__ = ["DDPM_DATASETS", "build_ddpm_dataset", "build_ddpm_train_loader", "dataset_num_classes"]
+__all__ = [
+    "DDPM_DATASETS",
+    "build_ddpm_dataset",
+    "build_ddpm_train_loader",
+    "collate_ddpm",
+    "dataset_num_classes",
+]
 
 DDPM_DATASETS = ("toy_shapes", "cifar10_train", "cifar10_test", "image_folder:<path>")
 
@@ -69,24 +75,39 @@ def dataset_num_classes(dataset: Dataset) -> int:
     return int(getattr(dataset, "num_classes", 1))
 
 
+def collate_ddpm(
+    items: list[tuple[torch.Tensor, int]], seeds: list[int]
+) -> dict[str, torch.Tensor]:
+    """``{"image": (B, 3, S, S), "label": (B,), "seed": (B,) int64}``; ``seed[i]`` seeds every
+    diffusion draw of sample i (its timestep, noise and label dropout)."""
+    return {
+        "image": torch.stack([image for image, _ in items]),
+        "label": torch.as_tensor([int(label) for _, label in items]),
+        "seed": torch.as_tensor(seeds, dtype=torch.int64),
+    }
+
+
 def build_ddpm_train_loader(
     names: Sequence[str],
     *,
     image_size: int,
     random_flip: bool,
-    batch_size: int,
-    num_workers: int,
-    seed: int | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Infinite iterator of ``{"image": (B, 3, S, S), "label": (B,)}`` batches for this rank.
+    global_batch_size: int,
+    seed: int,
+    start_iter: int = 0,
+    num_workers: int = 0,
+) -> GlobalBatchLoader:
+    """Infinite loader of this rank's part of every global batch (see
+    :class:`~diffvision.data.samplers.GlobalBatchLoader`), from global batch ``start_iter`` on.
 
     Args:
         names: dataset names (concatenated).
         image_size: image side ``S``.
-        random_flip: horizontal flips.
-        batch_size: images per batch on this rank.
-        num_workers: data-loading processes.
-        seed: shuffling seed shared by all ranks (default: a shared random seed).
+        random_flip: horizontal flips (drawn per sample from ``(seed, iteration, position)``).
+        global_batch_size: images per iteration summed over ranks.
+        seed: the run's SEED.
+        start_iter: first global batch (the resumed iteration).
+        num_workers: data-loading processes (the batches do not depend on it).
     """
     if not names:
         raise ConfigError("DATASETS.TRAIN is empty")
@@ -94,13 +115,12 @@ def build_ddpm_train_loader(
         build_ddpm_dataset(n, image_size=image_size, random_flip=random_flip) for n in names
     ]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    loader = DataLoader(
+    return GlobalBatchLoader(
         dataset,
-        batch_size=batch_size,
         sampler=TrainingSampler(len(dataset), seed=seed),
+        seed=seed,
+        global_batch_size=global_batch_size,
+        start_iter=start_iter,
+        collate=collate_ddpm,
         num_workers=num_workers,
-        drop_last=True,
-        persistent_workers=num_workers > 0,
     )
-    for images, labels in loader:
-        yield {"image": images, "label": labels}

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise, posterior_mean_variance
 from diffvision.diffusion.parameterization import (
     PredictionType,
@@ -111,10 +112,23 @@ class DDPMModel(nn.Module):
         x0 = images.to(device, non_blocking=True).float()  # (B, C, S, S)
         b = x0.shape[0]
         sched = self.schedule.to(device)
-        t = torch.randint(0, self.num_timesteps, (b,), device=device)  # uniform sampling
-        noise = torch.randn_like(x0)
+        seeds = batch.get("seed") if isinstance(batch, Mapping) else None
+        if seeds is not None:
+            # Sample i's timestep, noise and label dropout come from its own generator, so they
+            # depend on (SEED, iteration, position in the global batch) only.
+            gens = per_sample_generators(seeds)
+            t = torch.cat([torch.randint(0, self.num_timesteps, (1,), generator=g) for g in gens])
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
+            drop_u = torch.cat([torch.rand(1, generator=g) for g in gens])
+            t, noise, drop_u = t.to(device), noise.to(device), drop_u.to(device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (b,), device=device)  # uniform sampling
+            noise = torch.randn_like(x0)
+            drop_u = (
+                torch.rand(b, device=device) if self.class_dropout_prob > 0 else noise.new_ones(b)
+            )
         x_t = add_noise(sched, x0, noise, t)
-        y = self._training_labels(labels, b, device)
+        y = self._training_labels(labels, drop_u)
         out = self.unet(x_t, sched.timestep_map[t], y)  # (B, C or 2C, S, S)
         c = x0.shape[1]
         pred = out[:, :c]
@@ -135,16 +149,16 @@ class DDPMModel(nn.Module):
             losses["loss_vlb"] = self.vlb_weight * self.num_timesteps * vlb.mean()
         return losses
 
-    def _training_labels(
-        self, labels: Tensor | None, b: int, device: torch.device
-    ) -> Tensor | None:
+    def _training_labels(self, labels: Tensor | None, drop_u: Tensor) -> Tensor | None:
+        """Labels with classifier-free-guidance dropout where ``drop_u`` (B,) uniform draws are
+        below ``class_dropout_prob``."""
         if self.unet.num_classes is None:
             return None
         if labels is None:
             raise ValueError("a class-conditional DDPM needs labels in the batch")
-        y = torch.as_tensor(labels, device=device).long()
+        y = torch.as_tensor(labels, device=drop_u.device).long()
         if self.class_dropout_prob > 0:
-            drop = torch.rand(b, device=device) < self.class_dropout_prob
+            drop = drop_u < self.class_dropout_prob
             y = torch.where(drop, torch.full_like(y, self.unet.num_classes), y)
         return y
 

@@ -1,20 +1,22 @@
-"""The ``DDPM`` task: an image diffusion model trained by the engine.
+"""The ``DDPM`` task: an image diffusion model trained by the engine, as an instance of the task
+contract (``docs/internals.md``).
 
-``MODEL.META_ARCHITECTURE: DDPM`` builds a :class:`~diffvision.generation.model.DDPMModel` from
-``MODEL.DDPM`` (see :mod:`diffvision.generation.build`), the infinite train loader of
-``DATASETS.TRAIN`` and an evaluator that, every ``TEST.EVAL_PERIOD`` iterations, samples a
-fixed-seed grid (``OUTPUT_DIR/ddpm_samples/``) and optionally computes FID/KID. The engine hands
-the EMA model to the evaluator when ``MODEL_EMA.ENABLED``.
+- ``build_model``: a :class:`~diffvision.generation.model.DDPMModel` from ``MODEL.DDPM``;
+- ``build_train_loader``: this rank's part of every global batch of ``DATASETS.TRAIN``;
+- ``build_test_loader``: sampling requests (the evaluation "dataset" is ``ddpm_samples``): a
+  fixed-seed grid of ``EVAL.NUM_GRID_SAMPLES`` images on the main process, and
+  ``EVAL.FID_NUM_SAMPLES`` images shared by the ranks;
+- ``build_inference``: runs a request through :func:`~diffvision.generation.sampling.generate`;
+- ``build_evaluator``: saves the grid (``OUTPUT_DIR/ddpm_samples/grid_{k:03d}.png`` and
+  ``grid_latest.png``) and computes FID/KID. The engine evaluates the EMA model when
+  ``MODEL_EMA.ENABLED``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
-import math
 import shutil
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from diffvision.config import CfgNode
+from diffvision.data.samplers import mix_seed
 from diffvision.engine import comm
-from diffvision.engine.tasks import Task, register_task
-from diffvision.errors import ConfigError
+from diffvision.engine.build import build_seed
+from diffvision.engine.tasks import register_task
 from diffvision.evaluation.fid import (
     compute_features,
     fid_from_features,
@@ -33,7 +36,6 @@ from diffvision.evaluation.fid import (
     load_feature_extractor,
 )
 from diffvision.generation.build import add_ddpm_config, build_ddpm_model
-from diffvision.generation.checkpoint import load_model_weights
 from diffvision.generation.data import (
     build_ddpm_dataset,
     build_ddpm_train_loader,
@@ -43,160 +45,216 @@ from diffvision.generation.images import save_grid
 from diffvision.generation.model import DDPMModel
 from diffvision.generation.sampling import generate
 
-__all__ = ["build_ddpm_task", "make_ddpm_evaluator"]
+__all__ = ["DDPM_TASK", "DDPMSampleEvaluator", "ddpm_sample_requests"]
 
 logger = logging.getLogger(__name__)
 
+EVAL_NAME = "ddpm_samples"
 
-@register_task("DDPM", add_config=add_ddpm_config)
-def build_ddpm_task(cfg: CfgNode) -> Task:
-    """Build the DDPM task from ``cfg`` (the only function here that reads it)."""
-    d = cfg.MODEL.DDPM
-    image_size = cfg.INPUT.IMAGE_SIZE
-    random_flip = cfg.INPUT.RANDOM_FLIP == "horizontal"
-    names = list(cfg.DATASETS.TRAIN)
+
+def build_model(cfg: CfgNode) -> DDPMModel:
+    """The DDPMModel of ``MODEL.DDPM`` on ``MODEL.DEVICE`` (class count from the training data
+    when ``CLASS_COND``)."""
     num_classes = None
-    if d.CLASS_COND:
-        datasets = [build_ddpm_dataset(n, image_size=image_size) for n in names]
+    if cfg.MODEL.DDPM.CLASS_COND:
+        datasets = [
+            build_ddpm_dataset(n, image_size=cfg.INPUT.IMAGE_SIZE) for n in cfg.DATASETS.TRAIN
+        ]
         num_classes = dataset_num_classes(
             datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
         )
-    model = build_ddpm_model(cfg, num_classes=num_classes)
-    if cfg.MODEL.WEIGHTS:
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
-    model.to(cfg.MODEL.DEVICE)
+    return build_ddpm_model(cfg, num_classes=num_classes).to(cfg.MODEL.DEVICE)
 
-    world = comm.get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the world size "
-            f"{world}"
-        )
 
-    def build_train_loader():
-        return build_ddpm_train_loader(
-            names,
-            image_size=image_size,
-            random_flip=random_flip,
-            batch_size=cfg.SOLVER.IMS_PER_BATCH // world,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            seed=cfg.SEED if cfg.SEED >= 0 else None,
-        )
-
-    evaluate = make_ddpm_evaluator(
-        output_dir=Path(cfg.OUTPUT_DIR),
-        sampler_kwargs=dict(
-            sampler=d.SAMPLER.NAME,
-            num_steps=d.SAMPLER.NUM_STEPS,
-            eta=d.SAMPLER.ETA,
-            order=d.SAMPLER.ORDER,
-            guidance_scale=d.SAMPLER.GUIDANCE_SCALE,
-            clip_denoised=d.SAMPLER.CLIP_DENOISED,
-        ),
-        num_grid_samples=d.EVAL.NUM_GRID_SAMPLES,
-        seed=d.EVAL.SEED,
-        fid_num_samples=d.EVAL.FID_NUM_SAMPLES,
-        fid_num_real=d.EVAL.FID_NUM_REAL,
-        fid_batch_size=d.EVAL.FID_BATCH_SIZE,
-        fid_feature_extractor=d.EVAL.FID_FEATURE_EXTRACTOR,
-        dataset_names=names,
-        image_size=image_size,
+def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
+    return build_ddpm_train_loader(
+        list(cfg.DATASETS.TRAIN),
+        image_size=cfg.INPUT.IMAGE_SIZE,
+        random_flip=cfg.INPUT.RANDOM_FLIP == "horizontal",
+        global_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        seed=build_seed(cfg),
+        start_iter=start_iter,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
-    return Task(model=model, build_train_loader=build_train_loader, evaluate=evaluate)
 
 
-def _grid_labels(model: DDPMModel, n: int) -> torch.Tensor | None:
-    k = model.unet.num_classes
-    return None if k is None else torch.arange(n) % k
+def ddpm_sample_requests(
+    *, num_grid_samples: int, fid_num_samples: int, fid_batch_size: int, seed: int
+) -> list[dict[str, Any]]:
+    """This rank's sampling requests ``{"kind": "grid" | "fid", "num", "seed"}``.
 
-
-def make_ddpm_evaluator(
-    *,
-    output_dir: Path,
-    sampler_kwargs: dict[str, Any],
-    num_grid_samples: int,
-    seed: int,
-    fid_num_samples: int = 0,
-    fid_num_real: int = 5000,
-    fid_batch_size: int = 50,
-    fid_feature_extractor: Any = "fid_helper",
-    dataset_names: Sequence[str] = (),
-    image_size: int = 32,
-) -> Callable[[DDPMModel], dict[str, float]]:
-    """Build ``evaluate(model) -> metrics``.
-
-    Every call samples ``num_grid_samples`` images from the same seed (so grids of successive
-    evaluations are comparable) into ``output_dir/ddpm_samples/grid_{k:03d}.png`` (and
-    ``grid_latest.png``), and reports their pixel mean/std. With ``fid_num_samples > 0``, the
-    ranks share the sampling of that many images and the main process computes FID and KID
-    against the first ``fid_num_real`` training images (features cached in ``output_dir``).
-    FID here uses :func:`~diffvision.evaluation.fid.load_feature_extractor`: not comparable with
-    published FIDs unless the feature network is the TF-Inception one.
+    The grid is one request on the main process seeded by ``seed`` (successive evaluations
+    compare like with like); the FID batches are dealt round-robin over the ranks, batch b
+    seeded by ``(seed, b)``, so the sample set does not depend on the process count.
     """
-    calls = itertools.count()
-    state: dict[str, Any] = {}
+    requests = []
+    if comm.is_main_process() and num_grid_samples > 0:
+        requests.append({"kind": "grid", "num": num_grid_samples, "seed": seed})
+    rank, world = comm.get_rank(), comm.get_world_size()
+    starts = range(0, fid_num_samples, fid_batch_size)
+    for b, lo in enumerate(starts):
+        if b % world == rank:
+            n = min(fid_batch_size, fid_num_samples - lo)
+            requests.append({"kind": "fid", "num": n, "seed": mix_seed(seed, 1, b)})
+    return requests
 
-    def evaluate(model: DDPMModel) -> dict[str, float]:
-        k = next(calls)
+
+def build_test_loader(cfg: CfgNode, dataset_name: str) -> list[dict[str, Any]]:
+    e = cfg.MODEL.DDPM.EVAL
+    return ddpm_sample_requests(
+        num_grid_samples=e.NUM_GRID_SAMPLES,
+        fid_num_samples=e.FID_NUM_SAMPLES,
+        fid_batch_size=e.FID_BATCH_SIZE,
+        seed=e.SEED,
+    )
+
+
+def build_inference(cfg: CfgNode):
+    s = cfg.MODEL.DDPM.SAMPLER
+    sampler_kwargs = dict(
+        sampler=s.NAME,
+        num_steps=s.NUM_STEPS,
+        eta=s.ETA,
+        order=s.ORDER,
+        guidance_scale=s.GUIDANCE_SCALE,
+        clip_denoised=s.CLIP_DENOISED,
+    )
+
+    def run(model: DDPMModel, request: dict[str, Any]) -> torch.Tensor:
+        """Images ``(num, 3, S, S)`` in [-1, 1] for one request."""
+        g = torch.Generator().manual_seed(request["seed"])
+        k, n = model.unet.num_classes, request["num"]
+        labels = None
+        if k is not None:
+            labels = torch.arange(n) % k if request["kind"] == "grid" else None
+            if labels is None:
+                labels = torch.randint(0, k, (n,), generator=g)
+        return generate(model, num_samples=n, labels=labels, generator=g, **sampler_kwargs)
+
+    return run
+
+
+class DDPMSampleEvaluator:
+    """Saves the sample grid and computes FID/KID of the sampled images (detectron2's evaluator
+    shape). FID here uses :func:`~diffvision.evaluation.fid.load_feature_extractor`: not
+    comparable with published FIDs unless the feature network is the TF-Inception one.
+
+    Args:
+        output_dir: run folder; grids go to ``output_dir/ddpm_samples``, cached reference
+            features to ``output_dir/fid_reference_<hash>.npy``.
+        fid_num_samples, fid_num_real, fid_batch_size, fid_feature_extractor: FID/KID against
+            the first ``fid_num_real`` images of ``dataset_names`` (0 samples: off).
+        dataset_names, image_size: the training data (for the FID reference).
+        device: where the feature network runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: Path,
+        fid_num_samples: int = 0,
+        fid_num_real: int = 5000,
+        fid_batch_size: int = 50,
+        fid_feature_extractor: Any = "fid_helper",
+        dataset_names: tuple[str, ...] = (),
+        image_size: int = 32,
+        device: str = "cpu",
+    ):
+        self.output_dir = Path(output_dir)
+        self.fid_num_samples = fid_num_samples
+        self.fid_num_real = fid_num_real
+        self.fid_batch_size = fid_batch_size
+        self.fid_feature_extractor = fid_feature_extractor
+        self.dataset_names = tuple(dataset_names)
+        self.image_size = image_size
+        self.device = device
+        self._extractor = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._grid: torch.Tensor | None = None
+        self._fid_features: list[np.ndarray] = []
+
+    def _features(self, images: torch.Tensor) -> np.ndarray:
+        if self._extractor is None:
+            self._extractor = load_feature_extractor(self.fid_feature_extractor, device=self.device)
+        return compute_features(self._extractor, [images], device=self.device)
+
+    def process(self, inputs: dict[str, Any], outputs: torch.Tensor) -> None:
+        if inputs["kind"] == "grid":
+            self._grid = outputs.cpu()
+        else:
+            self._fid_features.append(self._features(outputs))
+
+    def evaluate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if comm.is_main_process() and num_grid_samples > 0:
-            g = torch.Generator().manual_seed(seed)
-            images = generate(
-                model,
-                num_samples=num_grid_samples,
-                labels=_grid_labels(model, num_grid_samples),
-                generator=g,
-                **sampler_kwargs,
-            )
-            folder = output_dir / "ddpm_samples"
-            path = save_grid(images, folder / f"grid_{k:03d}.png")
+        if self._grid is not None:
+            folder = self.output_dir / EVAL_NAME
+            k = len([p for p in folder.glob("grid_[0-9]*.png")]) if folder.is_dir() else 0
+            path = save_grid(self._grid, folder / f"grid_{k:03d}.png")
             shutil.copyfile(path, folder / "grid_latest.png")
-            metrics["ddpm/sample_mean"] = float(images.mean())
-            metrics["ddpm/sample_std"] = float(images.std())
+            metrics["ddpm/sample_mean"] = float(self._grid.mean())
+            metrics["ddpm/sample_std"] = float(self._grid.std())
             logger.info("saved sample grid %s", path)
-        if fid_num_samples > 0:
-            metrics.update(_fid_kid(model, state))
+        if self.fid_num_samples > 0:
+            mine = np.concatenate(self._fid_features) if self._fid_features else None
+            gathered = [f for f in comm.all_gather(mine) if f is not None]
+            if comm.is_main_process():
+                fake = np.concatenate(gathered)[: self.fid_num_samples]
+                real = self._reference_features()
+                kid, _ = kernel_inception_distance(real, fake, subset_size=min(1000, len(fake)))
+                metrics.update({"ddpm/fid": fid_from_features(real, fake), "ddpm/kid": kid})
         return metrics if comm.is_main_process() else {}
 
-    def _fid_kid(model: DDPMModel, state: dict[str, Any]) -> dict[str, float]:
-        device = model.device
-        if "extractor" not in state:
-            state["extractor"] = load_feature_extractor(fid_feature_extractor, device=device)
-        extractor = state["extractor"]
-        rank, world = comm.get_rank(), comm.get_world_size()
-        share = math.ceil(fid_num_samples / world)
-        g = torch.Generator().manual_seed(seed + 1 + rank)
-        feats = []
-        for lo in range(0, share, fid_batch_size):
-            n = min(fid_batch_size, share - lo)
-            labels = None
-            if model.unet.num_classes is not None:
-                labels = torch.randint(0, model.unet.num_classes, (n,), generator=g)
-            images = generate(model, num_samples=n, labels=labels, generator=g, **sampler_kwargs)
-            feats.append(compute_features(extractor, [images], device=device))
-        gathered = comm.all_gather(np.concatenate(feats))
-        if not comm.is_main_process():
-            return {}
-        fake = np.concatenate(gathered)[:fid_num_samples]
-        real = _reference_features(extractor, device)
-        kid_mean, _ = kernel_inception_distance(real, fake, subset_size=min(1000, len(fake)))
-        return {"ddpm/fid": fid_from_features(real, fake), "ddpm/kid": kid_mean}
-
-    def _reference_features(extractor, device) -> np.ndarray:
-        key = f"{sorted(dataset_names)}|{image_size}|{fid_num_real}|{fid_feature_extractor}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        path = output_dir / f"fid_reference_{digest}.npy"
+    def _reference_features(self) -> np.ndarray:
+        key = (
+            f"{sorted(self.dataset_names)}|{self.image_size}|{self.fid_num_real}|"
+            f"{self.fid_feature_extractor}"
+        )
+        path = self.output_dir / f"fid_reference_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
         if path.is_file():
             return np.load(path)
         datasets = [
-            build_ddpm_dataset(n, image_size=image_size, random_flip=False) for n in dataset_names
+            build_ddpm_dataset(n, image_size=self.image_size, random_flip=False)
+            for n in self.dataset_names
         ]
         data = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-        subset = torch.utils.data.Subset(data, range(min(fid_num_real, len(data))))
-        loader = DataLoader(subset, batch_size=fid_batch_size, shuffle=False)
-        feats = compute_features(extractor, (images for images, _ in loader), device=device)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        subset = torch.utils.data.Subset(data, range(min(self.fid_num_real, len(data))))
+        loader = DataLoader(subset, batch_size=self.fid_batch_size, shuffle=False)
+        if self._extractor is None:
+            self._extractor = load_feature_extractor(self.fid_feature_extractor, device=self.device)
+        feats = compute_features(self._extractor, (x for x, _ in loader), device=self.device)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         np.save(path, feats)
         return feats
 
-    return evaluate
+
+def build_evaluator(cfg: CfgNode, dataset_name: str) -> DDPMSampleEvaluator:
+    e = cfg.MODEL.DDPM.EVAL
+    return DDPMSampleEvaluator(
+        output_dir=Path(cfg.OUTPUT_DIR),
+        fid_num_samples=e.FID_NUM_SAMPLES,
+        fid_num_real=e.FID_NUM_REAL,
+        fid_batch_size=e.FID_BATCH_SIZE,
+        fid_feature_extractor=e.FID_FEATURE_EXTRACTOR,
+        dataset_names=tuple(cfg.DATASETS.TRAIN),
+        image_size=cfg.INPUT.IMAGE_SIZE,
+        device=str(cfg.MODEL.DEVICE),
+    )
+
+
+def _test_dataset_names(cfg: CfgNode) -> list[str]:
+    e = cfg.MODEL.DDPM.EVAL
+    return [EVAL_NAME] if e.NUM_GRID_SAMPLES > 0 or e.FID_NUM_SAMPLES > 0 else []
+
+
+DDPM_TASK = register_task(
+    "DDPM",
+    add_config=add_ddpm_config,
+    build_model=build_model,
+    build_train_loader=build_train_loader,
+    build_test_loader=build_test_loader,
+    build_evaluator=build_evaluator,
+    build_inference=build_inference,
+    test_dataset_names=_test_dataset_names,
+)

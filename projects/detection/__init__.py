@@ -5,15 +5,15 @@ config keys. Public API: :func:`build_model`, :func:`load_weights`, :class:`Diff
 (``model.predict(images, num_boxes=None, steps=None, init_boxes=None, seed=None)``).
 """
 
-from projects.detection.build import build_diffusiondet_task, build_model
+from projects.detection.build import DIFFUSIONDET_TASK, build_model
 from projects.detection.checkpoint import load_weights
 from projects.detection.config import add_diffusiondet_config
 from projects.detection.detector import DiffusionDet
 
 __all__ = [
+    "DIFFUSIONDET_TASK",
     "DiffusionDet",
     "add_diffusiondet_config",
-    "build_diffusiondet_task",
     "build_model",
     "load_weights",
 ]

@@ -2,9 +2,12 @@
 
 - :func:`build_backbone`: ``MODEL.BACKBONE.NAME`` ``build_resnet_fpn_backbone`` (ResNet-18/34/50/101
   FPN) or ``build_swintransformer_fpn_backbone`` (Swin FPN), the official names.
-- :func:`build_model`: backbone + head + criterion -> :class:`DiffusionDet` on ``MODEL.DEVICE``.
-- :func:`build_diffusiondet_task`: the task registered as ``MODEL.META_ARCHITECTURE:
-  DiffusionDet`` (model with ``MODEL.WEIGHTS`` loaded, train loader, seeded evaluation).
+- :func:`build_model`: backbone + head + criterion -> :class:`DiffusionDet` on ``MODEL.DEVICE``
+  (``MODEL.RESNETS.NORM: SyncBN`` = trainable BN synchronised over processes).
+
+The task (``MODEL.META_ARCHITECTURE: DiffusionDet``) is an instance of the contract in
+``docs/internals.md``: ``build_model``, ``build_train_loader``, ``build_test_loader`` (images with
+per-image sampling seeds), ``build_evaluator`` (COCO or LVIS).
 """
 
 from __future__ import annotations
@@ -17,21 +20,22 @@ import torch
 from torch import nn
 
 from diffvision.config import CfgNode
-from diffvision.engine import comm
-from diffvision.engine.tasks import Task, register_task
+from diffvision.engine.sync_bn import convert_sync_batchnorm
+from diffvision.engine.tasks import register_task
 from diffvision.errors import ConfigError
 from diffvision.modeling.fpn import FPN, build_resnet_fpn_backbone, build_swin_fpn_backbone
 
-from .checkpoint import load_weights
 from .config import add_diffusiondet_config
 from .detector import DiffusionDet
 from .head import DynamicHead
 
 __all__ = [
+    "DIFFUSIONDET_TASK",
     "build_backbone",
+    "build_evaluator",
     "build_model",
-    "build_diffusiondet_task",
-    "evaluate_detector",
+    "build_test_loader",
+    "build_train_loader",
     "image_seed",
 ]
 
@@ -64,7 +68,7 @@ def build_backbone(cfg: CfgNode) -> FPN:
         for key, (value, supported) in unsupported.items():
             if value != supported:
                 raise ConfigError(f"MODEL.RESNETS.{key} = {value!r} is unsupported ({supported!r})")
-        return build_resnet_fpn_backbone(
+        backbone = build_resnet_fpn_backbone(
             depth=r.DEPTH,
             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
             in_features=fpn_in,
@@ -72,8 +76,9 @@ def build_backbone(cfg: CfgNode) -> FPN:
             stride_in_1x1=r.STRIDE_IN_1X1,
             stem_channels=r.STEM_OUT_CHANNELS,
             res2_channels=r.RES2_OUT_CHANNELS,
-            norm=r.NORM,
+            norm="BN" if r.NORM == "SyncBN" else r.NORM,
         )
+        return convert_sync_batchnorm(backbone) if r.NORM == "SyncBN" else backbone
     if name == "build_swintransformer_fpn_backbone":
         s = cfg.MODEL.SWIN
         return build_swin_fpn_backbone(
@@ -175,6 +180,8 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         min_size_test=cfg.INPUT.MIN_SIZE_TEST,
         max_size_test=cfg.INPUT.MAX_SIZE_TEST,
     )
+    # Present in LVIS checkpoints only; recomputed from the dataset when the model uses fed loss.
+    model.weights_optional_keys = ("criterion.fed_loss_cls_weights",)
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 
@@ -183,67 +190,31 @@ def image_seed(seed: int, image_id: Any) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(str(image_id).encode())) % (2**62)
 
 
-def evaluate_detector(
-    model: nn.Module,
-    *,
-    loader,
-    evaluator,
-    seed: int | None,
-) -> dict[str, float]:
-    """Run ``model`` over a test loader and return the evaluator's metrics.
+def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
+    from .data import build_detection_train_loader
 
-    With ``seed`` (≥ 0) every image's boxes are drawn from a generator seeded by
-    :func:`image_seed` (``seed``, ``image_id``), so the same weights give the same AP again. The
-    draws do not depend on batching (only the zero padding of a batch does, slightly).
-    ``seed=None`` samples like the official code.
-    """
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
-    evaluator.reset()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                seeds = None
-                if seed is not None:
-                    seeds = [image_seed(seed, x.get("image_id", i)) for i, x in enumerate(batch)]
-                outputs = model.inference(batch, seeds=seeds)
-                evaluator.process(batch, outputs)
-    finally:
-        model.train(was_training)
-    return evaluator.evaluate() or {}
+    return build_detection_train_loader(cfg, start_iter=start_iter)
 
 
-@register_task("DiffusionDet", add_config=_add_config)
-def build_diffusiondet_task(cfg: CfgNode) -> Task:
-    """The DiffusionDet task: model (``MODEL.WEIGHTS`` loaded), train loader, evaluation."""
-    from .data import (
-        build_detection_evaluator,
-        build_detection_test_loader,
-        build_detection_train_loader,
-    )
+def build_test_loader(cfg: CfgNode, dataset_name: str):
+    """This rank's test batches; with ``SEED >= 0`` every image carries ``seed`` =
+    :func:`image_seed` (``SEED``, ``image_id``) so its sampled boxes (and AP) are reproducible."""
+    from .data import build_detection_test_loader
 
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
+    return build_detection_test_loader(cfg, dataset_name, seed=cfg.SEED if cfg.SEED >= 0 else None)
 
-    def evaluate(eval_model: nn.Module) -> dict[str, float]:
-        results: dict[str, float] = {}
-        names = list(cfg.DATASETS.TEST)
-        for name in names:
-            metrics = evaluate_detector(
-                eval_model,
-                loader=build_detection_test_loader(cfg, name),
-                evaluator=build_detection_evaluator(cfg, name, cfg.OUTPUT_DIR),
-                seed=cfg.SEED if cfg.SEED >= 0 else None,
-            )
-            if comm.is_main_process():
-                prefix = f"{name}/" if len(names) > 1 else ""
-                results.update({prefix + k: v for k, v in metrics.items()})
-        return results
 
-    return Task(
-        model=model,
-        build_train_loader=lambda: build_detection_train_loader(cfg),
-        evaluate=evaluate if cfg.DATASETS.TEST else None,
-    )
+def build_evaluator(cfg: CfgNode, dataset_name: str):
+    from .data import build_detection_evaluator
+
+    return build_detection_evaluator(cfg, dataset_name, cfg.OUTPUT_DIR)
+
+
+DIFFUSIONDET_TASK = register_task(
+    "DiffusionDet",
+    add_config=_add_config,
+    build_model=build_model,
+    build_train_loader=build_train_loader,
+    build_test_loader=build_test_loader,
+    build_evaluator=build_evaluator,
+)

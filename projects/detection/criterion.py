@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -106,6 +107,19 @@ def get_fed_loss_classes(
         return unique
     sampled = torch.multinomial(prob, num_samples, replacement=False)
     return torch.cat([unique, sampled])
+
+
+def matched_normaliser(count: int, *, device: torch.device) -> float:
+    """The divisor of a loss summed over this process's matched queries: ``max(count, 1)`` in
+    one process; with W processes the global count over W, so that DDP's gradient mean gives the
+    1-process loss of the same global batch (the official code divides by each GPU's own count,
+    which makes the result depend on the process count). Every rank must call it (a collective).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return max(count, 1)
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    return max(float(total) / dist.get_world_size(), 1.0)
 
 
 class SetCriterionDynamicK(nn.Module):
@@ -229,7 +243,7 @@ class SetCriterionDynamicK(nn.Module):
             mask = torch.zeros(num_classes + 1, dtype=loss.dtype, device=loss.device)
             mask[classes] = 1
             loss = loss * mask[None, :num_classes]
-        return loss.sum() / max(num_matched, 1)
+        return loss.sum() / matched_normaliser(num_matched, device=logits.device)
 
     def loss_boxes(
         self, outputs: dict[str, Tensor], targets: list[dict], indices: list[tuple[Tensor, Tensor]]
@@ -250,11 +264,11 @@ class SetCriterionDynamicK(nn.Module):
             src_norm.append(boxes / targets[b]["image_size_xyxy"])
             tgt_norm.append(targets[b]["boxes"][gt_indices])
             tgt_abs.append(targets[b]["boxes_xyxy"][gt_indices])
+        num_matched = matched_normaliser(sum(len(b) for b in src), device=pred_boxes.device)
         if not src:
             zero = pred_boxes.sum() * 0
             return zero, zero
         src_boxes = torch.cat(src)
-        num_matched = src_boxes.shape[0]
         target_norm_xyxy = box_convert(torch.cat(tgt_norm), "cxcywh", "xyxy")
         loss_bbox = (torch.cat(src_norm) - target_norm_xyxy).abs().sum() / num_matched
         loss_giou = (

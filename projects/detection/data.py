@@ -26,7 +26,6 @@ with the LVIS evaluator, any other with COCO's.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import pickle
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from diffvision.config import CN
 from diffvision.data.catalog import (
@@ -47,13 +46,13 @@ from diffvision.data.coco import DetectionMetadata
 from diffvision.data.detection_mapper import DetectionDatasetMapper
 from diffvision.data.detection_transforms import RandomCrop, RandomFlip, ResizeShortestEdge
 from diffvision.data.samplers import (
-    AspectRatioGroupedBatches,
+    GlobalBatchLoader,
     InferenceSampler,
     RepeatFactorTrainingSampler,
     TrainingSampler,
     repeat_factors_from_category_frequency,
 )
-from diffvision.engine import comm
+from diffvision.engine.build import build_seed
 from diffvision.errors import ConfigError, DataError
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
 from diffvision.evaluation.lvis_evaluation import LVISEvaluator
@@ -247,39 +246,12 @@ class _MappedDataset(Dataset):
         return self.mapper(self.dicts[i])
 
 
-class _SampledStream(IterableDataset):
-    """Map the indices of an infinite sampler; data-loader worker w maps every w-th index."""
-
-    def __init__(self, dataset: _MappedDataset, sampler: Any) -> None:
-        self.dataset = dataset
-        self.sampler = sampler
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for idx in itertools.islice(self.sampler, worker, None, num_workers):
-            yield self.dataset[idx]
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-class _TrainBatches:
-    """Infinite iterable of per-process batches (lists of mapped dicts)."""
-
-    def __init__(self, loader: DataLoader, *, batch_size: int, group_by_aspect: bool) -> None:
-        self.loader = loader
-        self.batch_size = batch_size
-        self.group_by_aspect = group_by_aspect
-
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        if self.group_by_aspect:
-            yield from AspectRatioGroupedBatches(self.loader, batch_size=self.batch_size)
-            return
-        stream = iter(self.loader)
-        while True:
-            yield list(itertools.islice(stream, self.batch_size))
+def _attach_seeds(items: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """A training batch: the mapped dicts, each with ``seed`` for its diffusion draws (timestep,
+    noise, padded boxes)."""
+    for item, seed in zip(items, seeds, strict=True):
+        item["seed"] = seed
+    return items
 
 
 def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
@@ -302,26 +274,23 @@ def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
         )
 
 
-def build_detection_train_loader(cfg: CN) -> _TrainBatches:
-    """Infinite training loader of this process.
+def build_detection_train_loader(cfg: CN, *, start_iter: int = 0) -> GlobalBatchLoader:
+    """Infinite training loader of this process, from global batch ``start_iter`` on.
 
     Yields lists of ``SOLVER.IMS_PER_BATCH // world_size`` mapped dicts (see
-    :mod:`diffvision.data.detection_mapper` for their layout).
+    :mod:`diffvision.data.detection_mapper` for their layout) plus ``seed``: this rank's slice of
+    each global batch; sampling, augmentation and diffusion draws depend on ``(SEED, iteration,
+    position)`` only (:class:`~diffvision.data.samplers.GlobalBatchLoader`).
+    ``DATALOADER.ASPECT_RATIO_GROUPING`` is not honoured: grouping would make a batch depend on
+    what earlier batches left in the buckets.
     """
     register_custom_datasets(cfg)
-    world_size = comm.get_world_size()
-    total = cfg.SOLVER.IMS_PER_BATCH
-    if total % world_size:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH ({total}) must be divisible by the number of processes "
-            f"({world_size})"
-        )
     dicts, metadata = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
     require_annotations(dicts, cfg.DATASETS.TRAIN)
     _check_num_classes(cfg, metadata)
-    seed = cfg.SEED if cfg.SEED >= 0 else None
+    seed = build_seed(cfg)
     sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
     if sampler_name == "TrainingSampler":
         sampler = TrainingSampler(len(dicts), seed=seed)
@@ -335,43 +304,63 @@ def build_detection_train_loader(cfg: CN) -> _TrainBatches:
             f"DATALOADER.SAMPLER_TRAIN must be 'TrainingSampler' or "
             f"'RepeatFactorTrainingSampler', got {sampler_name!r}"
         )
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        logger.warning(
+            "DATALOADER.ASPECT_RATIO_GROUPING True is not honoured: batches are fixed by (SEED, "
+            "iteration) so that resumed and multi-process runs see the same batches"
+        )
     logger.info("Training on %d images of %s with %s", len(dicts), cfg.DATASETS.TRAIN, sampler_name)
-    stream = _SampledStream(
-        _MappedDataset(_SerializedList(dicts), build_train_mapper(cfg)), sampler
+    return GlobalBatchLoader(
+        _MappedDataset(_SerializedList(dicts), build_train_mapper(cfg)),
+        sampler=sampler,
+        seed=seed,
+        global_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        start_iter=start_iter,
+        collate=_attach_seeds,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
-    num_workers = cfg.DATALOADER.NUM_WORKERS
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        persistent_workers=num_workers > 0,
-    )
-    return _TrainBatches(
-        loader,
-        batch_size=total // world_size,
-        group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-    )
+
+
+class _SeededTestBatches:
+    """Test batches whose images carry ``seed = image_seed(seed, image_id)``."""
+
+    def __init__(self, loader: DataLoader, seed: int | None) -> None:
+        self.loader = loader
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        from projects.detection.build import image_seed
+
+        for batch in self.loader:
+            if self.seed is not None:
+                for i, x in enumerate(batch):
+                    x["seed"] = image_seed(self.seed, x.get("image_id", i))
+            yield batch
 
 
 def build_detection_test_loader(
-    cfg: CN, dataset_name: str, *, batch_size: int | None = None
-) -> DataLoader:
+    cfg: CN, dataset_name: str, *, batch_size: int | None = None, seed: int | None = None
+) -> _SeededTestBatches:
     """Finite test loader over this process's shard of ``dataset_name``.
 
     Batches are lists of ``TEST.IMS_PER_BATCH`` (or ``batch_size``) mapped dicts without
-    annotations, resized to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``.
+    annotations, resized to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``; with ``seed``, each image's
+    sampling seed (``projects.detection.build.image_seed(seed, image_id)``) as ``seed``.
     """
     register_custom_datasets(cfg)
     dicts, _ = get_detection_dataset_dicts(dataset_name)
     dataset = _MappedDataset(_SerializedList(dicts), build_test_mapper(cfg))
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         sampler=InferenceSampler(len(dataset)),
         batch_size=batch_size or cfg.TEST.IMS_PER_BATCH,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=list,
     )
+    return _SeededTestBatches(loader, seed)
 
 
 def build_detection_evaluator(

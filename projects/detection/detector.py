@@ -247,11 +247,13 @@ class DiffusionDet(nn.Module):
             gt_xyxy = gt_xyxy.reshape(-1, 4)
             labels = torch.as_tensor(inst["gt_classes"], dtype=torch.int64, device=device)
             gt_cxcywh = box_convert(gt_xyxy / whwh, "xyxy", "cxcywh")
+            seed = x.get("seed")  # set by the training loader: draws = f(SEED, iteration, position)
             d_boxes, _, t = prepare_diffusion_concat(
                 gt_cxcywh,
                 schedule=schedule,
                 num_proposals=self.num_proposals,
                 scale=self.snr_scale,
+                generator=None if seed is None else torch.Generator().manual_seed(int(seed)),
             )
             boxes.append(d_boxes)
             ts.append(t)

@@ -1,27 +1,50 @@
-"""Builders of the DDeP task: the only code that reads the config for it."""
+"""The DDeP task as an instance of the task contract (``docs/internals.md``); the only code that
+reads the config for it.
+
+- ``build_model``: :class:`~projects.segmentation.ddep.DDeP` (``MODEL.DDEP.NORM: SyncBN``
+  synchronises BN over processes; ``ENCODER_WEIGHTS`` initialises the encoder through the
+  engine's :func:`~diffvision.engine.weights.load_weights`);
+- ``build_train_loader``: this rank's part of every global batch (every image when pretraining,
+  the labeled subset when fine-tuning), noise seeds per sample;
+- ``build_test_loader``: one-image batches of this rank's share of a test set;
+- ``build_inference``: denoising (fixed noise per image) or whole / sliding-window segmentation;
+- ``build_evaluator``: :class:`DenoisingEvaluator` or
+  :class:`~diffvision.evaluation.sem_seg.SemSegEvaluator`.
+"""
 
 from __future__ import annotations
 
 import logging
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from diffvision.config import CfgNode
 from diffvision.data.seg_folder import SemSegDataset
 from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
-from diffvision.engine.tasks import Task, register_task
+from diffvision.engine.build import build_seed
+from diffvision.engine.sync_bn import convert_sync_batchnorm
+from diffvision.engine.tasks import register_task
+from diffvision.engine.weights import load_weights, register_weight_converter
 from diffvision.errors import ConfigError
-from diffvision.modeling.weight_files import resolve_weight_path, safe_torch_load
+from diffvision.evaluation.sem_seg import SemSegEvaluator
 from projects.segmentation.config import add_ddep_config
-from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, train_records
+from projects.segmentation.data import (
+    SegTestBatches,
+    build_seg_train_loader,
+    get_sem_seg_dataset,
+    sem_seg_evaluator_kwargs,
+    train_records,
+)
 from projects.segmentation.ddep import DDeP, ResNetUNet, describe
-from projects.segmentation.inference import evaluate_denoising, evaluate_sem_seg
+from projects.segmentation.inference import predict_sem_seg
 
-__all__ = ["build_ddep_model", "build_ddep_task", "load_encoder_weights", "load_model_weights"]
+__all__ = ["DDEP_TASK", "DenoisingEvaluator", "build_ddep_model", "torchvision_to_ddep_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,62 +58,24 @@ _TORCHVISION_TO_BACKBONE = {
 }
 
 
-def _read_state_dict(path_or_url: str) -> dict[str, torch.Tensor]:
-    # no code runs from the file: weights_only=True (URLs download once, as before)
-    data = safe_torch_load(resolve_weight_path(path_or_url))
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]  # a diffvision / detectron2 checkpoint
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    return data
-
-
-def load_encoder_weights(network: ResNetUNet, path_or_url: str) -> None:
-    """Load a torchvision ImageNet ResNet state dict into the encoder (``fc`` is dropped).
-
-    Raises:
-        ValueError: no encoder tensor matched, or an encoder tensor is missing.
-    """
-    state = _read_state_dict(path_or_url)
+@register_weight_converter
+def torchvision_to_ddep_encoder(state: Mapping[str, torch.Tensor]):
+    """torchvision ResNet names → the DDeP encoder's (``network.backbone``); ``fc`` dropped.
+    ``None`` for files that are not torchvision ResNets."""
+    if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
+        return None
     mapped = {}
     for key, value in state.items():
         for src, dst in _TORCHVISION_TO_BACKBONE.items():
-            if key.startswith(src) and dst.split(".")[0] in network.backbone:
+            if key.startswith(src):
                 mapped[dst + key[len(src) :]] = value
                 break
-    if not mapped:
-        raise ValueError(f"{path_or_url} holds no torchvision ResNet encoder weights")
-    missing, unexpected = network.backbone.load_state_dict(mapped, strict=False)
-    if missing:
-        raise ValueError(
-            f"encoder weights {path_or_url} lack {len(missing)} tensors, e.g. {missing[:3]}"
-        )
-    logger.info("Loaded ImageNet encoder weights from %s (%d tensors)", path_or_url, len(mapped))
-
-
-def load_model_weights(model: nn.Module, path_or_url: str) -> None:
-    """Initialise from ``MODEL.WEIGHTS``, skipping tensors whose shape differs (the 3-channel
-    denoising head when fine-tuning for ``C`` classes)."""
-    state = _read_state_dict(path_or_url)
-    own = model.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
-    missing, unexpected = model.load_state_dict(kept, strict=False)
-    logger.info(
-        "Loaded %d tensors from %s; shape-mismatched (re-initialised): %s; missing: %d; "
-        "unexpected: %d",
-        len(kept),
-        path_or_url,
-        skipped or "none",
-        len(missing),
-        len(unexpected),
-    )
-    if not kept:
-        raise ValueError(f"no tensor of {path_or_url} matches the model")
+    return "torchvision-resnet (DDeP encoder)", mapped
 
 
 def build_ddep_model(cfg: CfgNode) -> DDeP:
-    """The DDeP model of ``cfg`` on ``MODEL.DEVICE``, with encoder / model weights loaded."""
+    """The DDeP model of ``cfg`` on ``MODEL.DEVICE`` (encoder initialised from
+    ``MODEL.DDEP.ENCODER_WEIGHTS`` when set; ``MODEL.WEIGHTS`` is the engine's)."""
     d = cfg.MODEL.DDEP
     mode = d.MODE
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
@@ -103,7 +88,13 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
         transformer_heads=d.TRANSFORMER_HEADS,
     )
     if d.ENCODER_WEIGHTS:
-        load_encoder_weights(network, d.ENCODER_WEIGHTS)
+        # An initialisation of the architecture (like torchvision's pretrained=True), read by
+        # the one loader; the encoder must be complete.
+        load_weights(network.backbone, d.ENCODER_WEIGHTS)
+    if d.NORM not in ("BN", "SyncBN"):
+        raise ConfigError(f"MODEL.DDEP.NORM must be 'BN' or 'SyncBN', got {d.NORM!r}")
+    if d.NORM == "SyncBN":
+        network = convert_sync_batchnorm(network)
     model = DDeP(
         network=network,
         mode=mode,
@@ -116,14 +107,13 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
         else None,
         freeze_encoder=d.FREEZE_ENCODER,
     )
-    if cfg.MODEL.WEIGHTS:
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
     logger.info("%s", describe(model))
     return model.to(cfg.MODEL.DEVICE)
 
 
-def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
-    records = train_records(cfg, labeled=labeled)
+def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
+    # Pretraining uses every image, labeled or not; fine-tuning the labeled subset.
+    records = train_records(cfg, labeled=cfg.MODEL.DDEP.MODE != "denoise")
     base = tuple(cfg.SEG.BASE_SIZE)
     augment = SegAugmentation(
         crop_size=tuple(cfg.SEG.CROP_SIZE),
@@ -132,62 +122,91 @@ def _train_dataset(cfg: CfgNode, *, labeled: bool) -> SemSegDataset:
         flip_prob=cfg.SEG.FLIP_PROB,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
     )
-    return SemSegDataset(
-        records,
-        transform=augment,
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    return build_seg_train_loader(
+        SemSegDataset(
+            records,
+            transform=augment,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        ),
+        seed=build_seed(cfg),
+        global_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        start_iter=start_iter,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
-@register_task("DDeP", add_config=add_ddep_config)
-def build_ddep_task(cfg: CfgNode) -> Task:
-    """DDeP pretraining (``MODEL.DDEP.MODE: denoise``) or fine-tuning (``segment``)."""
-    model = build_ddep_model(cfg)
-    denoise = cfg.MODEL.DDEP.MODE == "denoise"
-    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+def build_test_loader(cfg: CfgNode, dataset_name: str) -> SegTestBatches:
+    records, _ = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
+    return SegTestBatches(records)
 
-    def build_train_loader():
-        # Pretraining uses every image, labeled or not; fine-tuning the labeled subset.
-        dataset = _train_dataset(cfg, labeled=not denoise)
-        world = comm.get_world_size()
-        if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ConfigError(
-                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} not divisible by {world} ranks"
-            )
-        return infinite_loader(
-            dataset,
-            batch_size=cfg.SOLVER.IMS_PER_BATCH // world,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            seed=seed,
-            rank=comm.get_rank(),
-            world_size=world,
-        )
 
-    def evaluate(eval_model: nn.Module) -> dict[str, float]:
-        results = {}
-        for name in cfg.DATASETS.TEST:
-            records, meta = get_sem_seg_dataset(name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
-            if denoise:
-                out = evaluate_denoising(eval_model, records)
-            else:
-                out = evaluate_sem_seg(
-                    lambda x: eval_model.segment_logits(x),
-                    records,
+def _noise_seed(file_name: str) -> int:
+    """A fixed noise seed per test image (the evaluation is comparable across iterations)."""
+    return zlib.crc32(Path(file_name).name.encode())
+
+
+def build_inference(cfg: CfgNode):
+    if cfg.MODEL.DDEP.MODE == "denoise":
+
+        def denoise(model: DDeP, inputs: list[dict]) -> list[dict]:
+            images = torch.stack([x["image"] for x in inputs])
+            seeds = torch.tensor([_noise_seed(x["file_name"]) for x in inputs])
+            return model({"image": images, "seed": seeds})
+
+        return denoise
+
+    def segment(model: DDeP, inputs: list[dict]) -> list[dict]:
+        return [
+            {
+                "sem_seg": predict_sem_seg(
+                    model.segment_logits,
+                    x["image"],
+                    label_size=tuple(x["sem_seg"].shape),
                     num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-                    class_names=meta["classes"],
-                    palette=meta.get("palette"),
-                    ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
                     mode=cfg.SEG.TEST_MODE,
                     resize=tuple(cfg.SEG.TEST_RESIZE),
                     window=tuple(cfg.SEG.TEST_WINDOW),
                     stride=tuple(cfg.SEG.TEST_STRIDE),
-                    vis_dir=Path(cfg.OUTPUT_DIR) / "vis" / Path(name).name,
-                    num_vis=cfg.SEG.NUM_VIS,
-                    device=eval_model.device,
+                    device=model.device,
                 )
-            prefix = "" if len(cfg.DATASETS.TEST) == 1 else f"{name}/"
-            results.update({prefix + k: v for k, v in out.items()})
-        return results
+            }
+            for x in inputs
+        ]
 
-    return Task(model=model, build_train_loader=build_train_loader, evaluate=evaluate)
+    return segment
+
+
+class DenoisingEvaluator:
+    """Mean ε-prediction MSE (pretraining progress) over all ranks' images; detectron2's
+    evaluator shape. Outputs are ``[{"noise_pred": (3, H, W), "noise": (3, H, W)}]``."""
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for out in outputs:
+            self.total += float(F.mse_loss(out["noise_pred"], out["noise"]))
+            self.count += 1
+
+    def evaluate(self) -> dict[str, float]:
+        parts = comm.all_gather((self.total, self.count))
+        total, count = sum(t for t, _ in parts), sum(c for _, c in parts)
+        return {"denoise/mse": total / max(count, 1)} if comm.is_main_process() else {}
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str):
+    if cfg.MODEL.DDEP.MODE == "denoise":
+        return DenoisingEvaluator()
+    return SemSegEvaluator(**sem_seg_evaluator_kwargs(cfg, dataset_name))
+
+
+DDEP_TASK = register_task(
+    "DDeP",
+    add_config=add_ddep_config,
+    build_model=build_ddep_model,
+    build_train_loader=build_train_loader,
+    build_test_loader=build_test_loader,
+    build_evaluator=build_evaluator,
+    build_inference=build_inference,
+)

@@ -64,6 +64,8 @@ def add_ddep_config(cfg: CN) -> None:
     cfg.MODEL.DDEP.NUM_TIMESTEPS = 1000
     # Denoise mode: encoder frozen and kept in eval mode.
     cfg.MODEL.DDEP.FREEZE_ENCODER = True
+    # "BN", or "SyncBN": batch statistics over the global batch of all processes.
+    cfg.MODEL.DDEP.NORM = "BN"
 
 
 def add_pixel_mlp_config(cfg: CN) -> None:
@@ -91,6 +93,8 @@ def add_pixel_mlp_config(cfg: CN) -> None:
     # Square side the images are resized to (the UNet's resolution); 0 = keep.
     cfg.MODEL.PIXEL_MLP.IMAGE_SIZE = 256
     cfg.MODEL.PIXEL_MLP.NUM_MODELS = 10
+    # "BN", or "SyncBN": the MLPs' batch statistics over the global batch of all processes.
+    cfg.MODEL.PIXEL_MLP.NORM = "BN"
     # Labeled pixels kept per training image (uniform among non-ignored pixels); 0 = all.
     cfg.MODEL.PIXEL_MLP.PIXELS_PER_IMAGE = 4096
     cfg.MODEL.PIXEL_MLP.FEATURE_DTYPE = "float16"

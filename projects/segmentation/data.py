@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from diffvision.data.cityscapes import (
     CITYSCAPES_CLASSES,
@@ -23,16 +23,18 @@ from diffvision.data.cityscapes import (
     get_cityscapes_sem_seg_records,
 )
 from diffvision.data.label_fraction import select_label_fraction, write_split_file
-from diffvision.data.seg_folder import load_seg_folder, read_classes_json
+from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler
+from diffvision.data.seg_folder import SemSegDataset, load_seg_folder, read_classes_json
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
 from diffvision.engine import comm
 from diffvision.errors import DataError, InputFileNotFoundError
 
 __all__ = [
-    "InfiniteSampler",
+    "SegTestBatches",
+    "build_seg_train_loader",
     "collate_sem_seg",
     "get_sem_seg_dataset",
-    "infinite_loader",
+    "sem_seg_evaluator_kwargs",
     "labeled_subset",
     "train_records",
 ]
@@ -115,50 +117,60 @@ def train_records(cfg, *, labeled: bool = True) -> list[dict]:
     )
 
 
-class InfiniteSampler(Sampler[int]):
-    """Endless shuffled indices, sharded over ranks (detectron2's ``TrainingSampler``).
-
-    Args:
-        size: dataset length.
-        seed: shared across ranks so the permutations agree.
-        rank, world_size: this process's shard.
-    """
-
-    def __init__(self, size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if size < 1:
-            raise ValueError(f"dataset size must be >= 1, got {size}")
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed)
-        position = 0
-        while True:
-            for index in torch.randperm(self.size, generator=generator).tolist():
-                if position % self.world_size == self.rank:
-                    yield index
-                position += 1
-
-
-def collate_sem_seg(items: list[dict]) -> dict:
-    """Stack same-sized items into ``{"image": (B,3,H,W) uint8, "sem_seg": (B,H,W)}``."""
+def collate_sem_seg(items: list[dict], seeds: list[int] | None = None) -> dict:
+    """Stack same-sized items into ``{"image": (B,3,H,W) uint8, "sem_seg": (B,H,W), "file_name":
+    [...], "seed": (B,) int64}`` (``seed`` when given: each sample's noise-draw seed)."""
     batch = {"image": torch.stack([it["image"] for it in items])}
     if all("sem_seg" in it for it in items):
         batch["sem_seg"] = torch.stack([it["sem_seg"] for it in items])
     batch["file_name"] = [it["file_name"] for it in items]
+    if seeds is not None:
+        batch["seed"] = torch.as_tensor(seeds, dtype=torch.int64)
     return batch
 
 
-def infinite_loader(
-    dataset: Dataset, *, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int
-) -> DataLoader:
-    """An endless ``DataLoader`` of collated batches for this rank."""
-    sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
+def build_seg_train_loader(
+    dataset: Dataset, *, seed: int, global_batch_size: int, start_iter: int, num_workers: int
+) -> GlobalBatchLoader:
+    """This rank's part of every global batch of ``dataset`` from ``start_iter`` on; crops,
+    flips and noise seeds depend on ``(seed, iteration, position)`` only."""
+    return GlobalBatchLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        sampler=TrainingSampler(len(dataset), seed=seed),
+        seed=seed,
+        global_batch_size=global_batch_size,
+        start_iter=start_iter,
+        collate=collate_sem_seg,
         num_workers=num_workers,
-        collate_fn=collate_sem_seg,
-        drop_last=True,
-        persistent_workers=num_workers > 0,
     )
+
+
+class SegTestBatches:
+    """This rank's share (every ``world_size``-th record) of a test set, one-image batches
+    ``[{"image": (3, H, W) uint8, "sem_seg": (H, W), "file_name"}]``."""
+
+    def __init__(self, records: Sequence[dict]) -> None:
+        self.records = list(records)[comm.get_rank() :: comm.get_world_size()]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        for item in SemSegDataset(self.records):
+            yield [item]
+
+
+def sem_seg_evaluator_kwargs(cfg, dataset_name: str) -> dict:
+    """The :class:`~diffvision.evaluation.sem_seg.SemSegEvaluator` arguments of both
+    segmentation tasks for ``dataset_name`` (classes, palette, overlays under
+    ``OUTPUT_DIR/vis/<name>`` on the main process)."""
+    _, meta = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
+    vis_dir = Path(cfg.OUTPUT_DIR) / "vis" / Path(dataset_name).name
+    return {
+        "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        "class_names": meta["classes"],
+        "palette": meta.get("palette"),
+        "output_dir": vis_dir if comm.is_main_process() else None,
+        "num_visualizations": cfg.SEG.NUM_VIS,
+    }

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 
@@ -246,6 +247,9 @@ class DDeP(nn.Module):
         ``{"sem_seg": (C, H, W) logits}`` or ``{"noise_pred": (3, H, W)}``.
     """
 
+    # load_weights: a denoising checkpoint (3-channel head) initialises a C-class segmenter.
+    weights_reinit_on_mismatch = ("network.head.",)
+
     def __init__(
         self,
         *,
@@ -297,27 +301,39 @@ class DDeP(nn.Module):
         return ((x + 1.0) * 0.5 - self.pixel_mean) / self.pixel_std
 
     def corrupt(
-        self, x0: torch.Tensor, *, generator: torch.Generator | None = None
+        self,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x̃ = √γ x0 + √(1−γ) ε through the core's ``add_noise``.
 
         Args:
             x0: ``(B, 3, H, W)`` clean images in [-1, 1].
-            generator: optional generator for ε and t.
+            generator: optional generator for ε and t of the whole batch.
+            seeds: optional ``(B,)`` per-sample seeds (the training loader's): sample i's ε and
+                t come from its own CPU generator, so they do not depend on the batch split.
 
         Returns:
             ``(x_noisy, eps)``, both ``(B, 3, H, W)``.
         """
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if self.noise_levels == "fixed":
-            t = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        b, device = x0.shape[0], x0.device
+        num_t = 1 if self.noise_levels == "fixed" else self.schedule.num_timesteps
+        if seeds is not None:
+            gens = per_sample_generators(seeds)
+            eps = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
+            t = torch.cat([torch.randint(0, num_t, (1,), generator=g) for g in gens])
+            eps, t = eps.to(device=device, dtype=x0.dtype), t.to(device)
         else:
-            t = torch.randint(
-                0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator
-            ).to(x0.device)
-        schedule = (
-            self.schedule if self.schedule.device == x0.device else self.schedule.to(x0.device)
-        )
+            eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+            if self.noise_levels == "fixed":
+                t = torch.zeros(b, dtype=torch.long, device=device)
+            else:
+                t = torch.randint(0, num_t, (b,), generator=generator).to(device)
+        if self.noise_levels == "fixed":
+            t = torch.zeros_like(t)
+        schedule = self.schedule if self.schedule.device == device else self.schedule.to(device)
         return add_noise(schedule, x0, eps, t), eps
 
     def segment_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -327,7 +343,9 @@ class DDeP(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         x0 = batch["image"].to(self.device).float() / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
         if self.mode == "denoise":
-            x_noisy, eps = self.corrupt(x0, generator=batch.get("generator"))
+            x_noisy, eps = self.corrupt(
+                x0, generator=batch.get("generator"), seeds=batch.get("seed")
+            )
             eps_pred = self.network(self._normalize(x_noisy))
             if not self.training:
                 return [{"noise_pred": p, "noise": e} for p, e in zip(eps_pred, eps)]

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +18,7 @@ from diffvision.evaluation.sem_seg import (
     whole_image_inference,
 )
 
-__all__ = ["evaluate_denoising", "evaluate_sem_seg"]
+__all__ = ["evaluate_sem_seg", "predict_sem_seg"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,37 +64,47 @@ def evaluate_sem_seg(
     rank, world = comm.get_rank(), comm.get_world_size()
     dataset = SemSegDataset(list(records)[rank::world])
     for item in dataset:
-        image = item["image"]  # (3, H, W) uint8
-        x = to_unit_range(image)[None].to(device)
-        label_size = tuple(item["sem_seg"].shape)
-        if all(resize):
-            x = F.interpolate(x, size=tuple(resize), mode="bilinear", align_corners=False)
-        if mode == "whole":
-            logits = whole_image_inference(logits_fn, x)
-        else:
-            logits = sliding_window_inference(
-                logits_fn, x, window=window, stride=stride, num_classes=num_classes
-            )
-        if tuple(logits.shape[-2:]) != label_size:
-            logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
-        pred = logits[0].argmax(0).cpu()
-        evaluator.process(pred, item["sem_seg"], image=image, name=Path(item["file_name"]).stem)
-    confusion = sum(comm.all_gather(evaluator.confusion))
-    evaluator.confusion = np.asarray(confusion)
-    return evaluator.evaluate() if comm.is_main_process() else {}
+        pred = predict_sem_seg(
+            logits_fn,
+            item["image"],
+            label_size=tuple(item["sem_seg"].shape),
+            num_classes=num_classes,
+            mode=mode,
+            resize=resize,
+            window=window,
+            stride=stride,
+            device=device,
+        )
+        evaluator.process([item], [{"sem_seg": pred}])
+    return evaluator.evaluate()
 
 
 @torch.no_grad()
-def evaluate_denoising(model: torch.nn.Module, records: Sequence[dict]) -> dict[str, float]:
-    """Mean ε-prediction MSE on ``records`` with a fixed noise seed (pretraining progress)."""
-    rank, world = comm.get_rank(), comm.get_world_size()
-    dataset = SemSegDataset(list(records)[rank::world])
-    generator = torch.Generator(device=model.device).manual_seed(0)
-    total, count = 0.0, 0
-    for item in dataset:
-        outs = model({"image": item["image"][None], "generator": generator})
-        total += float(F.mse_loss(outs[0]["noise_pred"], outs[0]["noise"]))
-        count += 1
-    totals = comm.all_gather((total, count))
-    total, count = sum(t for t, _ in totals), sum(c for _, c in totals)
-    return {"denoise/mse": total / max(count, 1)} if comm.is_main_process() else {}
+def predict_sem_seg(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    *,
+    label_size: tuple[int, int],
+    num_classes: int,
+    mode: str = "whole",
+    resize: tuple[int, int] = (0, 0),
+    window: tuple[int, int] = (512, 1024),
+    stride: tuple[int, int] = (341, 683),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Class indices ``(h, w)`` (``label_size``) of one ``(3, H, W)`` uint8 image (see
+    :func:`evaluate_sem_seg` for the arguments)."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"test mode must be 'whole' or 'slide', got {mode!r}")
+    x = to_unit_range(image)[None].to(device)
+    if all(resize):
+        x = F.interpolate(x, size=tuple(resize), mode="bilinear", align_corners=False)
+    if mode == "whole":
+        logits = whole_image_inference(logits_fn, x)
+    else:
+        logits = sliding_window_inference(
+            logits_fn, x, window=window, stride=stride, num_classes=num_classes
+        )
+    if tuple(logits.shape[-2:]) != tuple(label_size):
+        logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
+    return logits[0].argmax(0).cpu()

@@ -20,12 +20,15 @@ minimum batch loss); we train a fixed number of iterations (``SOLVER.MAX_ITER``)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from diffvision.data.samplers import TrainingSampler, mix_seed
 
 __all__ = ["PixelBatches", "PixelMLPEnsemble", "make_pixel_mlp"]
 
@@ -119,17 +122,22 @@ class PixelMLPEnsemble(nn.Module):
 
 
 class PixelBatches:
-    """Endless ``{"features": (M, B, D) float32, "labels": (M, B)}`` from a pixel store.
+    """Endless ``{"features": (M, b, D) float32, "labels": (M, b)}`` from a pixel store.
 
-    Each of the M models walks its own random permutation of the store, epoch after epoch
-    (``DataLoader(shuffle=True, drop_last=True)`` per model in the reference).
+    Each of the M models walks its own stream of epoch permutations of the store
+    (``DataLoader(shuffle=True)`` per model in the reference); model m's permutation of epoch e
+    is seeded by ``(seed, m, e)``, so global batch ``i`` (``batch_pixels`` pixels per model) is a
+    pure function of ``(seed, i)``. Rank r of W takes the pixels ``r·b .. (r+1)·b-1`` of it
+    (``b = batch_pixels / W``), starting at global batch ``start_iter``.
 
     Args:
         features: ``(N, D)`` store (any float dtype; batches are cast to float32).
         labels: ``(N,)`` int64.
         num_models: M.
-        batch_pixels: B (reference: 64).
+        batch_pixels: global pixels per model and iteration (reference: 64).
         seed: permutation seed.
+        start_iter: first global batch.
+        rank, world_size: this process's slice (default: one process).
     """
 
     def __init__(
@@ -140,26 +148,30 @@ class PixelBatches:
         num_models: int,
         batch_pixels: int = 64,
         seed: int = 0,
+        start_iter: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if features.shape[0] != labels.shape[0]:
             raise ValueError(f"{features.shape[0]} feature rows for {labels.shape[0]} labels")
         if features.shape[0] < batch_pixels:
             raise ValueError(f"{features.shape[0]} pixels < batch_pixels {batch_pixels}")
+        if batch_pixels % world_size:
+            raise ValueError(f"batch_pixels {batch_pixels} is not divisible by {world_size} ranks")
         self.features, self.labels = features, labels
         self.num_models, self.batch_pixels, self.seed = num_models, batch_pixels, seed
+        self.start_iter, self.rank, self.world_size = start_iter, rank, world_size
+        n = features.shape[0]
+        self.samplers = [
+            TrainingSampler(n, seed=mix_seed(seed, m), rank=0, world_size=1)
+            for m in range(num_models)
+        ]
 
     def __iter__(self) -> Iterator[dict]:
-        generator = torch.Generator().manual_seed(self.seed)
-        n, b = self.features.shape[0], self.batch_pixels
-        per_epoch = n // b
-        orders = [torch.randperm(n, generator=generator) for _ in range(self.num_models)]
-        step = 0
-        while True:
-            if step == per_epoch:
-                orders = [torch.randperm(n, generator=generator) for _ in range(self.num_models)]
-                step = 0
-            index = torch.stack([o[step * b : (step + 1) * b] for o in orders])  # (M, B)
-            step += 1
+        b = self.batch_pixels // self.world_size
+        for it in itertools.count(self.start_iter):
+            first = it * self.batch_pixels + self.rank * b
+            index = torch.tensor([s.indices(first, first + b) for s in self.samplers])  # (M, b)
             flat = index.reshape(-1)
             yield {
                 "features": self.features[flat].float().view(self.num_models, b, -1),

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from diffvision.data.samplers import (
-    AspectRatioGroupedBatches,
+    GlobalBatchLoader,
     InferenceSampler,
     RepeatFactorTrainingSampler,
     TrainingSampler,
+    isolated_rng,
+    mix_seed,
     repeat_factors_from_category_frequency,
 )
 
@@ -48,7 +50,7 @@ def test_repeat_factor_sampler_mean_repeats():
     # 2000 copies of three images: the mean repeat per image type is the factor
     factors = torch.tensor([1.0, 2.5, 1.2]).repeat(2000)
     sampler = RepeatFactorTrainingSampler(factors, seed=0, rank=0, world_size=1)
-    indices = sampler.epoch_indices(torch.Generator().manual_seed(0))
+    indices = torch.tensor(sampler.epoch_indices(0))
     counts = torch.bincount(indices % 3, minlength=3).float() / 2000
     assert counts.tolist() == pytest.approx([1.0, 2.5, 1.2], abs=0.05)
     stream = take(RepeatFactorTrainingSampler(factors[:3], seed=0, rank=0, world_size=1), 50)
@@ -62,10 +64,63 @@ def test_inference_sampler_covers_each_index_once(size, world):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def test_aspect_ratio_grouping():
-    def item(h, w, i):
-        return {"image": torch.zeros(3, h, w), "i": i}
+class _Noisy:
+    """Item i: i plus an augmentation drawn from the process RNG."""
 
-    stream = [item(10, 20, 0), item(20, 10, 1), item(10, 30, 2), item(30, 10, 3), item(5, 9, 4)]
-    batches = list(AspectRatioGroupedBatches(stream, batch_size=2))
-    assert [[d["i"] for d in b] for b in batches] == [[0, 2], [1, 3]]
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return float(i) + float(torch.rand(())) / 10
+
+
+def _collate(items, seeds):
+    return items, seeds
+
+
+def _loader(rank, world, start_iter=0, workers=0):
+    return GlobalBatchLoader(
+        _Noisy(),
+        sampler=TrainingSampler(10, seed=5, rank=0, world_size=1),
+        seed=5,
+        global_batch_size=4,
+        start_iter=start_iter,
+        collate=_collate,
+        num_workers=workers,
+        rank=rank,
+        world_size=world,
+    )
+
+
+def test_global_batches_are_a_function_of_seed_iteration_and_position():
+    whole = take(_loader(0, 1), 5)
+    # positions 0..19 of the sampler, in order: two whole epochs of the 10 items
+    items = [int(x) for batch, _ in whole for x in batch]
+    assert sorted(items[:10]) == sorted(items[10:]) == list(range(10))
+    assert items == TrainingSampler(10, seed=5, rank=0, world_size=1).indices(0, 20)
+    # rank r holds slice r of each global batch: same items, same augmentation, same seeds
+    halves = [take(_loader(r, 2), 5) for r in (0, 1)]
+    for it in range(5):
+        assert halves[0][it][0] + halves[1][it][0] == whole[it][0]
+        assert halves[0][it][1] + halves[1][it][1] == whole[it][1]
+    # resuming at iteration 3 and data-loader workers change nothing
+    assert take(_loader(0, 1, start_iter=3), 2) == whole[3:]
+    assert take(_loader(0, 1, workers=2), 5) == whole
+    # the augmentation depends on (seed, iteration, position): epoch 2 redraws it
+    assert sorted(whole[0][0] + whole[1][0] + whole[2][0][:2]) != sorted(
+        whole[2][0][2:] + whole[3][0] + whole[4][0]
+    )
+    assert len({s for _, seeds in whole for s in seeds}) == 20
+
+
+def test_isolated_rng_restores_the_process_streams():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with isolated_rng(123):
+        inside = torch.rand(2)
+    assert torch.equal(torch.rand(3), expected)
+    with isolated_rng(123):
+        assert torch.equal(torch.rand(2), inside)
+    assert len({mix_seed(1, 2, 3), mix_seed(1, 3, 2), mix_seed(2, 1, 3), mix_seed(1, 2)}) == 4
+    assert 0 <= mix_seed(2**70, -1) < 2**63

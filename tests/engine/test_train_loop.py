@@ -19,6 +19,8 @@ def _cfg(tmp_path, *overrides):
             "MODEL.DEVICE", "cpu",
             "OUTPUT_DIR", str(tmp_path),
             "SEED", "7",
+            "SOLVER.IMS_PER_BATCH", "8",
+            "DATALOADER.NUM_WORKERS", "0",
             "SOLVER.BASE_LR", "0.05",
             "SOLVER.MAX_ITER", "12",
             "SOLVER.STEPS", "(8,)",
@@ -98,16 +100,21 @@ def test_ema_weights_are_saved_and_used_for_eval_only(tmp_path):
     assert "ema" in ckpt
     assert not torch.equal(ckpt["ema"]["head.weight"], ckpt["model"]["head.weight"])
     weights = str(tmp_path / "run" / "model_final.pth")
-    # The toy builder does not load MODEL.WEIGHTS itself: the engine's EMA swap is what we check.
+    # The engine loads MODEL.WEIGHTS, taking the EMA entry when MODEL_EMA.ENABLED.
     ema_only = evaluate(
         _cfg(tmp_path / "eval", "MODEL.WEIGHTS", weights, "MODEL_EMA.ENABLED", "True")
     )
-    from toy_task import ToyRegressor, build_toy_task
+    raw = evaluate(_cfg(tmp_path / "eval_raw", "MODEL.WEIGHTS", weights))
+    from toy_task import TOY_TASK, ToyRegressor
 
-    reference = ToyRegressor()
-    reference.load_state_dict(ckpt["ema"])
-    expected = build_toy_task(_cfg(tmp_path / "ref")).evaluate(reference)
-    assert ema_only["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+    from diffvision.engine.run import evaluate_model
+
+    for entry, got in (("ema", ema_only), ("model", raw)):
+        reference = ToyRegressor()
+        reference.load_state_dict(ckpt[entry])
+        expected = evaluate_model(_cfg(tmp_path / f"ref_{entry}"), TOY_TASK, reference)
+        assert got["mse"] == pytest.approx(expected["mse"], rel=1e-6)
+    assert ema_only["mse"] != raw["mse"]
 
 
 def test_full_model_gradient_clipping_bounds_the_update(tmp_path):
@@ -119,11 +126,23 @@ def test_full_model_gradient_clipping_bounds_the_update(tmp_path):
         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.01", "SOLVER.CHECKPOINT_PERIOD", "0",
     )  # fmt: skip
     torch.manual_seed(0)
-    from diffvision.engine.tasks import build_task
+    from toy_task import TOY_TASK
 
-    before = {k: v.clone() for k, v in build_task(cfg).model.state_dict().items()}
+    before = {k: v.clone() for k, v in TOY_TASK.build_model(cfg).state_dict().items()}
     torch.manual_seed(0)
     train(cfg)
     after = _weights(tmp_path / "model_final.pth")
     step = torch.cat([(after[k] - before[k]).flatten() for k in before if k != "calls"])
     assert step.norm().item() == pytest.approx(0.01, rel=1e-4)  # lr 1 × clipped grad of norm 0.01
+
+
+def test_global_batch_must_split_over_the_processes(tmp_path):
+    from diffvision.engine.build import build_batch_split
+    from diffvision.errors import ConfigError
+
+    cfg = _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", "6")
+    assert build_batch_split(cfg, 3) == 2 and build_batch_split(cfg, 1) == 6
+    with pytest.raises(
+        ConfigError, match=r"IMS_PER_BATCH \(6\).*\(4\); e.g. SOLVER.IMS_PER_BATCH 8"
+    ):
+        build_batch_split(cfg, 4)

@@ -18,7 +18,7 @@ def test_iou_against_hand_computed_values(tmp_path):
     gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
     pred = np.array([[0, 1, 1, 1], [2, 0, 0, 2]])
     ev = SemSegEvaluator(num_classes=4, class_names=["a", "b", "c", "d"], output_dir=tmp_path)
-    ev.process(pred, gt, image=np.zeros((3, 2, 4), np.uint8), name="x")
+    ev.process_image(pred, gt, image=np.zeros((3, 2, 4), np.uint8), name="x")
     # Ignored GT pixels (last two) are never counted, whatever was predicted there.
     # class 0: TP1 FN1 FP1 -> 1/3; class 1: TP2 FP1 -> 2/3; class 2: TP1 FN1 -> 1/2; class 3 absent.
     m = ev.evaluate()
@@ -30,7 +30,7 @@ def test_iou_against_hand_computed_values(tmp_path):
     assert m["sem_seg/pACC"] == pytest.approx(100 * 4 / 6)
     assert (tmp_path / "x.png").is_file()
     # Accumulation is dataset-level: a second image changes the counts, not an average.
-    ev.process(np.array([[3]]), np.array([[3]]))
+    ev.process_image(np.array([[3]]), np.array([[3]]))
     assert ev.evaluate()["sem_seg/IoU-d"] == pytest.approx(100)
     ev.reset()
     assert ev.confusion.sum() == 0
@@ -41,9 +41,9 @@ def test_confusion_helper_and_validation():
     np.testing.assert_allclose(out["iou"], [0.75, 0.0])
     ev = SemSegEvaluator(num_classes=2)
     with pytest.raises(ValueError, match="outside"):
-        ev.process(np.zeros((1, 2)), np.array([[0, 5]]))
+        ev.process_image(np.zeros((1, 2)), np.array([[0, 5]]))
     with pytest.raises(ValueError, match="shape"):
-        ev.process(np.zeros((1, 3)), np.zeros((1, 2)))
+        ev.process_image(np.zeros((1, 3)), np.zeros((1, 2)))
 
 
 def test_sliding_window_equals_whole_for_translation_equivariant_model():

@@ -80,7 +80,7 @@ def train_and_eval(train_feats, train_masks, test_feats, test_masks, *, iters, s
     evaluator = SemSegEvaluator(num_classes=5, class_names=TOY_SCENE_CLASSES)
     for f, m in zip(test_feats, test_masks):
         pred, _ = ensemble.predict(f)
-        evaluator.process(pred.view(m.shape), m)
+        evaluator.process_image(pred.view(m.shape), m)
     return evaluator.evaluate()
 
 

@@ -11,9 +11,11 @@ import torchvision
 from official_keys import official_head_keys
 
 from diffvision.config import get_cfg
+from diffvision.engine import weights
+from diffvision.errors import WeightsError
 from diffvision.modeling.resnet import convert_torchvision_resnet
 from diffvision.modeling.weight_files import read_state_dict, resolve_weight_path
-from projects.detection import build_model, checkpoint, load_weights
+from projects.detection import build_model, load_weights
 from projects.detection.detector import SCHEDULE_BUFFERS
 
 
@@ -97,7 +99,7 @@ def test_pickled_numpy_weights_keep_float64(tmp_path):
 def test_lvis_fed_loss_buffer_is_optional(r50_model, official, monkeypatch):
     sd = dict(official)
     sd["criterion.fed_loss_cls_weights"] = torch.ones(1203)  # LVIS-only key
-    monkeypatch.setattr(checkpoint, "read_state_dict", lambda path: sd)
+    monkeypatch.setattr(weights, "read_state_dict", lambda path: sd)
     info = load_weights(r50_model, "diffdet_lvis_res50.pth")
     assert info["unexpected"] == ["criterion.fed_loss_cls_weights"]
 
@@ -107,8 +109,8 @@ def test_incompatible_checkpoint_lists_the_keys(r50_model, official, monkeypatch
     del sd["head.head_series.3.linear1.bias"]
     sd["head.extra.weight"] = torch.zeros(1)
     sd["head.head_series.0.class_logits.weight"] = torch.zeros(4, 256)
-    monkeypatch.setattr(checkpoint, "read_state_dict", lambda path: sd)
-    with pytest.raises(ValueError) as err:
+    monkeypatch.setattr(weights, "read_state_dict", lambda path: sd)
+    with pytest.raises(WeightsError) as err:
         load_weights(r50_model, "bad.pth")
     msg = str(err.value)
     assert "head.head_series.3.linear1.bias" in msg and "head.extra.weight" in msg
@@ -157,7 +159,7 @@ def test_detectron2_pkl_initialises_the_backbone(r18_model, tmp_path):
 def test_unknown_files_and_urls_fail_clearly(r18_model, tmp_path, monkeypatch):
     path = tmp_path / "weird.pth"
     torch.save({"foo.weight": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="backbone format"):
+    with pytest.raises(WeightsError, match="no tensor name fits DiffusionDet"):
         load_weights(r18_model, path)
     with pytest.raises(FileNotFoundError):
         load_weights(r18_model, tmp_path / "missing.pth")

@@ -11,8 +11,9 @@ import torch
 import projects  # noqa: F401  (registers the tasks)
 from diffvision.config import get_cfg
 from diffvision.data.toy_detection import ensure_toy_detection
-from diffvision.engine.run import train
+from diffvision.engine.run import evaluate, evaluate_model, train
 from diffvision.engine.tasks import build_task
+from diffvision.engine.weights import load_weights
 
 CONFIG = Path(__file__).resolve().parents[3] / "projects" / "detection" / "diffdet_toy.yaml"
 
@@ -38,11 +39,12 @@ def test_toy_config_trains_and_evaluates_reproducibly(cfg):
     # our own checkpoint loads through MODEL.WEIGHTS, and the seeded evaluation repeats exactly
     cfg.merge_from_list(["MODEL.WEIGHTS", str(final)])
     task = build_task(cfg)
+    model = task.build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS)  # what the engine does with MODEL.WEIGHTS
     trained = torch.load(final, map_location="cpu", weights_only=False)["model"]
-    for key, value in task.model.state_dict().items():
+    for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]), key
-    task.model.eval()
-    first, second = task.evaluate(task.model), task.evaluate(task.model)
+    first, second = evaluate_model(cfg, task, model), evaluate(cfg)
     assert first.keys() == second.keys()
     for key in first:  # NaN for area ranges without objects
         assert first[key] == second[key] or (math.isnan(first[key]) and math.isnan(second[key]))

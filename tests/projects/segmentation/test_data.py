@@ -3,20 +3,43 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from diffvision.config import get_cfg
+from diffvision.data.seg_folder import SemSegDataset
+from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.data.toy_scenes import generate_toy_scenes
 from projects.segmentation.build_pixel_mlp import build_feature_extractor
-from projects.segmentation.data import InfiniteSampler, get_sem_seg_dataset, labeled_subset
+from projects.segmentation.data import build_seg_train_loader, get_sem_seg_dataset, labeled_subset
 
 
-def test_infinite_sampler_shards_cover_each_epoch():
-    shards = [
-        list(itertools.islice(InfiniteSampler(10, seed=3, rank=r, world_size=2), 5)) for r in (0, 1)
-    ]
-    assert sorted(shards[0] + shards[1]) == list(range(10))
-    again = list(itertools.islice(InfiniteSampler(10, seed=3, rank=0, world_size=2), 5))
-    assert again == shards[0]
+def test_train_loader_slices_the_global_batch_and_resumes_mid_stream(tmp_path):
+    folder = generate_toy_scenes(tmp_path / "toy", num_images=6, image_size=16)
+    records, _ = get_sem_seg_dataset(str(folder))
+    dataset = SemSegDataset(records, transform=SegAugmentation(crop_size=(8, 8)))
+
+    def batches(rank, world, start_iter=0, n=3):
+        loader = build_seg_train_loader(
+            dataset, seed=3, global_batch_size=4, start_iter=start_iter, num_workers=0
+        )
+        loader.rank, loader.world_size, loader.batch_size = rank, world, 4 // world
+        return list(itertools.islice(loader, n))
+
+    whole = batches(0, 1)
+    halves = [batches(r, 2) for r in (0, 1)]
+    for it in range(3):
+        # rank r holds slice r of global batch it: same crops, flips and noise seeds
+        for key in ("image", "sem_seg", "seed"):
+            joined = torch.cat([halves[0][it][key], halves[1][it][key]])
+            assert torch.equal(joined, whole[it][key]), (it, key)
+        assert halves[0][it]["file_name"] + halves[1][it]["file_name"] == whole[it]["file_name"]
+    # 6 images, batch 4: global batch 1 straddles the epoch boundary and still has no repeat
+    # within the first epoch's 6 positions.
+    first_epoch = whole[0]["file_name"] + whole[1]["file_name"][:2]
+    assert sorted(first_epoch) == sorted(r["file_name"] for r in records)
+    resumed = batches(0, 1, start_iter=1, n=2)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(resumed, whole[1:]))
+    assert whole[0]["seed"].unique().numel() == 4
 
 
 def test_dataset_names_and_subset_record(tmp_path):

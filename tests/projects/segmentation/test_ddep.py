@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from diffvision.diffusion.forward import add_noise
-from projects.segmentation.build import load_encoder_weights, load_model_weights
+from diffvision.engine.weights import load_weights
+from diffvision.errors import WeightsError
 from projects.segmentation.ddep import DDeP, ResNetUNet, fixed_level_schedule
 
 
@@ -92,17 +93,28 @@ def test_weight_loading(tmp_path):
     tv = torchvision.models.resnet18(weights=None)
     torch.save(tv.state_dict(), tmp_path / "r18.pth")
     net = _net()
-    load_encoder_weights(net, str(tmp_path / "r18.pth"))
+    info = load_weights(net.backbone, str(tmp_path / "r18.pth"))  # MODEL.DDEP.ENCODER_WEIGHTS
+    assert info["format"] == "torchvision-resnet (DDeP encoder)"
     torch.testing.assert_close(net.backbone["layer1"][1][0].conv1.weight, tv.layer1[0].conv1.weight)
     torch.testing.assert_close(net.backbone["stem"][0].weight, tv.conv1.weight)
     # A denoising checkpoint initialises a C-class segmenter, except for the head.
     pre = DDeP(network=_net(3), mode="denoise")
     torch.save({"model": pre.state_dict()}, tmp_path / "pre.pth")
     seg = DDeP(network=_net(5), mode="segment", num_classes=5)
-    load_model_weights(seg, str(tmp_path / "pre.pth"))
+    info = load_weights(seg, str(tmp_path / "pre.pth"))  # strict, but the head may differ
+    assert [m.split(" ")[0] for m in info["mismatched"]] == [
+        "network.head.weight",
+        "network.head.bias",
+    ]
     torch.testing.assert_close(
         seg.network.decoder[0].convs[0].weight, pre.network.decoder[0].convs[0].weight
     )
     assert seg.network.head.weight.shape[0] == 5
     with pytest.raises(FileNotFoundError):
-        load_model_weights(seg, str(tmp_path / "missing.pth"))
+        load_weights(seg, str(tmp_path / "missing.pth"))
+    # Anything else that does not fit is an error naming the keys.
+    state = pre.state_dict()
+    del state["network.decoder.0.convs.0.weight"]
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError, match=r"missing keys: 1 \(network.decoder.0.convs.0.weight"):
+        load_weights(seg, str(tmp_path / "partial.pth"))
