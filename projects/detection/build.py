@@ -174,6 +174,7 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         min_size_test=cfg.INPUT.MIN_SIZE_TEST,
         max_size_test=cfg.INPUT.MAX_SIZE_TEST,
     )
+    model.head.compile_fast_path = bool(d.COMPILE)
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 
