@@ -255,10 +255,16 @@ def compare_model(name: str, model, *, size, args, device) -> dict:
     images = [synthetic_image(*size, g) for _ in range(max(args.batches))]
     inference, train, flops = [], [], []
     model.eval()
-    for fast in PATHS:  # first-call set-up (allocator, oneDNN primitives) outside every timing
+    setup_ms = {}
+    for fast in PATHS:  # first-call set-up (allocator, oneDNN, torch.compile) outside timings
         model.set_fast_path(fast)
+        start = time.perf_counter()
         with torch.no_grad(), torch.inference_mode(fast):
             model.inference(images[:1], num_boxes=10, steps=1, seeds=[0])
+        setup_ms[fast] = (time.perf_counter() - start) * 1000
+    if model.head.compile_fast_path:
+        print(f"  {name}: first fast call (torch.compile) {setup_ms[True]:.0f} ms wall, "
+              f"first plain call {setup_ms[False]:.0f} ms wall", flush=True)  # fmt: skip
     for b in args.batches:
         batch = images[:b]
         seeds = list(range(b))
@@ -333,7 +339,8 @@ def compare_model(name: str, model, *, size, args, device) -> dict:
                           "ratio": ms[True] / ms[False]})  # fmt: skip
             print(f"  {name} train batch {b}: ratio {ms[True] / ms[False]:.3f}", flush=True)
             model.eval()
-    return {"inference": inference, "train": train, "flops": flops}
+    first = {"model": name, "plain": setup_ms[False], "fast": setup_ms[True]}
+    return {"inference": inference, "train": train, "flops": flops, "first_call_ms": [first]}
 
 
 def geomean(values: list[float]) -> float:
@@ -342,6 +349,7 @@ def geomean(values: list[float]) -> float:
 
 def compare_report(meta: dict, results: dict, mm: dict) -> str:
     inf, train, flops = results["inference"], results["train"], results["flops"]
+    first = results.get("first_call_ms", [])
     ratios = [r["ratio"] for r in inf]
     parts = [
         f"Optimised (fast path) vs plain (official order), interleaved in one process: "
@@ -428,6 +436,11 @@ def compare_report(meta: dict, results: dict, mm: dict) -> str:
         "Reference plain torch.mm in the same run: "
         + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in mm.items()),
     ]
+    if meta.get("compile"):
+        parts += ["", "First call (wall ms, torch.compile of the fast head included; not in the "
+                  "tables above): " + ", ".join(
+                      f"{r['model']} plain {r['plain']:.0f} / fast {r['fast']:.0f}"
+                      for r in first)]  # fmt: skip
     return "\n".join(parts)
 
 
@@ -441,11 +454,12 @@ def main_compare(args, parser) -> str:
         "R50": ("projects/detection/diffdet_r50.yaml", args.r50_size),
     }
     device = None
-    results = {"inference": [], "train": [], "flops": []}
+    results = {"inference": [], "train": [], "flops": [], "first_call_ms": []}
     meta_models = []
     for name in args.models:
         config, size = configs[name]
-        cfg = load_config(config, ["MODEL.WEIGHTS", "", *args.opts])
+        compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
+        cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
         model = build_model(cfg)  # random weights: the work does not depend on them
         device = torch.device(cfg.MODEL.DEVICE)
         if args.clock == "cpu" and device.type == "cpu":
@@ -480,6 +494,7 @@ def main_compare(args, parser) -> str:
         "clock": "cpu" if CLOCK is time.process_time else "wall",
         "load_average": LOAD_AT_START,
         "train_gts": args.train_gts,
+        "compile": args.compile,
     }
     table = compare_report(meta, results, mm)
     print()
@@ -557,6 +572,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--toy-size", type=int, nargs=2, default=[128, 171], metavar=("H", "W"))
     parser.add_argument("--no-train", dest="train", action="store_false",
                         help="--compare-plain: skip the training step")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="--compare-plain: torch.compile the fast head (COMPILE key); "
+                        "the first call, compilation included, is reported apart")  # fmt: skip
     parser.add_argument("--channels-last", choices=["on", "off"], default="off",
                         help="--compare-plain: backbone memory format, fast path")  # fmt: skip
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
