@@ -208,6 +208,18 @@ def bench_matcher(model, *, size, num_gts_list, repeats, device) -> list[dict]:
 PATHS = (False, True)  # plain (official order), fast
 
 
+def device_meta(device: torch.device) -> dict:
+    """Device, its name, torch version and CPU threads, for the report header."""
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def timed_pair(fn, model, *, repeats: int, device: torch.device) -> dict[bool, float]:
     """Median ms of ``fn()`` per path, calls interleaved plain, fast, plain, fast, ...
 
@@ -483,12 +495,7 @@ def main_compare(args, parser) -> str:
     mm["square 1024x1024x1024"] = mm_gflops(1024, 1024, 1024, repeats=args.repeats, device=device)
     meta = {
         "models": ", ".join(meta_models),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **device_meta(device),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "clock": "cpu" if CLOCK is time.process_time else "wall",
@@ -497,16 +504,19 @@ def main_compare(args, parser) -> str:
         "compile": args.compile,
     }
     table = compare_report(meta, results, mm)
+    publish(table, {"meta": meta, "mm_gflops": mm, **results}, args.output)
+    return table
+
+
+def publish(table: str, raw: dict, output: str | None) -> None:
+    """Print the tables; with ``--output`` also write them (.md) and the raw numbers (.json)."""
     print()
     print(table)
-    if args.output:
-        out = Path(args.output)
+    if output:
+        out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(table + "\n")
-        out.with_suffix(".json").write_text(
-            json.dumps({"meta": meta, "mm_gflops": mm, **results}, indent=2)
-        )
-    return table
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
 
 
 LOAD_AT_START = os.getloadavg()[0]
@@ -629,12 +639,7 @@ def main(argv: list[str] | None = None) -> str:
     meta = {
         "config": args.config,
         "size": size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **device_meta(device),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "clock": args.clock,
@@ -659,14 +664,8 @@ def main(argv: list[str] | None = None) -> str:
         model, size=size, num_gts_list=args.matcher_gts, repeats=max(args.repeats, 5), device=device
     )
     table = report(meta, inference, train, matcher)
-    print()
-    print(table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table + "\n")
-        raw = {"meta": meta, "inference": inference, "train": train, "matcher": matcher}
-        out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    raw = {"meta": meta, "inference": inference, "train": train, "matcher": matcher}
+    publish(table, raw, args.output)
     return table
 
 

@@ -367,17 +367,7 @@ class DynamicHead(nn.Module):
     def _forward(
         self, features: Sequence[Tensor], boxes_xyxy: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` without the ``torch.compile`` dispatch.
-
-        Args:
-            features: p2..p5, each (B, D, H_l, W_l).
-            boxes_xyxy: (B, N, 4) absolute noisy boxes in resized-image pixels.
-            t: (B,) integer timesteps.
-
-        Returns:
-            logits (L, B, N, K) and boxes (L, B, N, 4) absolute xyxy, with L = num_heads under
-            deep supervision, else 1 (the last stage).
-        """
+        """:meth:`forward` (same arguments and shapes) without the ``torch.compile`` dispatch."""
         # the sinusoid is computed in float32; cast it to the weights' dtype (float64 models)
         emb = self.time_mlp[0](t).to(self.time_mlp[1].weight.dtype)
         time_emb = self.time_mlp[1:](emb)

@@ -266,6 +266,17 @@ class HungarianMatcherDynamicK(nn.Module):
         pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
         return pos[:, gt_labels] - neg[:, gt_labels]
 
+    def _weighted_cost(
+        self, cost_l1: Tensor, cost_cls: Tensor, cost_giou: Tensor, in_box_and_center: Tensor
+    ) -> Tensor:
+        """Step 2's sum of weighted costs, any (..., N, G) shape."""
+        return (
+            self.cost_bbox * cost_l1
+            + self.cost_class * cost_cls
+            + self.cost_giou * cost_giou
+            + _OUTSIDE_BOX_AND_CENTER_COST * (~in_box_and_center).float()
+        )
+
     @torch.no_grad()
     def match_batched(
         self,
@@ -313,12 +324,7 @@ class HungarianMatcherDynamicK(nn.Module):
         whwh = image_whwh[:, None, :]
         cost_l1 = torch.cdist(pred_boxes / whwh, gt_boxes_xyxy / whwh, p=1)
         cost_giou = -generalized_box_iou(pred_boxes, gt_boxes_xyxy)
-        cost = (
-            self.cost_bbox * cost_l1
-            + self.cost_class * cost_cls
-            + self.cost_giou * cost_giou
-            + _OUTSIDE_BOX_AND_CENTER_COST * (~in_box_and_center).float()
-        )
+        cost = self._weighted_cost(cost_l1, cost_cls, cost_giou, in_box_and_center)
         cost = cost + _OUTSIDE_PRIOR_COST * (~fg_mask).to(cost.dtype)[..., None]
         cost = cost.masked_fill(~valid, float("inf"))
         return batched_dynamic_k_matching(cost, ious, gt_valid, ota_k=self.ota_k)
@@ -363,12 +369,7 @@ class HungarianMatcherDynamicK(nn.Module):
             gt_whwh = target["image_size_xyxy_tgt"]  # (G, 4)
             cost_l1 = torch.cdist(boxes / image_whwh, gt_xyxy / gt_whwh, p=1)
             cost_giou = -generalized_box_iou(boxes, gt_xyxy)
-            cost = (
-                self.cost_bbox * cost_l1
-                + self.cost_class * cost_cls
-                + self.cost_giou * cost_giou
-                + _OUTSIDE_BOX_AND_CENTER_COST * (~in_box_and_center).float()
-            )
+            cost = self._weighted_cost(cost_l1, cost_cls, cost_giou, in_box_and_center)
             cost[~fg_mask] += _OUTSIDE_PRIOR_COST
             indices.append(dynamic_k_matching(cost, ious, ota_k=self.ota_k))
         return indices
