@@ -262,7 +262,11 @@ class DiffusionDet(nn.Module):
         if not self.training:
             seeds = [x.get("seed") for x in batched_inputs]
             with torch.inference_mode(self._fast_path):
-                return self.inference(batched_inputs, seeds=None if None in seeds else seeds)
+                results = self.inference(batched_inputs, seeds=None if None in seeds else seeds)
+            if not self._fast_path:
+                return results
+            # normal tensors again (a few KB): callers may edit the outputs in place
+            return [{k: v.clone() for k, v in r.items()} for r in results]
         return self.losses(batched_inputs)
 
     def prepare_targets(

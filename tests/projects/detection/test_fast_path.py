@@ -292,3 +292,13 @@ def test_toy_training_step_same_losses_and_gradients():
         scale = float(plain_grads[n].abs().max()) + 1e-12
         torch.testing.assert_close(fast_grads[n], plain_grads[n], rtol=1e-3, atol=1e-3 * scale,
                                    msg=n)  # fmt: skip
+
+
+def test_eval_forward_outputs_are_editable():
+    """forward runs under inference_mode on the fast path; its outputs are normal tensors."""
+    model = _model("projects/detection/diffdet_toy.yaml").eval()
+    batch = _images([(96, 128)])
+    batch[0]["seed"] = 3
+    [out] = model(batch)
+    assert not out["boxes"].is_inference()
+    out["boxes"][:, 2:] -= out["boxes"][:, :2]  # an evaluator's in-place xyxy -> xywh
