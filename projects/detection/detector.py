@@ -189,8 +189,8 @@ class DiffusionDet(nn.Module):
         of all stages at once. Weights, state_dict keys and results (up to float rounding) are
         the same either way. Returns ``self``.
 
-        Export (``torch.onnx.export(..., dynamo=True)``) works on both paths; switch it off to
-        export the official graph.
+        The fast-path ops trace with ``torch.onnx.export(..., dynamo=True)`` (scratch memory is
+        not used while tracing); ``set_fast_path(False)`` exports the official graph.
         """
         enabled = bool(enabled)
         self._fast_path = enabled
