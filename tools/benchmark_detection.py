@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -201,6 +202,327 @@ def bench_matcher(model, *, size, num_gts_list, repeats, device) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# --compare-plain: optimised vs plain path, interleaved in one process
+# --------------------------------------------------------------------------------------------
+
+PATHS = (False, True)  # plain (official order), fast
+
+
+def device_meta(device: torch.device) -> dict:
+    """Device, its name, torch version and CPU threads, for the report header."""
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def timed_pair(fn, model, *, repeats: int, device: torch.device) -> dict[bool, float]:
+    """Median ms of ``fn()`` per path, calls interleaved plain, fast, plain, fast, ...
+
+    Interleaving spreads the load of other processes over both paths alike. Every path gets
+    ``WARMUP`` untimed calls first (lazy init, allocator warm-up, compilation).
+    """
+    times: dict[bool, list[float]] = {fast: [] for fast in PATHS}
+    for fast in PATHS:
+        model.set_fast_path(fast)
+        for _ in range(WARMUP):
+            fn(fast)
+    for _ in range(repeats):
+        for fast in PATHS:
+            model.set_fast_path(fast)
+            sync(device)
+            start = CLOCK()
+            fn(fast)
+            sync(device)
+            times[fast].append((CLOCK() - start) * 1000)
+    model.set_fast_path(True)
+    return {fast: statistics.median(v) for fast, v in times.items()}
+
+
+def count_flops(fn) -> int:
+    """FLOPs of the matmuls and convolutions ``fn()`` runs (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def mm_gflops(m: int, k: int, n: int, *, repeats: int, device: torch.device) -> float:
+    """Achieved GFLOP/s of a plain ``torch.mm`` of (m, k) x (k, n) (fp32)."""
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    ms = timed(lambda: torch.mm(a, b), repeats=repeats, device=device)
+    return 2 * m * k * n / ms / 1e6
+
+
+def compare_model(name: str, model, *, size, args, device) -> dict:
+    """Every cell of one model: inference (batches x boxes x steps) and one training step."""
+    g = torch.Generator().manual_seed(0)
+    images = [synthetic_image(*size, g) for _ in range(max(args.batches))]
+    inference, train, flops = [], [], []
+    model.eval()
+    setup_ms = {}
+    for fast in PATHS:  # first-call set-up (allocator, oneDNN, torch.compile) outside timings
+        model.set_fast_path(fast)
+        start = time.perf_counter()
+        with torch.no_grad(), torch.inference_mode(fast):
+            model.inference(images[:1], num_boxes=10, steps=1, seeds=[0])
+        setup_ms[fast] = (time.perf_counter() - start) * 1000
+    if model.head.compile_fast_path:
+        print(f"  {name}: first fast call (torch.compile) {setup_ms[True]:.0f} ms wall, "
+              f"first plain call {setup_ms[False]:.0f} ms wall", flush=True)  # fmt: skip
+    for b in args.batches:
+        batch = images[:b]
+        seeds = list(range(b))
+        model.eval()
+        with torch.inference_mode():
+            pixels, whwh = model.preprocess_image(batch)
+            features = model.extract_features(pixels)
+
+            def backbone(fast, batch=batch):
+                with torch.inference_mode(fast):
+                    model.extract_features(model.preprocess_image(batch)[0])
+
+            backbone_ms = timed_pair(backbone, model, repeats=args.repeats, device=device)
+            backbone_flops = count_flops(lambda: model.extract_features(pixels))  # noqa: B023
+        for n in args.boxes:
+            with torch.inference_mode():
+                x_t = torch.randn(b, n, 4, generator=g).to(device)
+                boxes_in = diffusion_to_boxes(x_t, whwh, scale=model.snr_scale)
+                t = torch.full((b,), 999, dtype=torch.long, device=device)
+
+                def head(fast, features=features, boxes_in=boxes_in, t=t):
+                    model.head(features, boxes_in, t)
+
+                head_ms = timed_pair(head, model, repeats=args.repeats, device=device)
+                head_flops = count_flops(lambda: head(True))  # noqa: B023
+            flops.append({"model": name, "batch": b, "boxes": n,
+                          "backbone_gflop": backbone_flops / 1e9, "head_gflop": head_flops / 1e9,
+                          "backbone_ms": backbone_ms, "head_ms": head_ms})  # fmt: skip
+            for s in args.steps:
+
+                def run(fast, batch=batch, n=n, s=s, seeds=seeds):
+                    with torch.no_grad(), torch.inference_mode(fast):
+                        model.inference(batch, num_boxes=n, steps=s, seeds=seeds)
+
+                total = timed_pair(run, model, repeats=args.repeats, device=device)
+                row = {"model": name, "batch": b, "boxes": n, "steps": s}
+                for fast in PATHS:
+                    key = "fast" if fast else "plain"
+                    row[key] = {
+                        "total_ms": total[fast],
+                        "backbone_ms": backbone_ms[fast],
+                        "head_ms": s * head_ms[fast],
+                        "rest_ms": total[fast] - backbone_ms[fast] - s * head_ms[fast],
+                    }
+                row["ratio"] = total[True] / total[False]
+                inference.append(row)
+                print(
+                    f"  {name} batch {b} boxes {n:4d} steps {s}: plain {total[False]:9.1f} ms "
+                    f"fast {total[True]:9.1f} ms ratio {row['ratio']:.3f}",
+                    flush=True,
+                )
+        if args.train:
+            item_g = torch.Generator().manual_seed(1)
+            tbatch = []
+            for img in batch:
+                h, w = img["image"].shape[-2:]
+                tbatch.append({**img, "instances": {
+                    "gt_boxes": random_gt_boxes(args.train_gts, h, w, item_g),
+                    "gt_classes": torch.randint(0, model.num_classes, (args.train_gts,),
+                                                generator=item_g)}})  # fmt: skip
+            model.train()
+
+            def step(fast, tbatch=tbatch):
+                torch.manual_seed(0)  # the same diffusion draws on both paths
+                losses = model(tbatch)
+                model.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+
+            ms = timed_pair(step, model, repeats=args.repeats, device=device)
+            train.append({"model": name, "batch": b, "proposals": model.num_proposals,
+                          "plain_ms": ms[False], "fast_ms": ms[True],
+                          "ratio": ms[True] / ms[False]})  # fmt: skip
+            print(f"  {name} train batch {b}: ratio {ms[True] / ms[False]:.3f}", flush=True)
+            model.eval()
+    first = {"model": name, "plain": setup_ms[False], "fast": setup_ms[True]}
+    return {"inference": inference, "train": train, "flops": flops, "first_call_ms": [first]}
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def compare_report(meta: dict, results: dict, mm: dict) -> str:
+    inf, train, flops = results["inference"], results["train"], results["flops"]
+    first = results.get("first_call_ms", [])
+    ratios = [r["ratio"] for r in inf]
+    parts = [
+        f"Optimised (fast path) vs plain (official order), interleaved in one process: "
+        f"{meta['models']}, device {meta['device']} ({meta['device_name']}), torch "
+        f"{meta['torch']}, {meta['threads']} threads, {meta['clock']}-clock median of "
+        f"{meta['repeats']} after {meta['warmup']} warm-up, 1-min load average at start "
+        f"{meta['load_average']:.1f}. Times in ms; ratio = fast / plain (lower is better).",
+        "",
+        "Inference (backbone once per batch, head x steps, rest = total - backbone - head):",
+        "",
+        markdown(
+            ["model", "batch", "boxes", "steps", "plain backbone/head/rest", "plain total",
+             "fast backbone/head/rest", "fast total", "ratio"],
+            [[r["model"], r["batch"], r["boxes"], r["steps"],
+              "{backbone_ms:.0f} / {head_ms:.0f} / {rest_ms:.0f}".format(**r["plain"]),
+              f"{r['plain']['total_ms']:.0f}",
+              "{backbone_ms:.0f} / {head_ms:.0f} / {rest_ms:.0f}".format(**r["fast"]),
+              f"{r['fast']['total_ms']:.0f}", f"{r['ratio']:.3f}"] for r in inf],
+        ),
+        "",
+        f"Inference geometric mean ratio: {geomean(ratios):.3f} over {len(ratios)} cells "
+        f"(max {max(ratios):.3f}, min {min(ratios):.3f}).",
+    ]  # fmt: skip
+    for model_name in dict.fromkeys(r["model"] for r in inf):
+        sub = [r["ratio"] for r in inf if r["model"] == model_name]
+        parts.append(f"- {model_name}: geomean {geomean(sub):.3f}, max {max(sub):.3f}")
+    # batch-4 vs batch-1 per-image throughput, fast path
+    by_cell = {(r["model"], r["batch"], r["boxes"], r["steps"]): r for r in inf}
+    gains = []
+    for (model_name, b, n, s), r in by_cell.items():
+        one = by_cell.get((model_name, 1, n, s))
+        if b > 1 and one is not None:
+            fast_gain = one["fast"]["total_ms"] / (r["fast"]["total_ms"] / b)
+            plain_gain = one["plain"]["total_ms"] / (r["plain"]["total_ms"] / b)
+            gains.append([model_name, b, n, s, f"{fast_gain:.2f}", f"{plain_gain:.2f}"])
+    if gains:
+        parts += [
+            "",
+            "Per-image throughput of batch B relative to batch 1 (>1: batching helps):",
+            "",
+            markdown(["model", "batch", "boxes", "steps", "fast", "plain"], gains),
+        ]
+    if train:
+        parts += [
+            "",
+            "Training step (forward + loss + backward, NUM_PROPOSALS boxes, "
+            f"{meta['train_gts']} ground truths per image):",
+            "",
+            markdown(
+                ["model", "batch", "proposals", "plain ms", "fast ms", "ratio"],
+                [[r["model"], r["batch"], r["proposals"], f"{r['plain_ms']:.0f}",
+                  f"{r['fast_ms']:.0f}", f"{r['ratio']:.3f}"] for r in train],
+            ),
+            "",
+            f"Training geometric mean ratio: {geomean([r['ratio'] for r in train]):.3f}",
+        ]  # fmt: skip
+    rows = []
+    for f in flops:
+        b_ms, h_ms = f["backbone_ms"], f["head_ms"]
+        rows.append([f["model"], f["batch"], f["boxes"],
+                     f"{f['backbone_gflop']:.1f}", f"{f['backbone_gflop'] / b_ms[False] * 1e3:.1f}",
+                     f"{f['backbone_gflop'] / b_ms[True] * 1e3:.1f}",
+                     f"{f['head_gflop']:.1f}", f"{f['head_gflop'] / h_ms[False] * 1e3:.1f}",
+                     f"{f['head_gflop'] / h_ms[True] * 1e3:.1f}"])  # fmt: skip
+    parts += [
+        "",
+        "Achieved GFLOP/s (matmul + convolution FLOPs counted by FlopCounterMode, per call):",
+        "",
+        markdown(
+            [
+                "model",
+                "batch",
+                "boxes",
+                "backbone GFLOP",
+                "plain GFLOP/s",
+                "fast GFLOP/s",
+                "head GFLOP/step",
+                "plain GFLOP/s",
+                "fast GFLOP/s",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+        "Reference plain torch.mm in the same run: "
+        + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in mm.items()),
+    ]
+    if meta.get("compile"):
+        parts += ["", "First call (wall ms, torch.compile of the fast head included; not in the "
+                  "tables above): " + ", ".join(
+                      f"{r['model']} plain {r['plain']:.0f} / fast {r['fast']:.0f}"
+                      for r in first)]  # fmt: skip
+    return "\n".join(parts)
+
+
+def main_compare(args, parser) -> str:
+    global WARMUP, CLOCK
+    WARMUP = args.warmup
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = {
+        "toy": ("projects/detection/diffdet_toy.yaml", args.toy_size),
+        "R50": ("projects/detection/diffdet_r50.yaml", args.r50_size),
+    }
+    device = None
+    results = {"inference": [], "train": [], "flops": [], "first_call_ms": []}
+    meta_models = []
+    for name in args.models:
+        config, size = configs[name]
+        compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
+        cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
+        model = build_model(cfg)  # random weights: the work does not depend on them
+        device = torch.device(cfg.MODEL.DEVICE)
+        if args.clock == "cpu" and device.type == "cpu":
+            CLOCK = time.process_time
+        model.channels_last = args.channels_last == "on"
+        meta_models.append(f"{name} (`{config}`, image {size[0]}x{size[1]})")
+        print(f"{name} at {size[0]}x{size[1]}", flush=True)
+        part = compare_model(name, model, size=tuple(size), args=args, device=device)
+        for k in results:
+            results[k] += part[k]
+        del model
+    mm = {}
+    n = max(args.boxes) * max(args.batches)
+    mm[f"head-shaped {n}x256x32768"] = mm_gflops(n, 256, 32768, repeats=args.repeats,
+                                                  device=device)  # fmt: skip
+    h, w = args.r50_size
+    m = max(args.batches) * (h // 8) * (w // 8)
+    mm[f"conv-shaped (im2col of a res3 3x3 conv) {m}x1152x128"] = mm_gflops(
+        m, 1152, 128, repeats=args.repeats, device=device
+    )
+    mm["square 1024x1024x1024"] = mm_gflops(1024, 1024, 1024, repeats=args.repeats, device=device)
+    meta = {
+        "models": ", ".join(meta_models),
+        **device_meta(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "clock": "cpu" if CLOCK is time.process_time else "wall",
+        "load_average": LOAD_AT_START,
+        "train_gts": args.train_gts,
+        "compile": args.compile,
+    }
+    table = compare_report(meta, results, mm)
+    publish(table, {"meta": meta, "mm_gflops": mm, **results}, args.output)
+    return table
+
+
+def publish(table: str, raw: dict, output: str | None) -> None:
+    """Print the tables; with ``--output`` also write them (.md) and the raw numbers (.json)."""
+    print()
+    print(table)
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table + "\n")
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+
+
+LOAD_AT_START = os.getloadavg()[0]
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -249,7 +571,22 @@ def report(meta: dict, inference: list[dict], train: dict | None, matcher: list[
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--config", "--config-file", dest="config",
+                        help="model config (required unless --compare-plain)")  # fmt: skip
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="optimised vs plain path, interleaved: --models x --batches x "
+                        "--boxes x --steps, inference and one training step")  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=["toy", "R50"], default=["toy", "R50"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--r50-size", type=int, nargs=2, default=[256, 320], metavar=("H", "W"))
+    parser.add_argument("--toy-size", type=int, nargs=2, default=[128, 171], metavar=("H", "W"))
+    parser.add_argument("--no-train", dest="train", action="store_false",
+                        help="--compare-plain: skip the training step")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="--compare-plain: torch.compile the fast head (COMPILE key); "
+                        "the first call, compilation included, is reported apart")  # fmt: skip
+    parser.add_argument("--channels-last", choices=["on", "off"], default="off",
+                        help="--compare-plain: backbone memory format, fast path")  # fmt: skip
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size after resizing (default: INPUT.MIN_SIZE_TEST on a 4:3 "
                         "image, capped by MAX_SIZE_TEST)")  # fmt: skip
@@ -273,6 +610,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", help="also write the table (.md) and raw numbers (.json)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.compare_plain:
+        if argv is None and "--boxes" not in sys.argv:
+            args.boxes = [100, 300, 500]
+        if argv is None and "--steps" not in sys.argv:
+            args.steps = [1, 4]
+        return main_compare(args, parser)
+    if args.config is None:
+        parser.error("--config is required (or use --compare-plain)")
     if args.quick:
         args.boxes, args.steps, args.repeats = [100, 500], [1, 4], 1
         args.train_batch = min(args.train_batch, 1)
@@ -294,12 +639,7 @@ def main(argv: list[str] | None = None) -> str:
     meta = {
         "config": args.config,
         "size": size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **device_meta(device),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "clock": args.clock,
@@ -324,14 +664,8 @@ def main(argv: list[str] | None = None) -> str:
         model, size=size, num_gts_list=args.matcher_gts, repeats=max(args.repeats, 5), device=device
     )
     table = report(meta, inference, train, matcher)
-    print()
-    print(table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table + "\n")
-        raw = {"meta": meta, "inference": inference, "train": train, "matcher": matcher}
-        out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    raw = {"meta": meta, "inference": inference, "train": train, "matcher": matcher}
+    publish(table, raw, args.output)
     return table
 
 

@@ -24,6 +24,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [
     "ConvNorm",
+    "set_norm_folding",
     "BasicStem",
     "BasicBlock",
     "BottleneckBlock",
@@ -47,17 +48,53 @@ class ConvNorm(nn.Conv2d):
     """``nn.Conv2d`` + optional norm held as the child ``norm`` (detectron2 ``Conv2d``).
 
     Keeping the norm as a child of the conv gives the keys ``conv1.weight`` and ``conv1.norm.*``.
+
+    With ``fold_norm = True`` (a plain attribute, not state: keys and checkpoints are unchanged)
+    a ``FrozenBatchNorm2d``, or a ``BatchNorm2d`` in eval mode, is folded into the convolution at
+    every call: ``conv(x, W * s) + (b - mean * s)`` with ``s = gamma / sqrt(var + eps)``. The
+    folded weights are recomputed from the live parameters each call (cost O(#weights), no cache
+    that could go stale after ``load_state_dict``), and the output equals ``norm(conv(x))`` up to
+    float rounding. Gradients flow to the conv weight as before.
     """
+
+    fold_norm: bool = False
 
     def __init__(self, *args, norm: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.norm = norm
 
+    def _foldable(self) -> bool:
+        norm = self.norm
+        if isinstance(norm, FrozenBatchNorm2d):
+            return True
+        return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
+
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W * s, b - mean * s + conv bias * s): the conv equal to conv + norm."""
+        norm = self.norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
+        bias = norm.bias - norm.running_mean * scale
+        if self.bias is not None:
+            bias = bias + self.bias * scale
+        return self.weight * scale[:, None, None, None], bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fold_norm and self._foldable():
+            weight, bias = self.folded_weight_bias()
+            if x.is_contiguous(memory_format=torch.channels_last):
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            return self._conv_forward(x, weight, bias)
         x = super().forward(x)
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+def set_norm_folding(module: nn.Module, enabled: bool) -> None:
+    """Switch :class:`ConvNorm` norm folding on or off for every ConvNorm inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, ConvNorm):
+            m.fold_norm = bool(enabled)
 
 
 NORMS = ("FrozenBN", "BN", "GN")

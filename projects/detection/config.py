@@ -91,6 +91,8 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
         "USE_ENSEMBLE": True,
         "ENSEMBLE_INCLUDE_LAST_STEP": False,
         "NMS_THRESH": 0.5,
+        # torch.compile the head on the fast path (compile time is paid on the first call)
+        "COMPILE": False,
     }
     for key, value in defaults.items():
         _default(d, key, value)

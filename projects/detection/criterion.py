@@ -115,11 +115,26 @@ def matched_normaliser(count: int, *, device: torch.device) -> float:
     1-process loss of the same global batch (the official code divides by each GPU's own count,
     which makes the result depend on the process count). Every rank must call it (a collective).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return max(count, 1)
     total = torch.tensor([float(count)], device=device)
     dist.all_reduce(total)
     return max(float(total) / dist.get_world_size(), 1.0)
+
+
+def matched_normalisers(counts: Tensor) -> Tensor:
+    """:func:`matched_normaliser` of several losses at once: ``counts`` (L,) matched queries
+    per stage on this process -> (L,) divisors, one collective for all stages."""
+    counts = counts.to(torch.float32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counts = counts.clone()
+        dist.all_reduce(counts)
+        counts = counts / dist.get_world_size()
+    return counts.clamp(min=1.0)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class SetCriterionDynamicK(nn.Module):
@@ -199,6 +214,10 @@ class SetCriterionDynamicK(nn.Module):
         if deep_supervision:
             for i in range(num_aux_stages):
                 self.weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
+
+    #: match and compute the losses of all stages and images at once (``set_fast_path``); False
+    #: runs the official per-stage, per-image order. Same losses up to float summation order.
+    batched: bool = False
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, weight_dict={self.weight_dict}"
@@ -286,6 +305,98 @@ class SetCriterionDynamicK(nn.Module):
             "loss_giou": loss_giou,
         }
 
+    def batched_stage_losses(
+        self, stages: list[dict[str, Tensor]], targets: list[dict]
+    ) -> list[dict[str, Tensor]]:
+        """:meth:`stage_losses` of every stage at once: one matcher call, one focal loss.
+
+        The L stages x B images are matched as L·B problems by
+        :meth:`HungarianMatcherDynamicK.match_batched` (ground truths padded to the largest
+        count); the losses are summed per stage with ``index_add`` and normalised by each
+        stage's number of matched queries, as the per-stage code does.
+
+        Args:
+            stages: L dicts with ``pred_logits`` (B, N, K) and ``pred_boxes`` (B, N, 4).
+            targets: per image, as :meth:`forward`.
+
+        Returns:
+            L dicts of unweighted ``loss_ce, loss_bbox, loss_giou``, in ``stages`` order.
+        """
+        logits = torch.stack([st["pred_logits"] for st in stages])  # (L, B, N, K)
+        boxes = torch.stack([st["pred_boxes"] for st in stages])  # (L, B, N, 4)
+        num_stages, batch, num_queries, num_classes = logits.shape
+        device = logits.device
+        max_gt = max(len(t["labels"]) for t in targets)
+        gt_labels = torch.zeros(batch, max_gt, dtype=torch.int64, device=device)
+        gt_xyxy = boxes.new_zeros(batch, max_gt, 4)
+        gt_cxcywh = boxes.new_zeros(batch, max_gt, 4)
+        gt_valid = torch.zeros(batch, max_gt, dtype=torch.bool, device=device)
+        for b, t in enumerate(targets):  # copies only: G_b rows each
+            g = len(t["labels"])
+            gt_labels[b, :g] = t["labels"]
+            gt_xyxy[b, :g] = t["boxes_xyxy"]
+            gt_cxcywh[b, :g] = t["boxes"]
+            gt_valid[b, :g] = True
+        whwh = torch.stack([t["image_size_xyxy"] for t in targets]).to(boxes.dtype)  # (B, 4)
+
+        def tile(x: Tensor) -> Tensor:  # (B, ...) -> (L·B, ...), stage-major
+            return x[None].expand(num_stages, *x.shape).flatten(0, 1)
+
+        flat_logits, flat_boxes = logits.flatten(0, 1), boxes.flatten(0, 1)  # (P, N, .)
+        matching = self.matcher.match_batched(
+            flat_logits.detach(),
+            flat_boxes.detach(),
+            gt_labels=tile(gt_labels),
+            gt_boxes_xyxy=tile(gt_xyxy),
+            gt_valid=tile(gt_valid),
+            image_whwh=tile(whwh),
+        )  # (P, N, G)
+        selected = matching.any(-1)  # (P, N)
+        gt_index = matching.int().argmax(-1) if max_gt else selected.long()  # (P, N)
+        num_matched = selected.view(num_stages, -1).sum(1)  # (L,)
+        denom = matched_normalisers(num_matched).to(logits.dtype)  # global mean over processes
+
+        # classification: every query of every stage in one focal loss
+        labels = tile(gt_labels).gather(1, gt_index) if max_gt else gt_index
+        target_classes = torch.where(selected, labels, num_classes)  # (P, N)
+        onehot = nn.functional.one_hot(target_classes, num_classes + 1)[..., :num_classes]
+        focal = sigmoid_focal_loss(
+            flat_logits, onehot.to(logits.dtype), alpha=self.alpha, gamma=self.gamma,
+            reduction="none",
+        )  # fmt: skip
+        focal = focal.view(num_stages, batch * num_queries, num_classes)
+        if self.use_fed_loss:  # per stage, in the plain order (the class draws use torch's RNG)
+            masks = []
+            for stage_classes in target_classes.view(num_stages, -1):
+                classes = get_fed_loss_classes(
+                    stage_classes,
+                    num_fed_loss_classes=self.fed_loss_num_classes,
+                    num_classes=num_classes,
+                    weight=self.fed_loss_cls_weights,
+                )
+                mask = focal.new_zeros(num_classes + 1)
+                mask[classes] = 1
+                masks.append(mask[:num_classes])
+            focal = focal * torch.stack(masks)[:, None, :]
+        loss_ce = focal.sum((1, 2)) / denom
+
+        # boxes: the matched pairs of all stages
+        prob_idx, query_idx = selected.nonzero(as_tuple=True)  # (M,)
+        gt_idx = gt_index[prob_idx, query_idx]
+        image_idx = prob_idx % batch
+        src = flat_boxes[prob_idx, query_idx]  # (M, 4)
+        tgt_norm = box_convert(gt_cxcywh[image_idx, gt_idx], "cxcywh", "xyxy")
+        l1 = (src / whwh[image_idx] - tgt_norm).abs().sum(-1)
+        giou = generalized_box_iou_loss(src, gt_xyxy[image_idx, gt_idx], reduction="none")
+        stage_idx = prob_idx // batch
+        zero = boxes.sum() * 0  # keeps a graph when nothing is matched, like loss_boxes
+        loss_bbox = (zero + boxes.new_zeros(num_stages).index_add(0, stage_idx, l1)) / denom
+        loss_giou = (zero + boxes.new_zeros(num_stages).index_add(0, stage_idx, giou)) / denom
+        return [
+            {"loss_ce": loss_ce[i], "loss_bbox": loss_bbox[i], "loss_giou": loss_giou[i]}
+            for i in range(num_stages)
+        ]
+
     # ---------------------------------------------------------------------------------------
 
     def forward(
@@ -309,13 +420,28 @@ class SetCriterionDynamicK(nn.Module):
         stages = [("", outputs)]
         if self.deep_supervision:
             stages += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        finite = torch.stack([torch.isfinite(st["pred_boxes"]).all() for _, st in stages])
+        if _distributed():  # every rank must skip the same stages (the normalisers are collective)
+            finite = finite.to(torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        finite = finite.bool().tolist()  # one host sync for all stages
+        ok = [st for (_, st), f in zip(stages, finite, strict=True) if f]
+        if not ok:
+            per_stage = []
+        elif self.batched:
+            per_stage = self.batched_stage_losses(ok, targets)
+        else:
+            per_stage = [self.stage_losses(st, targets) for st in ok]
+        computed = iter(per_stage)
         losses = {}
-        for suffix, stage in stages:
-            if not bool(torch.isfinite(stage["pred_boxes"]).all()):
-                nan = stage["pred_boxes"].sum() * float("nan")  # keeps the graph and device
+        for (suffix, stage), is_finite in zip(stages, finite, strict=True):
+            if not is_finite:
+                # NaN losses (graph and device kept): the trainer's finiteness check then
+                # stops the run naming the iteration and the diverged terms
+                nan = stage["pred_boxes"].sum() * float("nan")
                 for k in ("loss_ce", "loss_bbox", "loss_giou"):
                     losses[k + suffix] = nan
                 continue
-            for k, v in self.stage_losses(stage, targets).items():
+            for k, v in next(computed).items():
                 losses[k + suffix] = v * self.weight_dict[k + suffix]
         return losses

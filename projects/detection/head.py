@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .fast_path import fast_stage_forward, stage_scale_shifts
 from .pooler import ROIPooler
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "SCALE_CLAMP",
     "BBOX_WEIGHTS",
 ]
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # head -> compiled _forward
 
 SCALE_CLAMP = math.log(100000.0 / 16)  # ≈ 8.7403, detectron2's _DEFAULT_SCALE_CLAMP
 BBOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
@@ -278,7 +282,17 @@ class DynamicHead(nn.Module):
     ``class_logits.bias``, but for other K also hits unrelated tensors (K ∈ {3, 4} the box-delta
     bias, K = 256 every LayerNorm, ...). We deliberately set only ``class_logits.bias``: identical
     for the official K, and a fix for custom K.
+
+    Attributes:
+        fast_path: run the stages through :func:`~projects.detection.fast_path.fast_stage_forward`
+            (same outputs up to float rounding; a plain attribute, not state). Off by default
+            here; :class:`~projects.detection.detector.DiffusionDet` turns it on.
+        compile_fast_path: run the fast path through ``torch.compile`` (``MODEL.DiffusionDet
+            .COMPILE``); the first call of each new shape pays the compile time.
     """
+
+    fast_path: bool = False
+    compile_fast_path: bool = False
 
     def __init__(
         self,
@@ -343,14 +357,34 @@ class DynamicHead(nn.Module):
             logits (L, B, N, K) and boxes (L, B, N, 4) absolute xyxy, with L = num_heads under
             deep supervision, else 1 (the last stage).
         """
-        time_emb = self.time_mlp(t)
+        if self.fast_path and self.compile_fast_path and not torch.compiler.is_compiling():
+            compiled = _COMPILED.get(self)
+            if compiled is None:  # kept outside the module: deepcopy/pickle stay plain
+                compiled = _COMPILED[self] = torch.compile(self._forward, dynamic=True)
+            return compiled(features, boxes_xyxy, t)
+        return self._forward(features, boxes_xyxy, t)
+
+    def _forward(
+        self, features: Sequence[Tensor], boxes_xyxy: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` (same arguments and shapes) without the ``torch.compile`` dispatch."""
+        # the sinusoid is computed in float32; cast it to the weights' dtype (float64 models)
+        emb = self.time_mlp[0](t).to(self.time_mlp[1].weight.dtype)
+        time_emb = self.time_mlp[1:](emb)
+        if self.fast_path:  # fast_path.py: same maths, cheaper order (set_fast_path)
+            scale_shifts = stage_scale_shifts(self.head_series, time_emb)  # (L, B, 2D)
         boxes = boxes_xyxy
         pro_features = None
         all_logits, all_boxes = [], []
-        for stage in self.head_series:
-            logits, pred_boxes, pro_features = stage(
-                features, boxes, pro_features, self.box_pooler, time_emb
-            )
+        for i, stage in enumerate(self.head_series):
+            if self.fast_path:
+                logits, pred_boxes, pro_features = fast_stage_forward(
+                    stage, features, boxes, pro_features, self.box_pooler, scale_shifts[i]
+                )
+            else:
+                logits, pred_boxes, pro_features = stage(
+                    features, boxes, pro_features, self.box_pooler, time_emb
+                )
             all_logits.append(logits)
             all_boxes.append(pred_boxes)
             boxes = pred_boxes.detach()  # no gradient through coordinates between stages

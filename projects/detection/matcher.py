@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
-__all__ = ["HungarianMatcherDynamicK", "dynamic_k_matching"]
+__all__ = ["HungarianMatcherDynamicK", "dynamic_k_matching", "batched_dynamic_k_matching"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, *, ota_k: int = 5) -> tuple[T
     topk_ious = ious.topk(min(ota_k, num_queries), dim=0).values  # (ota_k, G)
     dynamic_ks = topk_ious.sum(0).int().clamp(min=1)  # (G,)
     # Rank of every query within each gt column; gt g takes the queries of rank < k_g.
-    order = cost.argsort(dim=0)  # (N, G)
+    order = cost.argsort(dim=0, stable=True)  # (N, G)
     ranks = torch.empty_like(order)
     positions = torch.arange(num_queries, device=cost.device)[:, None].expand_as(order)
     ranks.scatter_(0, order, positions)
@@ -119,6 +119,63 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, *, ota_k: int = 5) -> tuple[T
     selected = matching.any(1)
     gt_indices = matching[selected].int().argmax(1)
     return selected, gt_indices
+
+
+def _resolve_conflicts_batched(
+    matching: Tensor, cost: Tensor, gt_valid: Tensor, *, claimants_only: bool
+) -> Tensor:
+    """:func:`_resolve_conflicts` for a batch: (P, N, G) matching/cost, (P, G) valid gts."""
+    multi = matching.sum(-1) > 1  # (P, N)
+    masked = cost.masked_fill(~gt_valid[:, None, :], float("inf"))
+    if claimants_only:
+        masked = masked.masked_fill(~matching, float("inf"))
+    best = nn.functional.one_hot(masked.argmin(-1), cost.shape[-1]).bool()  # (P, N, G)
+    return torch.where(multi[..., None], best, matching)
+
+
+def batched_dynamic_k_matching(
+    cost: Tensor, ious: Tensor, gt_valid: Tensor, *, ota_k: int = 5
+) -> Tensor:
+    """:func:`dynamic_k_matching` of P independent problems at once (same selections).
+
+    Problem p has ``gt_valid[p].sum()`` ground truths in the first columns; padded columns never
+    match. The fix-up loop runs until no problem has work left (one host sync per round), and a
+    problem whose work is done is not changed by later rounds, so each result equals the
+    one-problem function's.
+
+    Args:
+        cost: (P, N, G) matching cost; modified in place like :func:`dynamic_k_matching`.
+        ious: (P, N, G).
+        gt_valid: (P, G) bool.
+        ota_k: top IoUs summed per gt.
+
+    Returns:
+        (P, N, G) bool: query n of problem p is matched to gt g (at most one g per query).
+    """
+    _, num_queries, _ = cost.shape
+    topk_ious = ious.topk(min(ota_k, num_queries), dim=1).values  # (P, ota_k, G)
+    dynamic_ks = topk_ious.sum(1).int().clamp(min=1)  # (P, G)
+    order = cost.argsort(dim=1, stable=True)  # (P, N, G)
+    ranks = torch.empty_like(order)
+    positions = torch.arange(num_queries, device=cost.device)[None, :, None].expand_as(order)
+    ranks.scatter_(1, order, positions)
+    matching = (ranks < dynamic_ks[:, None, :]) & gt_valid[:, None, :]
+    matching = _resolve_conflicts_batched(matching, cost, gt_valid, claimants_only=False)
+    while True:
+        unmatched_gt = ~matching.any(1) & gt_valid  # (P, G)
+        matched_query = matching.any(2)  # (P, N)
+        active = unmatched_gt.any(1) & ~matched_query.all(1)  # (P,)
+        if not bool(active.any()):
+            break
+        push = (matched_query & active[:, None]).to(cost.dtype) * _ALREADY_MATCHED_COST
+        cost += push[..., None]  # + 0 elsewhere: exact
+        pos = cost.argmin(1)  # (P, G): each gt's cheapest query
+        claim = unmatched_gt & active[:, None]
+        claimed = torch.zeros_like(matching).scatter_(1, pos[:, None, :], claim[:, None, :])
+        matching = _resolve_conflicts_batched(
+            matching | claimed, cost, gt_valid, claimants_only=True
+        )
+    return matching
 
 
 class HungarianMatcherDynamicK(nn.Module):
@@ -209,6 +266,69 @@ class HungarianMatcherDynamicK(nn.Module):
         pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
         return pos[:, gt_labels] - neg[:, gt_labels]
 
+    def _weighted_cost(
+        self, cost_l1: Tensor, cost_cls: Tensor, cost_giou: Tensor, in_box_and_center: Tensor
+    ) -> Tensor:
+        """Step 2's sum of weighted costs, any (..., N, G) shape."""
+        return (
+            self.cost_bbox * cost_l1
+            + self.cost_class * cost_cls
+            + self.cost_giou * cost_giou
+            + _OUTSIDE_BOX_AND_CENTER_COST * (~in_box_and_center).float()
+        )
+
+    @torch.no_grad()
+    def match_batched(
+        self,
+        pred_logits: Tensor,
+        pred_boxes: Tensor,
+        *,
+        gt_labels: Tensor,
+        gt_boxes_xyxy: Tensor,
+        gt_valid: Tensor,
+        image_whwh: Tensor,
+    ) -> Tensor:
+        """Match P problems at once (e.g. every stage of every image); same result as forward.
+
+        Args:
+            pred_logits: (P, N, K).
+            pred_boxes: (P, N, 4) absolute xyxy.
+            gt_labels: (P, G) int64, padded.
+            gt_boxes_xyxy: (P, G, 4) absolute xyxy, padded.
+            gt_valid: (P, G) bool, False on padding.
+            image_whwh: (P, 4) ``[w, h, w, h]`` of each problem's image.
+
+        Returns:
+            (P, N, G) bool matching (see :func:`batched_dynamic_k_matching`).
+        """
+        p, n, _ = pred_boxes.shape
+        g = gt_boxes_xyxy.shape[1]
+        if g == 0:
+            return torch.zeros(p, n, 0, dtype=torch.bool, device=pred_boxes.device)
+        pred_center = (pred_boxes[..., :2] + pred_boxes[..., 2:]) / 2  # (P, N, 2)
+        gt_cxcywh = box_convert(gt_boxes_xyxy, "xyxy", "cxcywh")  # (P, G, 4)
+        c = pred_center[:, :, None, :]  # (P, N, 1, 2)
+        gt = gt_boxes_xyxy[:, None]  # (P, 1, G, 4)
+        in_box = ((c > gt[..., :2]) & (c < gt[..., 2:])).all(-1)  # (P, N, G)
+        radius = self.center_radius * gt_cxcywh[:, None, :, 2:]
+        in_center = ((c - gt_cxcywh[:, None, :, :2]).abs() < radius).all(-1)
+        valid = gt_valid[:, None, :]
+        fg_mask = ((in_box | in_center) & valid).any(-1)  # (P, N)
+        in_box_and_center = in_box & in_center
+        ious = box_iou(pred_boxes, gt_boxes_xyxy).masked_fill(~valid, 0.0)  # (P, N, G)
+        prob = pred_logits.sigmoid()
+        neg = (1 - self.alpha) * prob**self.gamma * (-(1 - prob + 1e-8).log())
+        pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
+        labels = gt_labels[:, None, :].expand(p, n, g)
+        cost_cls = pos.gather(2, labels) - neg.gather(2, labels)
+        whwh = image_whwh[:, None, :]
+        cost_l1 = torch.cdist(pred_boxes / whwh, gt_boxes_xyxy / whwh, p=1)
+        cost_giou = -generalized_box_iou(pred_boxes, gt_boxes_xyxy)
+        cost = self._weighted_cost(cost_l1, cost_cls, cost_giou, in_box_and_center)
+        cost = cost + _OUTSIDE_PRIOR_COST * (~fg_mask).to(cost.dtype)[..., None]
+        cost = cost.masked_fill(~valid, float("inf"))
+        return batched_dynamic_k_matching(cost, ious, gt_valid, ota_k=self.ota_k)
+
     @torch.no_grad()
     def forward(
         self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]
@@ -249,12 +369,7 @@ class HungarianMatcherDynamicK(nn.Module):
             gt_whwh = target["image_size_xyxy_tgt"]  # (G, 4)
             cost_l1 = torch.cdist(boxes / image_whwh, gt_xyxy / gt_whwh, p=1)
             cost_giou = -generalized_box_iou(boxes, gt_xyxy)
-            cost = (
-                self.cost_bbox * cost_l1
-                + self.cost_class * cost_cls
-                + self.cost_giou * cost_giou
-                + _OUTSIDE_BOX_AND_CENTER_COST * (~in_box_and_center).float()
-            )
+            cost = self._weighted_cost(cost_l1, cost_cls, cost_giou, in_box_and_center)
             cost[~fg_mask] += _OUTSIDE_PRIOR_COST
             indices.append(dynamic_k_matching(cost, ious, ota_k=self.ota_k))
         return indices
