@@ -86,6 +86,8 @@ def sample(
     clip: float | None = None,
     analytic_gamma: Tensor | None = None,
     lower_order_final: bool = True,
+    noise_fn: Callable[[int], Tensor] | None = None,
+    step_callback: Callable[[int, int, Tensor, Tensor], Tensor | None] | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Run a whole reverse process from ``x_T`` (under ``torch.no_grad``).
 
@@ -107,6 +109,9 @@ def sample(
         clip: Optional clamp of x̂_0 to [-clip, clip] at every step.
         analytic_gamma: (N,) Γ at the sampler's timesteps, for ``variance="analytic"``.
         lower_order_final: DPM-Solver++: lower the order on the final steps when N < 15.
+        noise_fn: ``noise_fn(i)`` returns the Gaussian draw of step i (replaces ``generator``).
+        step_callback: ``step_callback(i, t, x_prev, model_output)`` after step i; a returned
+            tensor replaces ``x_prev``.
 
     Returns:
         x_0 (B, ...), or ``(x_0, trajectory)`` if ``return_trajectory``.
@@ -134,8 +139,13 @@ def sample(
         if isinstance(solver, DPMSolverPPSampler):
             x, _, history = solver.step(output, i, x, history=history)
         else:
-            noise = randn_like(x, generator) if solver.stochastic else None
+            noise = None
+            if solver.stochastic:
+                noise = noise_fn(i) if noise_fn is not None else randn_like(x, generator)
             x, _ = solver.step(output, i, x, noise=noise)
+        if step_callback is not None:
+            replaced = step_callback(i, int(solver.timesteps[i]), x, output)
+            x = x if replaced is None else replaced
         if return_trajectory:
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x

@@ -8,6 +8,9 @@ and the DPM-Solver reference implementation), for T training steps and N samplin
 - ``linspace``: round(linspace(0, T - 1, N)), descending (starts at T - 1, ends at 0).
 - ``dpm_solver``: round(linspace(0, T - 1, N + 1)) descending, last entry dropped: the discrete
   time-uniform grid of DPM-Solver(++), whose final step goes on to the clean end (t = -1).
+- ``diffusiondet``: int(linspace(-1, T - 1, N + 1)) in float32, truncated toward zero, descending,
+  the final -1 dropped: the official DiffusionDet grid (github.com/ShoufaChen/DiffusionDet
+  ``detector.py`` ``ddim_sample``; N = 4 gives 999, 749, 499, 249).
 
 Every sampler here ends its last step at t_prev = -1 (ᾱ = 1).
 """
@@ -22,8 +25,8 @@ from torch import Tensor
 
 __all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps"]
 
-Spacing = Literal["leading", "trailing", "linspace", "dpm_solver"]
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver")
+Spacing = Literal["leading", "trailing", "linspace", "dpm_solver", "diffusiondet"]
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver", "diffusiondet")
 
 
 def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leading") -> Tensor:
@@ -32,7 +35,8 @@ def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leadi
     Args:
         num_timesteps: T, the training schedule length.
         num_steps: N sampling steps, 1 <= N <= T (N <= T - 1 for ``dpm_solver``).
-        spacing: ``leading``, ``trailing``, ``linspace`` or ``dpm_solver`` (module docstring).
+        spacing: ``leading``, ``trailing``, ``linspace``, ``dpm_solver`` or ``diffusiondet``
+            (module docstring).
 
     Returns:
         (N,) LongTensor, strictly decreasing, entries in [0, T).
@@ -53,8 +57,11 @@ def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leadi
         steps = np.round(T - np.arange(N) * (T / N)).astype(np.int64) - 1
     elif spacing == "linspace":
         steps = np.round(np.linspace(0, T - 1, N))[::-1].astype(np.int64)
-    else:
+    elif spacing == "dpm_solver":
         steps = np.round(np.linspace(0, T - 1, N + 1))[::-1][:-1].astype(np.int64)
+    else:  # the official float32 linspace and int() truncation, bit for bit
+        grid = torch.linspace(-1, T - 1, steps=N + 1, dtype=torch.float32).int()
+        steps = grid.flip(0)[:-1].numpy().astype(np.int64)
     if N > 1 and not bool((np.diff(steps) < 0).all()):
         raise ValueError(f"num_steps={N} too large for spacing {spacing!r} with T={T}")
     return torch.from_numpy(steps.copy())
