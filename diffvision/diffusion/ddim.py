@@ -19,7 +19,7 @@ from ._utils import Timestep, cast, clamp_min, sqrt, step_alpha_bars
 from .base import StepOutput
 from .parameterization import PredictionType, check_prediction_type, eps_from_x0, predict_x0_eps
 from .schedule import NoiseSchedule
-from .timesteps import Spacing, make_timesteps, previous_timesteps
+from .timesteps import Spacing, make_timesteps, previous_timesteps, timestep_pairs
 
 __all__ = ["DDIMSampler", "ddim_step"]
 
@@ -113,6 +113,7 @@ class DDIMSampler:
         self.clip = clip
         self.timesteps = make_timesteps(schedule.num_timesteps, num_steps, spacing)
         self.prev_timesteps = previous_timesteps(self.timesteps)
+        self._pairs = timestep_pairs(schedule.num_timesteps, num_steps, spacing)  # python ints
 
     @property
     def num_steps(self) -> int:
@@ -141,8 +142,7 @@ class DDIMSampler:
             self.schedule,
             model_output,
             x_t,
-            int(self.timesteps[i]),
-            int(self.prev_timesteps[i]),
+            *self._pairs[i],
             eta=self.eta,
             noise=noise,
             prediction_type=self.prediction_type,

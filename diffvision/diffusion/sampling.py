@@ -144,7 +144,7 @@ def sample(
                 noise = noise_fn(i) if noise_fn is not None else randn_like(x, generator)
             x, _ = solver.step(output, i, x, noise=noise)
         if step_callback is not None:
-            replaced = step_callback(i, int(solver.timesteps[i]), x, output)
+            replaced = step_callback(i, solver._pairs[i][0], x, output)
             x = x if replaced is None else replaced
         if return_trajectory:
             trajectory.append(x)

@@ -8,7 +8,8 @@ and the DPM-Solver reference implementation), for T training steps and N samplin
 - ``linspace``: round(linspace(0, T - 1, N)), descending (starts at T - 1, ends at 0).
 - ``dpm_solver``: round(linspace(0, T - 1, N + 1)) descending, last entry dropped: the discrete
   time-uniform grid of DPM-Solver(++), whose final step goes on to the clean end (t = -1).
-- ``diffusiondet``: int(linspace(-1, T - 1, N + 1)) in float32, truncated toward zero, descending,
+- ``diffusiondet``: int(linspace(-1, T - 1, N + 1)) in float32 (torch's linspace arithmetic),
+  truncated toward zero, descending,
   the final -1 dropped: the official DiffusionDet grid (github.com/ShoufaChen/DiffusionDet
   ``detector.py`` ``ddim_sample``; N = 4 gives 999, 749, 499, 249).
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps"]
+__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps", "timestep_pairs"]
 
 Spacing = Literal["leading", "trailing", "linspace", "dpm_solver", "diffusiondet"]
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver", "diffusiondet")
@@ -45,9 +46,14 @@ def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leadi
         ``make_timesteps(1000, 10, "leading")`` is ``[900, 800, ..., 100, 0]`` and
         ``make_timesteps(1000, 10, "trailing")`` is ``[999, 899, ..., 199, 99]``.
     """
+    return torch.tensor(_timestep_grid(int(num_timesteps), int(num_steps), spacing))
+
+
+@torch.compiler.assume_constant_result  # ints in, ints out: a constant under torch.export
+def _timestep_grid(T: int, N: int, spacing: str) -> list[int]:
+    """:func:`make_timesteps` as a list of python ints (numpy inside, never traced)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
-    T, N = int(num_timesteps), int(num_steps)
     if not 1 <= N <= T:
         raise ValueError(f"num_steps must be in [1, num_timesteps={T}], got {N}")
     if spacing == "leading":
@@ -59,12 +65,38 @@ def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leadi
         steps = np.round(np.linspace(0, T - 1, N))[::-1].astype(np.int64)
     elif spacing == "dpm_solver":
         steps = np.round(np.linspace(0, T - 1, N + 1))[::-1][:-1].astype(np.int64)
-    else:  # the official float32 linspace and int() truncation, bit for bit
-        grid = torch.linspace(-1, T - 1, steps=N + 1, dtype=torch.float32).int()
-        steps = grid.flip(0)[:-1].numpy().astype(np.int64)
+    else:
+        steps = _float32_linspace(-1.0, T - 1.0, N + 1).astype(np.int64)[::-1][:-1]
     if N > 1 and not bool((np.diff(steps) < 0).all()):
         raise ValueError(f"num_steps={N} too large for spacing {spacing!r} with T={T}")
-    return torch.from_numpy(steps.copy())
+    return [int(v) for v in steps]
+
+
+def timestep_pairs(num_timesteps: int, num_steps: int, spacing: Spacing) -> list[tuple[int, int]]:
+    """``(t, t_prev)`` python ints of each step of :func:`make_timesteps` (last t_prev = -1).
+
+    Samplers index these rather than the tensor: under ``torch.export`` a python int is a
+    constant of the graph, an element of a tensor made while tracing is not.
+    """
+    grid = _timestep_grid(int(num_timesteps), int(num_steps), spacing)
+    return list(zip(grid, grid[1:] + [-1], strict=True))
+
+
+def _float32_linspace(start: float, end: float, num: int) -> np.ndarray:
+    """``torch.linspace(start, end, num, dtype=torch.float32)`` in numpy float32 arithmetic.
+
+    The official DiffusionDet grid truncates a float32 linspace, whose values sit just below an
+    integer for some N; numpy's float64 linspace rounds differently. Written in numpy so that it
+    also runs under ``torch.export`` tracing (the ONNX export), where tensors are fake. Equal to
+    torch's kernel (step from the start for the first half, from the end for the second) for
+    T = 1000 and every N (tests/diffusion/test_timestep_spacing.py).
+    """
+    a, b = np.float32(start), np.float32(end)
+    step = np.float32((b - a) / np.float32(num - 1)) if num > 1 else np.float32(0)
+    idx = np.arange(num)
+    from_start = a + step * idx.astype(np.float32)
+    from_end = b - step * (num - 1 - idx).astype(np.float32)
+    return np.where(idx < num // 2, from_start, from_end).astype(np.float32)
 
 
 def previous_timesteps(timesteps: Tensor) -> Tensor:

@@ -50,6 +50,13 @@ def test_official_diffusiondet_grid():
     ]  # fmt: skip
 
 
+def test_diffusiondet_grid_is_the_truncated_float32_torch_linspace_for_every_n():
+    # the official code: torch.linspace(-1, T - 1, S + 1) (float32), .int(), reversed
+    for n in range(1, 1001):
+        official = torch.linspace(-1, 999, steps=n + 1).int().flip(0)[:-1]
+        assert make_timesteps(1000, n, "diffusiondet").tolist() == official.tolist(), n
+
+
 def test_all_steps_visit_every_timestep():
     for spacing in ("leading", "trailing", "linspace", "diffusiondet"):
         assert make_timesteps(50, 50, spacing).tolist() == list(range(49, -1, -1))
