@@ -6,10 +6,13 @@
     python tools/demo.py --config ... --video-input clip.mp4 --output clip_det.mp4 MODEL.WEIGHTS ...
     python tools/demo.py --config ... --webcam MODEL.WEIGHTS ...          # ESC quits
     # CPU: append MODEL.DEVICE cpu; fewer boxes/steps: MODEL.DiffusionDet.NUM_PROPOSALS 100
+    python tools/demo.py --onnx model.onnx --input photos/*.jpg --output out/  # onnxruntime
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
-Without ``--output`` images and frames are shown in a window.
+Without ``--output`` images and frames are shown in a window. ``--onnx`` runs a file written by
+tools/export.py through onnxruntime instead (no config, no torch model; same resize, seeds,
+threshold and drawing, class names from the file).
 """
 
 from __future__ import annotations
@@ -145,9 +148,24 @@ def run_stream(model, source, args, names) -> None:
     print(f"processed {frames} frames")
 
 
+def run_onnx(args) -> None:
+    """The demo on an exported file through onnxruntime (``--onnx``): no torch model is built."""
+    from projects.detection.export import OnnxDetector
+
+    model = OnnxDetector(args.onnx)
+    n = int(model.metadata.get("num_classes", 0))
+    names = model.metadata.get("class_names") or [str(i) for i in range(n)]
+    if args.input:
+        paths = [p for pattern in args.input for p in sorted(glob.glob(pattern)) or [pattern]]
+        run_images(model, paths, args, names)
+    else:
+        run_stream(model, args.video_input if args.video_input else 0, args, names)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--config", "--config-file", dest="config")
+    parser.add_argument("--onnx", help="a tools/export.py .onnx file, instead of --config")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image paths or glob patterns")
     source.add_argument("--video-input", help="a video file")
@@ -160,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seed is not None and args.seed < 0:
         args.seed = None
+    if (args.onnx is None) == (args.config is None):
+        parser.error("give exactly one of --config and --onnx")
+    if args.onnx:
+        return run_onnx(args)
 
     cfg = load_config(args.config, args.opts)
     model = build_model(cfg, with_criterion=False)

@@ -188,13 +188,15 @@ def evaluate_detector(
     loader,
     evaluator,
     seed: int | None,
+    tta=None,
 ) -> dict[str, float]:
     """Run ``model`` over a test loader and return the evaluator's metrics.
 
     With ``seed`` (≥ 0) every image's boxes are drawn from a generator seeded by
     :func:`image_seed` (``seed``, ``image_id``), so the same weights give the same AP again. The
     draws do not depend on batching (only the zero padding of a batch does, slightly).
-    ``seed=None`` samples like the official code.
+    ``seed=None`` samples like the official code. ``tta`` (a
+    :class:`~projects.detection.tta.DetectorWithTTA`) replaces ``model.inference`` when given.
     """
     model = getattr(model, "module", model)
     was_training = model.training
@@ -206,7 +208,8 @@ def evaluate_detector(
                 seeds = None
                 if seed is not None:
                     seeds = [image_seed(seed, x.get("image_id", i)) for i, x in enumerate(batch)]
-                outputs = model.inference(batch, seeds=seeds)
+                run = model.inference if tta is None else tta
+                outputs = run(batch, seeds=seeds)
                 evaluator.process(batch, outputs)
     finally:
         model.train(was_training)
@@ -221,6 +224,7 @@ def build_diffusiondet_task(cfg: CfgNode) -> Task:
         build_detection_test_loader,
         build_detection_train_loader,
     )
+    from .tta import build_tta
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
@@ -235,6 +239,7 @@ def build_diffusiondet_task(cfg: CfgNode) -> Task:
                 loader=build_detection_test_loader(cfg, name),
                 evaluator=build_detection_evaluator(cfg, name, cfg.OUTPUT_DIR),
                 seed=cfg.SEED if cfg.SEED >= 0 else None,
+                tta=build_tta(cfg, getattr(eval_model, "module", eval_model)),
             )
             if comm.is_main_process():
                 prefix = f"{name}/" if len(names) > 1 else ""

@@ -30,19 +30,31 @@ and ``NonMaxSuppression``.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import nms
 
-from diffvision.errors import ConfigError
+from diffvision.data.detection_transforms import ResizeTransform, resized_shape
+from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
 
 from .detector import DiffusionDet
 
-__all__ = ["DetectorGraph", "export_onnx", "graph_input_names", "OUTPUT_NAMES"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "DetectorGraph",
+    "OnnxDetector",
+    "export_onnx",
+    "graph_input_names",
+    "seeded_draws",
+    "write_metadata",
+]
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
@@ -55,6 +67,32 @@ def graph_input_names(model: DiffusionDet, steps: int) -> list[str]:
     if steps > 1 and model.box_renewal:
         names.append("renewal_boxes")
     return names
+
+
+def seeded_draws(
+    seed: int, *, num_boxes: int, steps: int, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The draws :meth:`DiffusionDet.inference` makes for one image seeded with ``seed``.
+
+    Same generator, same order (x_T, then per step i < S - 1 the η noise and the renewal
+    boxes), so a graph fed these returns what ``model.predict(image, seed=seed)`` returns.
+
+    Returns:
+        ``{name: float32 array}`` for the draw inputs in ``names`` (not ``image``).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    init = torch.randn(num_boxes, 4, generator=g)
+    noise, refill = [], []
+    for _ in range(steps - 1):
+        noise.append(torch.randn(num_boxes, 4, generator=g))
+        refill.append(torch.randn(num_boxes, 4, generator=g))
+    empty = torch.zeros(0, num_boxes, 4)
+    every = {
+        "init_boxes": init,
+        "step_noise": torch.stack(noise) if noise else empty,
+        "renewal_boxes": torch.stack(refill) if refill else empty,
+    }
+    return {name: every[name].numpy() for name in names if name != "image"}
 
 
 class DetectorGraph(nn.Module):
@@ -191,6 +229,126 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
-    program.save(str(path))
+    program.save(str(path), external_data=False)
+    write_metadata(
+        path,
+        {
+            "num_boxes": num_boxes,
+            "steps": steps,
+            "num_classes": model.num_classes,
+            "min_size_test": model.min_size_test,
+            "max_size_test": model.max_size_test,
+        },
+    )
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def write_metadata(path: str | os.PathLike, values: dict) -> None:
+    """Add ``values`` (JSON-encoded) to the ONNX file's ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({k: json.dumps(v) for k, v in values.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+class OnnxDetector:
+    """An exported DiffusionDet run by onnxruntime, with :meth:`DiffusionDet.predict`'s interface.
+
+    No torch model is built: images are resized like ``predict`` (the sizes stored in the file by
+    :func:`export_onnx`), the draws come from :func:`seeded_draws`, and the boxes are mapped back
+    to the original pixels. Given the same seed it returns ``predict``'s detections.
+
+    Args:
+        path: an ``.onnx`` file written by :func:`export_onnx` / ``tools/export.py``.
+        providers: onnxruntime execution providers (default CPU).
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileNotFoundError(f"ONNX file {str(path)!r} does not exist")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WeightsError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        needed = ("num_boxes", "steps", "min_size_test", "max_size_test")
+        missing = [k for k in needed if k not in meta]
+        if missing:
+            raise WeightsError(
+                f"{path}: metadata {missing} missing; export it with tools/export.py"
+            )
+        self.metadata = {k: json.loads(v) for k, v in meta.items()}
+        self.num_boxes = int(self.metadata["num_boxes"])
+        self.steps = int(self.metadata["steps"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph call: ``image`` (3, H, W) uint8 at network resolution plus the draws."""
+        feeds = {"image": np.ascontiguousarray(image_chw, dtype=np.uint8), **draws}
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+
+    def predict(
+        self, images: np.ndarray | Sequence[np.ndarray], seed: int | Sequence[int] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Detect objects in (H, W, 3) uint8 RGB images (one array or a list), like ``predict``.
+
+        ``seed``: int (image i uses ``seed + i``), one int per image, or None (torch's global
+        RNG picks the seeds). Returns per image ``{"boxes", "scores", "labels"}`` tensors in
+        original pixels.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        images = list(images)
+        if seed is None:
+            seeds = torch.randint(0, 2**62, (len(images),)).tolist()
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(len(images))]
+        else:
+            seeds = [int(s) for s in seed]
+        results = []
+        for img, s in zip(images, seeds, strict=True):
+            arr = np.asarray(img)
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                raise ValueError(
+                    f"predict takes RGB uint8 (H, W, 3) images, got {arr.dtype} {arr.shape}"
+                )
+            h, w = arr.shape[:2]
+            new_h, new_w = resized_shape(
+                h, w, int(self.metadata["min_size_test"]), int(self.metadata["max_size_test"])
+            )
+            if (new_h, new_w) != (h, w):
+                arr = ResizeTransform(h, w, new_h, new_w).apply_image(arr)
+            draws = seeded_draws(
+                s, num_boxes=self.num_boxes, steps=self.steps, names=self.input_names
+            )
+            out = self.run(arr.transpose(2, 0, 1), draws)
+            results.append(
+                DiffusionDet._postprocess(
+                    torch.from_numpy(out["boxes"]),
+                    torch.from_numpy(out["scores"]),
+                    torch.from_numpy(out["labels"]),
+                    (new_h, new_w),
+                    (h, w),
+                )
+            )
+        return results
