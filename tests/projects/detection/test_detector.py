@@ -203,9 +203,8 @@ def _official_ddim_sample(model, image, init, noise, refill, steps):
 @pytest.mark.parametrize("steps", [1, 3, 4])
 def test_sampling_through_the_core_loop_equals_the_official_loop(steps):
     model = _model().eval()
-    with torch.no_grad():  # spread the scores around 0.5: renewal keeps some boxes
-        for stage in model.head.head_series:
-            stage.class_logits.bias.normal_(0.0, 2.0)
+    with torch.no_grad():  # scores around 0.5: renewal keeps some boxes, replaces others
+        model.head.head_series[-1].class_logits.bias.fill_(-0.9)
     g = torch.Generator().manual_seed(steps)
     image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8, generator=g)
     init = torch.randn(12, 4, generator=g)
