@@ -2,11 +2,22 @@
 
 from diffvision.config.config import (
     CN,
+    COMPAT_KEYS,
     CfgNode,
     ConfigError,
+    add_compat_key,
     add_config_extension,
     get_cfg,
     load_yaml,
 )
 
-__all__ = ["CN", "CfgNode", "ConfigError", "add_config_extension", "get_cfg", "load_yaml"]
+__all__ = [
+    "CN",
+    "COMPAT_KEYS",
+    "CfgNode",
+    "ConfigError",
+    "add_compat_key",
+    "add_config_extension",
+    "get_cfg",
+    "load_yaml",
+]

@@ -8,6 +8,9 @@ A :class:`CfgNode` is a yacs node (UPPER_CASE keys, attribute access) that adds:
   :class:`ConfigError`, naming the key, where the value came from (file or command line) and the
   closest valid keys.
 - Command-line overrides: ``merge_from_list(["SOLVER.BASE_LR", "0.1", ...])`` with the same checks.
+- Compatibility keys (:func:`add_compat_key`): keys kept only so official detectron2 / DiffusionDet
+  files load. A merge that sets one to a value diffvision does not honour logs one warning naming
+  the key, never silently.
 
 Tasks extend the default tree through :func:`add_config_extension` (called by
 ``diffvision.engine.tasks.register_task``); :func:`get_cfg` applies every extension.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,9 +31,41 @@ from yacs.config import CfgNode as _YacsCfgNode
 
 from diffvision.errors import ConfigError
 
-__all__ = ["CN", "CfgNode", "ConfigError", "add_config_extension", "get_cfg", "load_yaml"]
+__all__ = [
+    "CN",
+    "COMPAT_KEYS",
+    "CfgNode",
+    "ConfigError",
+    "add_compat_key",
+    "add_config_extension",
+    "get_cfg",
+    "load_yaml",
+]
+
+logger = logging.getLogger(__name__)
 
 BASE_KEY = "_BASE_"
+
+COMPAT_KEYS: dict[str, Any] = {}
+"""Full key → the value diffvision behaves as if it had, or ``fn(cfg) -> value``."""
+
+
+def add_compat_key(key: str, honoured: Any) -> None:
+    """Declare ``key`` as accepted only so official files load (no builder reads it).
+
+    Args:
+        key: full dotted key, e.g. ``"MODEL.ROI_HEADS.NUM_CLASSES"``.
+        honoured: the value diffvision's behaviour corresponds to, or a function of the merged
+            config returning it (e.g. ``lambda cfg: cfg.MODEL.DiffusionDet.NUM_CLASSES``). A merge
+            that leaves the key at any other value logs one warning naming it.
+    """
+    COMPAT_KEYS[key] = honoured
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def _all_key_paths(node: _YacsCfgNode, prefix: str = "") -> list[str]:
@@ -117,12 +153,20 @@ def load_yaml(path: str | Path) -> dict:
 class CfgNode(_YacsCfgNode):
     """A yacs config node with ``_BASE_`` files and validation that names the offending key."""
 
-    def merge_from_file(self, cfg_filename: str | Path, *, _seen: tuple[Path, ...] = ()) -> None:
+    def merge_from_file(
+        self,
+        cfg_filename: str | Path,
+        *,
+        _seen: tuple[Path, ...] = (),
+        _touched: dict[str, str] | None = None,
+    ) -> None:
         """Merge a YAML file (and, first, its ``_BASE_`` files) into this node.
 
         Args:
             cfg_filename: path of the YAML file. ``_BASE_`` paths inside it are relative to it.
         """
+        top = _touched is None
+        touched: dict[str, str] = {} if top else _touched
         path = Path(cfg_filename).resolve()
         if path in _seen:
             chain = " -> ".join(str(p) for p in (*_seen, path))
@@ -134,12 +178,16 @@ class CfgNode(_YacsCfgNode):
                 base_path = Path(base).expanduser()
                 if not base_path.is_absolute():
                     base_path = path.parent / base_path
-                self.merge_from_file(base_path, _seen=(*_seen, path))
-        self.merge_from_dict(data, source=f"file '{cfg_filename}'")
+                self.merge_from_file(base_path, _seen=(*_seen, path), _touched=touched)
+        self._merge_into(self, data, prefix="", source=f"file '{cfg_filename}'", touched=touched)
+        if top:
+            self._warn_unhonoured(touched)
 
     def merge_from_dict(self, data: dict, *, source: str = "a dict") -> None:
         """Merge a nested dict of values, validating every key and value type."""
-        self._merge_into(self, data, prefix="", source=source)
+        touched: dict[str, str] = {}
+        self._merge_into(self, data, prefix="", source=source, touched=touched)
+        self._warn_unhonoured(touched)
 
     def merge_from_list(self, cfg_list: Iterable[str]) -> None:
         """Merge ``KEY VALUE`` pairs as given on the command line (``SOLVER.BASE_LR 0.1``)."""
@@ -148,6 +196,7 @@ class CfgNode(_YacsCfgNode):
             raise ConfigError(
                 f"Overrides must come in KEY VALUE pairs, got an odd number of items: {items}"
             )
+        touched: dict[str, str] = {}
         for key, raw in zip(items[0::2], items[1::2]):
             node = self
             parts = key.split(".")
@@ -164,8 +213,39 @@ class CfgNode(_YacsCfgNode):
             if self.is_frozen():
                 raise ConfigError("Cannot merge overrides into a frozen config.")
             node[parts[-1]] = _coerce(value, default, key, "the command line")
+            touched[key] = "the command line"
+        self._warn_unhonoured(touched)
 
-    def _merge_into(self, node: _YacsCfgNode, data: dict, *, prefix: str, source: str) -> None:
+    def _warn_unhonoured(self, touched: dict[str, str]) -> None:
+        """One warning per compatibility key the merge left at a value diffvision ignores."""
+        for key, source in touched.items():
+            if key not in COMPAT_KEYS:
+                continue
+            honoured = COMPAT_KEYS[key]
+            if callable(honoured):
+                honoured = honoured(self)
+            node: Any = self
+            for part in key.split("."):
+                node = node[part]
+            if not _same(node, honoured):
+                logger.warning(
+                    "Config key '%s' = %r (from %s) is accepted only so official detectron2 / "
+                    "DiffusionDet files load; diffvision ignores it and behaves as if it were %r.",
+                    key,
+                    node,
+                    source,
+                    honoured,
+                )
+
+    def _merge_into(
+        self,
+        node: _YacsCfgNode,
+        data: dict,
+        *,
+        prefix: str,
+        source: str,
+        touched: dict[str, str],
+    ) -> None:
         if self.is_frozen():
             raise ConfigError("Cannot merge into a frozen config.")
         for key, value in data.items():
@@ -178,9 +258,10 @@ class CfgNode(_YacsCfgNode):
             default = node[key]
             value = _coerce(value, default, full, source)
             if isinstance(default, _YacsCfgNode):
-                self._merge_into(default, value, prefix=full + ".", source=source)
+                self._merge_into(default, value, prefix=full + ".", source=source, touched=touched)
             else:
                 node[key] = value
+                touched[full] = source
 
     def _raise_unknown(self, full_key: str, source: str) -> None:
         candidates = _all_key_paths(self)

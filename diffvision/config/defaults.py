@@ -1,16 +1,29 @@
 """The default config tree: detectron2's key names where they exist, plus diffvision's own keys.
 
-Official detectron2 / DiffusionDet YAML files merge into this tree unchanged. Task-specific sections
+Official DiffusionDet YAML files merge into this tree unchanged. Task-specific sections
 (``MODEL.DiffusionDet``, ``MODEL.DDPM``, ...) are added by each task's ``add_*_config`` function.
+
+Every key here is read by some builder (``tests/config/test_unread_keys.py`` checks it). The
+detection-only sections (``BACKBONE``, ``RESNETS``, ``FPN``, ``ROI_HEADS``, ``ROI_BOX_HEAD``) hold
+DiffusionDet's values (its ``Base-DiffusionDet.yaml``), not detectron2's. The few keys kept only so
+official files load are declared with :func:`~diffvision.config.add_compat_key`: setting one to a
+value diffvision does not honour logs one warning naming it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from diffvision.config.config import CN
+from diffvision.config.config import CN, add_compat_key
 
 __all__ = ["build_default_config"]
+
+# Accepted only so official files load (all of them set it to 2); diffvision has one format.
+add_compat_key("VERSION", 2)
+# DiffusionDet's model_ema keys: evaluation uses the EMA weights whenever MODEL_EMA.ENABLED, and
+# the decay is constant (YOLOX's warm-up ramp is not implemented).
+add_compat_key("MODEL_EMA.USE_EMA_WEIGHTS_FOR_EVAL_ONLY", False)
+add_compat_key("MODEL_EMA.YOLOX", False)
 
 
 def build_default_config() -> CN:
@@ -28,9 +41,6 @@ def build_default_config() -> CN:
     # RGB, 0-255 scale (detectron2's torchvision-style statistics).
     _C.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
     _C.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
-    _C.MODEL.MASK_ON = False
-    _C.MODEL.KEYPOINT_ON = False
-    _C.MODEL.LOAD_PROPOSALS = False
 
     _C.MODEL.BACKBONE = CN()
     _C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
@@ -38,7 +48,8 @@ def build_default_config() -> CN:
 
     _C.MODEL.RESNETS = CN()
     _C.MODEL.RESNETS.DEPTH = 50
-    _C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+    # Compatibility only (see projects/detection/config.py): the ResNet-FPN uses res2-res5.
+    _C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     _C.MODEL.RESNETS.NUM_GROUPS = 1
     _C.MODEL.RESNETS.NORM = "FrozenBN"
     _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
@@ -46,32 +57,25 @@ def build_default_config() -> CN:
     _C.MODEL.RESNETS.RES5_DILATION = 1
     _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
     _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-    _C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
-    _C.MODEL.RESNETS.DEFORM_MODULATED = False
-    _C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
 
     _C.MODEL.FPN = CN()
-    _C.MODEL.FPN.IN_FEATURES = []
+    _C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     _C.MODEL.FPN.OUT_CHANNELS = 256
     _C.MODEL.FPN.NORM = ""
     _C.MODEL.FPN.FUSE_TYPE = "sum"
 
     _C.MODEL.ROI_HEADS = CN()
-    _C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    # Compatibility only: the class count is MODEL.DiffusionDet.NUM_CLASSES (LVIS files set both).
     _C.MODEL.ROI_HEADS.NUM_CLASSES = 80
-    _C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
-    _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+    _C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # IoU threshold of the NMS that merges test-time-augmentation results (as DiffusionDet's TTA).
     _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 
     _C.MODEL.ROI_BOX_HEAD = CN()
-    _C.MODEL.ROI_BOX_HEAD.NAME = ""
     _C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
-    _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
-    _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
-    _C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
-    _C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
+    _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     _C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
-    _C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
 
     _C.MODEL.SEM_SEG_HEAD = CN()
     _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
@@ -96,7 +100,6 @@ def build_default_config() -> CN:
     _C.INPUT.MAX_SIZE_TEST = 1333
     _C.INPUT.RANDOM_FLIP = "horizontal"
     _C.INPUT.FORMAT = "RGB"
-    _C.INPUT.MASK_FORMAT = "polygon"
     _C.INPUT.CROP = CN()
     _C.INPUT.CROP.ENABLED = False
     _C.INPUT.CROP.TYPE = "relative_range"
@@ -108,10 +111,6 @@ def build_default_config() -> CN:
     _C.DATASETS = CN()
     _C.DATASETS.TRAIN = ()
     _C.DATASETS.TEST = ()
-    _C.DATASETS.PROPOSAL_FILES_TRAIN = ()
-    _C.DATASETS.PROPOSAL_FILES_TEST = ()
-    _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
-    _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
@@ -138,16 +137,12 @@ def build_default_config() -> CN:
     _C.SOLVER.BACKBONE_MULTIPLIER = 1.0
     _C.SOLVER.GAMMA = 0.1
     _C.SOLVER.STEPS = (30000,)
-    _C.SOLVER.NUM_DECAYS = 3
     _C.SOLVER.POLY_LR_POWER = 0.9
-    _C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
     _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
     _C.SOLVER.WARMUP_ITERS = 1000
     _C.SOLVER.WARMUP_METHOD = "linear"
-    _C.SOLVER.RESCALE_INTERVAL = False
     _C.SOLVER.CHECKPOINT_PERIOD = 5000
     _C.SOLVER.IMS_PER_BATCH = 16
-    _C.SOLVER.REFERENCE_WORLD_SIZE = 0
     _C.SOLVER.CLIP_GRADIENTS = CN()
     _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
     _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # value | norm | full_model
@@ -164,28 +159,20 @@ def build_default_config() -> CN:
 
     # ---------------------------------------------------------------- test
     _C.TEST = CN()
-    _C.TEST.EXPECTED_RESULTS = []
     _C.TEST.EVAL_PERIOD = 0
-    _C.TEST.DETECTIONS_PER_IMAGE = 100
     _C.TEST.IMS_PER_BATCH = 1
-    _C.TEST.KEYPOINT_OKS_SIGMAS = []
+    # Test-time augmentation of DiffusionDet (read by projects/detection/tta.py).
     _C.TEST.AUG = CN()
     _C.TEST.AUG.ENABLED = False
     _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
     _C.TEST.AUG.MAX_SIZE = 4000
     _C.TEST.AUG.FLIP = True
-    _C.TEST.PRECISE_BN = CN()
-    _C.TEST.PRECISE_BN.ENABLED = False
-    _C.TEST.PRECISE_BN.NUM_ITER = 200
 
     # ---------------------------------------------------------------- misc
     _C.OUTPUT_DIR = "./output"
     # Negative: a random seed is drawn (and logged); otherwise runs are reproducible.
     _C.SEED = -1
     _C.CUDNN_BENCHMARK = False
-    _C.VIS_PERIOD = 0
     # Iterations between progress lines / metric records.
     _C.LOG_PERIOD = 20
-    _C.GLOBAL = CN()
-    _C.GLOBAL.HACK = 1.0
     return _C

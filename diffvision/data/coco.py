@@ -43,10 +43,6 @@ class DetectionMetadata:
     class_image_count: list[int] | None = None
     class_frequency: list[str] | None = field(default=None)
 
-    @property
-    def contiguous_id_to_dataset_id(self) -> dict[int, int]:
-        return {v: k for k, v in self.thing_dataset_id_to_contiguous_id.items()}
-
 
 def _image_file_name(image: dict[str, Any], image_root: Path) -> Path:
     if "file_name" in image:

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from ._utils import Timestep, cast, clamp_min, sqrt, step_alpha_bars
-from .base import StepOutput
+from .base import StepOutput, resolve_timesteps
 from .parameterization import PredictionType, check_prediction_type, eps_from_x0, predict_x0_eps
 from .schedule import NoiseSchedule
-from .timesteps import Spacing, make_timesteps, previous_timesteps, timestep_pairs
+from .timesteps import Spacing, previous_timesteps
 
 __all__ = ["DDIMSampler", "ddim_step"]
 
@@ -88,6 +88,8 @@ class DDIMSampler:
         eta: η of Song et al. eq. 16.
         prediction_type: What the model predicts.
         clip: Optional clamp of x̂_0 to [-clip, clip].
+        timesteps: Optional explicit (N,) descending grid in [0, T); replaces ``num_steps`` and
+            ``spacing`` (the step after the last one goes to the clean end).
 
     Attributes:
         timesteps: (N,) descending timesteps at which the model is evaluated.
@@ -98,11 +100,12 @@ class DDIMSampler:
         self,
         schedule: NoiseSchedule,
         *,
-        num_steps: int,
+        num_steps: int | None = None,
         spacing: Spacing = "trailing",
         eta: float = 0.0,
         prediction_type: PredictionType = "epsilon",
         clip: float | None = None,
+        timesteps: Tensor | None = None,
     ) -> None:
         check_prediction_type(prediction_type)
         if eta < 0:
@@ -111,9 +114,12 @@ class DDIMSampler:
         self.eta = float(eta)
         self.prediction_type = prediction_type
         self.clip = clip
-        self.timesteps = make_timesteps(schedule.num_timesteps, num_steps, spacing)
+        self.timesteps = resolve_timesteps(schedule.num_timesteps, num_steps, spacing, timesteps)
         self.prev_timesteps = previous_timesteps(self.timesteps)
-        self._pairs = timestep_pairs(schedule.num_timesteps, num_steps, spacing)  # python ints
+        # python ints for step(): under torch.export an int is a constant of the graph, an
+        # element of a tensor made while tracing is not (the ONNX export of DiffusionDet)
+        grid = self.timesteps.tolist()
+        self._pairs = list(zip(grid, grid[1:] + [-1], strict=True))
 
     @property
     def num_steps(self) -> int:

@@ -28,9 +28,10 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ._utils import Coef, Timestep, alpha_bar, as_timesteps, cast, log, sqrt, step_alpha_bars
+from .base import resolve_timesteps
 from .parameterization import PredictionType, check_prediction_type, predict_x0_eps
 from .schedule import NoiseSchedule
-from .timesteps import Spacing, make_timesteps, previous_timesteps
+from .timesteps import Spacing, previous_timesteps
 
 __all__ = ["DPMSolverOutput", "DPMSolverPPSampler", "dpm_solver_pp_step"]
 
@@ -146,6 +147,8 @@ class DPMSolverPPSampler:
         lower_order_final: Lower the order on the final steps when N < 15.
         prediction_type: What the model predicts.
         clip: Optional clamp of x̂_0 to [-clip, clip].
+        timesteps: Optional explicit (N,) descending grid in [0, T); replaces ``num_steps`` and
+            ``spacing``.
 
     Attributes:
         timesteps: (N,) descending timesteps at which the model is evaluated.
@@ -159,12 +162,13 @@ class DPMSolverPPSampler:
         self,
         schedule: NoiseSchedule,
         *,
-        num_steps: int,
+        num_steps: int | None = None,
         order: int = 2,
         spacing: Spacing = "dpm_solver",
         lower_order_final: bool = True,
         prediction_type: PredictionType = "epsilon",
         clip: float | None = None,
+        timesteps: Tensor | None = None,
     ) -> None:
         check_prediction_type(prediction_type)
         if order not in (1, 2, 3):
@@ -173,7 +177,7 @@ class DPMSolverPPSampler:
         self.order = order
         self.prediction_type = prediction_type
         self.clip = clip
-        self.timesteps = make_timesteps(schedule.num_timesteps, num_steps, spacing)
+        self.timesteps = resolve_timesteps(schedule.num_timesteps, num_steps, spacing, timesteps)
         self.prev_timesteps = previous_timesteps(self.timesteps)
         n = self.timesteps.numel()
         orders = []

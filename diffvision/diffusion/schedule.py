@@ -72,6 +72,7 @@ class NoiseSchedule:
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "timestep_map", timestep_map)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
+        object.__setattr__(self, "_copies", {})  # device → this schedule on it (see .to)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -87,10 +88,24 @@ class NoiseSchedule:
         return f"NoiseSchedule(name={self.name!r}, num_timesteps={self.num_timesteps})"
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
-        """Return the same schedule with its tensors on ``device`` (still float64)."""
-        return NoiseSchedule(
-            betas=self.betas.to(device), name=self.name, timestep_map=self.timestep_map.to(device)
-        )
+        """The same schedule with its tensors on ``device`` (still float64).
+
+        Returns ``self`` when already there; copies are made once per device and kept, so
+        callers simply write ``schedule.to(x.device)`` at every use (no per-task cache).
+        """
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        key = str(device)
+        if key not in self._copies:
+            copy = NoiseSchedule(
+                betas=self.betas.to(device),
+                name=self.name,
+                timestep_map=self.timestep_map.to(device),
+            )
+            copy._copies[str(self.device)] = self  # and back again without a new copy
+            self._copies[key] = copy
+        return self._copies[key]
 
     # --------------------------------------------------------- derived values
     @property

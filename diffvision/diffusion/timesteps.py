@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps", "timestep_pairs"]
+__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps"]
 
 Spacing = Literal["leading", "trailing", "linspace", "dpm_solver", "diffusiondet"]
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver", "diffusiondet")
@@ -70,16 +70,6 @@ def _timestep_grid(T: int, N: int, spacing: str) -> list[int]:
     if N > 1 and not bool((np.diff(steps) < 0).all()):
         raise ValueError(f"num_steps={N} too large for spacing {spacing!r} with T={T}")
     return [int(v) for v in steps]
-
-
-def timestep_pairs(num_timesteps: int, num_steps: int, spacing: Spacing) -> list[tuple[int, int]]:
-    """``(t, t_prev)`` python ints of each step of :func:`make_timesteps` (last t_prev = -1).
-
-    Samplers index these rather than the tensor: under ``torch.export`` a python int is a
-    constant of the graph, an element of a tensor made while tracing is not.
-    """
-    grid = _timestep_grid(int(num_timesteps), int(num_steps), spacing)
-    return list(zip(grid, grid[1:] + [-1], strict=True))
 
 
 def _float32_linspace(start: float, end: float, num: int) -> np.ndarray:

@@ -3,9 +3,10 @@
 - :func:`normal_kl`, :func:`discretized_gaussian_log_likelihood`: the terms of the variational
   lower bound L_vlb = L_0 + Σ_t L_{t-1} + L_T (Ho et al. 2020, eq. 5 and §3.3), with the decoder
   L_0 a Gaussian discretised to 256 bins on [-1, 1].
-- :func:`learned_log_variance`: Nichol & Dhariwal 2021 (improved DDPM), eq. 15: the network outputs
-  v ∈ [-1, 1] (mapped from its raw output r as v = (r + 1) / 2 in their code) and
-  Σ_θ = exp(v log β_t + (1 - v) log β̃_t).
+- :func:`learned_log_variance` (the diffusion core's, re-exported): Nichol & Dhariwal 2021
+  (improved DDPM), eq. 15: the network outputs v ∈ [-1, 1] (mapped from its raw output r as
+  v = (r + 1) / 2 in their code) and Σ_θ = exp(v log β_t + (1 - v) log β̃_t); sampling uses the
+  same function in ``ddpm_step(variance="learned")``.
 - :func:`vlb_terms`: L_{t-1} = KL(q(x_{t-1}|x_t,x_0) ‖ p_θ(x_{t-1}|x_t)) in bits/dim, with
   −log p_θ(x_0|x_1) at t = 0; improved DDPM's L_hybrid = L_simple + λ L_vlb (eq. 16, λ = 0.001)
   uses it with a stop-gradient on the mean so the VLB only trains the variance.
@@ -25,6 +26,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffvision.diffusion.ddpm import learned_log_variance
 from diffvision.diffusion.parameterization import PredictionType, check_prediction_type
 
 __all__ = [
@@ -91,23 +93,6 @@ def discretized_gaussian_log_likelihood(x: Tensor, *, means: Tensor, log_scales:
         log_cdf_plus,
         torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
     )
-
-
-def learned_log_variance(
-    v_raw: Tensor, *, log_beta: Tensor, log_posterior_variance_clipped: Tensor
-) -> Tensor:
-    """Interpolated log-variance of p_θ(x_{t-1}|x_t) (Nichol & Dhariwal 2021, eq. 15).
-
-    Args:
-        v_raw: ``(B, C, ...)`` raw network output in roughly [-1, 1].
-        log_beta: log β_t, broadcastable to ``v_raw`` (the upper bound, "fixed_large").
-        log_posterior_variance_clipped: log β̃_t (the lower bound, "fixed_small"), broadcastable.
-
-    Returns:
-        log Σ_θ = v log β_t + (1 − v) log β̃_t with v = (v_raw + 1) / 2.
-    """
-    frac = (v_raw + 1.0) / 2.0
-    return frac * log_beta + (1.0 - frac) * log_posterior_variance_clipped
 
 
 def vlb_terms(

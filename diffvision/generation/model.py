@@ -82,7 +82,6 @@ class DDPMModel(nn.Module):
         self.min_snr_gamma = min_snr_gamma
         self.vlb_weight = vlb_weight
         self.class_dropout_prob = class_dropout_prob
-        self._schedule_cache: dict[str, NoiseSchedule] = {}
 
     @property
     def device(self) -> torch.device:
@@ -91,13 +90,6 @@ class DDPMModel(nn.Module):
     @property
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
-
-    def schedule_on(self, device: torch.device | str) -> NoiseSchedule:
-        """The schedule with its tensors on ``device`` (cached)."""
-        key = str(device)
-        if key not in self._schedule_cache:
-            self._schedule_cache[key] = self.schedule.to(device)
-        return self._schedule_cache[key]
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -118,7 +110,7 @@ class DDPMModel(nn.Module):
         device = self.device
         x0 = images.to(device, non_blocking=True).float()  # (B, C, S, S)
         b = x0.shape[0]
-        sched = self.schedule_on(device)
+        sched = self.schedule.to(device)
         t = torch.randint(0, self.num_timesteps, (b,), device=device)  # uniform sampling
         noise = torch.randn_like(x0)
         x_t = add_noise(sched, x0, noise, t)

@@ -8,7 +8,8 @@ modifications:
   are taken from the conditional branch (as GLIDE does). ``s = 1`` is plain conditional sampling.
 - **SDEdit** (Meng et al. 2022, §3, Alg. 1): start from the guide image noised to
   ``t₀ = strength · T`` by q(x_{t₀}|x_0) and run only the sampler steps with ``t ≤ t₀`` (the
-  diffusers img2img convention for how many of ``num_steps`` are used).
+  diffusers img2img convention for how many of ``num_steps`` are used), as a grid of their own
+  (DPM-Solver++ lowers its order on the last steps when that grid is shorter than 15).
 - **ILVR** (Choi et al. 2021, eq. 7 / Alg. 1): after each step, the final one included,
   ``x_{t-1} ← φ_N(y_{t-1}) + x_{t-1} − φ_N(x_{t-1})`` with ``y_{t-1} ~ q(y_{t-1}|y)`` of the
   reference image (``y_0 = y``) and ``φ_N`` a linear low-pass filter: ``N×N`` average pooling
@@ -18,25 +19,26 @@ modifications:
 With ``sampler="ddpm"`` a UNet with learned variance samples with its own variance
 Σ_θ = exp(v log β + (1 − v) log β̃) of the (strided) step (Nichol & Dhariwal 2021, eq. 15).
 All noise comes from one CPU ``torch.Generator``, so results are reproducible for a seed whatever
-the device and the batch size.
+the device. Per batch the draws are, in order: x_T, then per step the sampler's noise (stochastic
+samplers, the last step included) followed by ILVR's y_{t'} (steps with t' ≥ 0).
+
+Everything runs through the core loop :func:`diffvision.diffusion.sample`: guidance is its
+``model_fn``, SDEdit its explicit ``timesteps`` (the tail of the grid), ILVR its
+``step_callback``, and the generator's draws its ``noise_fn``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffvision.diffusion.base import StepOutput
-from diffvision.diffusion.ddpm import DDPMSampler, ddpm_step
-from diffvision.diffusion.dpm_solver import DPMSolverPPSampler, dpm_solver_pp_step
 from diffvision.diffusion.forward import add_noise
-from diffvision.diffusion.sampling import SAMPLERS, build_sampler
-from diffvision.generation.losses import learned_log_variance
+from diffvision.diffusion.sampling import DEFAULT_SPACING, SAMPLERS, sample
+from diffvision.diffusion.timesteps import make_timesteps
 from diffvision.generation.model import DDPMModel
 
 __all__ = ["SAMPLER_NAMES", "generate", "guided_model_output", "low_pass"]
@@ -90,6 +92,7 @@ def guided_model_output(
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device):
+    """A draw from the CPU ``generator`` moved to ``device`` (the same numbers on every device)."""
     return torch.randn(shape, generator=generator).to(device)
 
 
@@ -144,7 +147,7 @@ def generate(
         raise ValueError(f"strength must lie in (0, 1], got {strength}")
     unet = model.unet
     device = model.device
-    sched = model.schedule_on(device)
+    sched = model.schedule.to(device)
     c, s = unet.in_channels, unet.image_size
     if variance is None:
         variance = "learned" if unet.learn_sigma else "fixed_small"
@@ -156,42 +159,47 @@ def generate(
         labels = torch.arange(num_samples) % unet.num_classes
     if labels is not None and len(labels) != num_samples:
         raise ValueError(f"got {len(labels)} labels for {num_samples} samples")
+    learned = sampler == "ddpm" and variance == "learned"  # the model_fn keeps the v channels
 
-    solver = build_sampler(
-        sampler,
-        sched,
-        num_steps=num_steps,
-        eta=eta,
-        order=order,
-        variance="fixed_small" if variance == "learned" else variance,
-        prediction_type=model.prediction_type,
-        clip=1.0 if clip_denoised else None,
-    )
-    start = 0
+    grid = make_timesteps(model.num_timesteps, num_steps, DEFAULT_SPACING[sampler])
     if init_image is not None and strength < 1.0:
-        t_start = int(strength * model.num_timesteps) - 1
-        kept = (solver.timesteps <= t_start).nonzero()
-        if len(kept) == 0:
+        grid = grid[grid <= int(strength * model.num_timesteps) - 1]
+        if len(grid) == 0:
             raise ValueError(f"strength {strength} leaves no sampling step of {num_steps}")
-        start = int(kept[0])
     batch_size = batch_size or num_samples
     outputs = []
     for lo in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - lo)
         y = None if labels is None else labels[lo : lo + n].to(device).long()
-        x = _randn((n, c, s, s), generator, device)
-        if init_image is not None:
-            t0 = int(solver.timesteps[start])
-            guide = _expand(init_image, lo, n).to(device)
-            x = add_noise(sched, guide, x, t0) if strength < 1.0 else x
-        ref = None if ilvr_reference is None else _expand(ilvr_reference, lo, n).to(device)
+        shape = (n, c, s, s)
+        x = _randn(shape, generator, device)
+        if init_image is not None and strength < 1.0:
+            x = add_noise(sched, _expand(init_image, lo, n).to(device), x, int(grid[0]))
+        callback = None
+        if ilvr_reference is not None:
+            ref = _expand(ilvr_reference, lo, n).to(device)
+            callback = _ilvr_callback(sched, grid, ref, ilvr_factor, generator)
+
+        def model_fn(x_t: Tensor, t: Tensor, y: Tensor | None = y) -> Tensor:
+            out = guided_model_output(model, x_t, t, y, guidance_scale=guidance_scale)
+            return out if learned else out[:, :c]
+
         outputs.append(
-            _reverse_loop(
-                model, solver, x, y, start=start, variance=variance,
-                guidance_scale=guidance_scale, generator=generator,
-                ilvr_reference=ref, ilvr_factor=ilvr_factor,
+            sample(
+                model_fn,
+                x,
+                sched,
+                sampler=sampler,
+                timesteps=grid,
+                eta=eta,
+                order=order,
+                variance=variance,
+                prediction_type=model.prediction_type,
+                clip=1.0 if clip_denoised else None,
+                noise_fn=lambda i, shape=shape: _randn(shape, generator, device),
+                step_callback=callback,
             )
-        )  # fmt: skip
+        )
     return torch.cat(outputs).float().clamp(-1, 1)
 
 
@@ -203,76 +211,15 @@ def _expand(images: Tensor, lo: int, n: int) -> Tensor:
     return images[lo : lo + n]
 
 
-def _reverse_loop(
-    model: DDPMModel,
-    solver,
-    x: Tensor,
-    y: Tensor | None,
-    *,
-    start: int,
-    variance: DDPMVariance,
-    guidance_scale: float,
-    generator: torch.Generator | None,
-    ilvr_reference: Tensor | None,
-    ilvr_factor: int,
-) -> Tensor:
-    sched = solver.schedule
-    c = x.shape[1]
-    model_t = sched.timestep_map[solver.timesteps].to(x.device)
-    history: tuple = ()
-    for i in range(start, solver.num_steps):
-        t, t_prev = int(solver.timesteps[i]), int(solver.prev_timesteps[i])
-        out = guided_model_output(
-            model, x, model_t[i].expand(x.shape[0]), y, guidance_scale=guidance_scale
-        )
-        pred = out[:, :c]
-        if isinstance(solver, DPMSolverPPSampler):
-            order = min(solver.orders[i], len(history) + 1)  # SDEdit may start mid-grid
-            x, _, history = dpm_solver_pp_step(
-                sched, pred, x, t, t_prev, history=history, order=order,
-                prediction_type=solver.prediction_type, clip=solver.clip,
-            )  # fmt: skip
-        elif isinstance(solver, DDPMSampler) and variance == "learned":
-            x = _learned_variance_step(
-                solver, pred, out[:, c:], x, t, t_prev, generator
-            ).prev_sample
-        else:
-            noise = _randn(tuple(x.shape), generator, x.device) if solver.stochastic else None
-            x, _ = solver.step(pred, i, x, noise=noise)
-        if ilvr_reference is not None:
-            y_prev = ilvr_reference  # y_0 = y at the clean end
-            if t_prev >= 0:
-                noise = _randn(tuple(x.shape), generator, x.device)
-                y_prev = add_noise(sched, ilvr_reference, noise, t_prev)
-            x = x - low_pass(x, ilvr_factor) + low_pass(y_prev, ilvr_factor)
-    return x
+def _ilvr_callback(sched, grid: Tensor, reference: Tensor, factor: int, generator):
+    """ILVR as a step callback: x_{t'} ← x_{t'} − φ(x_{t'}) + φ(y_{t'}), y_{t'} ~ q(y_{t'}|y)."""
+    prev = grid[1:].tolist() + [-1]
 
+    def callback(i: int, t: int, x_prev: Tensor, model_output: Tensor) -> Tensor:
+        y_prev = reference  # y_0 = y at the clean end
+        if prev[i] >= 0:
+            noise = _randn(tuple(x_prev.shape), generator, x_prev.device)
+            y_prev = add_noise(sched, reference, noise, prev[i])
+        return x_prev - low_pass(x_prev, factor) + low_pass(y_prev, factor)
 
-def _learned_variance_step(
-    solver: DDPMSampler,
-    pred: Tensor,
-    v_raw: Tensor,
-    x: Tensor,
-    t: int,
-    t_prev: int,
-    generator: torch.Generator | None,
-) -> StepOutput:
-    """Ancestral step with Σ_θ of Nichol & Dhariwal eq. 15 for the step t → t_prev."""
-    sched = solver.schedule
-    mean, x0 = ddpm_step(
-        sched, pred, x, t, t_prev, noise=torch.zeros_like(x),
-        prediction_type=solver.prediction_type, clip=solver.clip,
-    )  # fmt: skip
-    if t_prev < 0:
-        return StepOutput(mean, x0)
-    a_t = float(sched.alphas_cumprod[t])
-    a_prev = float(sched.alphas_cumprod[t_prev])
-    beta = 1.0 - a_t / a_prev
-    beta_tilde = (1.0 - a_prev) / (1.0 - a_t) * beta
-    log_var = learned_log_variance(
-        v_raw.float(),
-        log_beta=torch.tensor(math.log(beta)),
-        log_posterior_variance_clipped=torch.tensor(math.log(max(beta_tilde, 1e-20))),
-    ).to(x.dtype)
-    noise = _randn(tuple(x.shape), generator, x.device)
-    return StepOutput(mean + torch.exp(0.5 * log_var) * noise, x0)
+    return callback

@@ -405,13 +405,6 @@ class UNet(nn.Module):
             use_fp16=_to_bool("use_fp16", f["use_fp16"]),
         )
 
-    @classmethod
-    def load_guided_diffusion(
-        cls, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], **flags: Any
-    ) -> UNet:
-        """Alias of :func:`load_guided_diffusion_checkpoint`."""
-        return load_guided_diffusion_checkpoint(path_or_state_dict, **flags)
-
     # ------------------------------------------------------------------ precision
     @property
     def dtype(self) -> torch.dtype:
@@ -428,11 +421,6 @@ class UNet(nn.Module):
         """Cast the convolutions of the torso to float16 (guided-diffusion's ``use_fp16``)."""
         for m in self._torso_convs():
             m.half()
-
-    def convert_to_fp32(self) -> None:
-        """Undo :meth:`convert_to_fp16`."""
-        for m in self._torso_convs():
-            m.float()
 
     # ------------------------------------------------------------------ forward
     def forward(

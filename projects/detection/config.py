@@ -10,15 +10,29 @@ The ``MODEL.DiffusionDet`` keys and defaults are the official ``add_diffusiondet
   predictions from the ensemble (so S=2 equals S=1, issue #56); False keeps that behaviour (the
   README numbers were made with it), True appends the last step like MMDetection's port.
 
-Keys that other tasks may add too (``MODEL.SWIN``, ``MODEL.BACKBONE``, ...) are only added when
-missing, so this function never overwrites another task's defaults.
+The detectron2 sections DiffusionDet reads (``MODEL.BACKBONE``, ``RESNETS``, ``FPN``, ``ROI_HEADS``,
+``ROI_BOX_HEAD``) live in the default tree (:mod:`diffvision.config.defaults`) with DiffusionDet's
+values (``ROI_BOX_HEAD.POOLER_RESOLUTION`` 7, ``ROI_HEADS.IN_FEATURES`` p2-p5, ...). Keys that
+other tasks may add too (``MODEL.SWIN``) are only added when missing, so this function never
+overwrites another task's defaults.
+
+Compatibility keys (accepted so the official files load, warned about when set to a value
+diffvision ignores): ``MODEL.ROI_HEADS.NUM_CLASSES`` (the LVIS files set it beside
+``MODEL.DiffusionDet.NUM_CLASSES``, the one diffvision reads), ``MODEL.RESNETS.OUT_FEATURES`` (the
+ResNet-FPN always uses res2-res5), ``MODEL.SWIN.OUT_FEATURES`` (the Swin-FPN always uses all four
+stages) and ``MODEL.DiffusionDet.NO_OBJECT_WEIGHT`` (unused with the focal loss, as officially).
 """
 
 from __future__ import annotations
 
-from diffvision.config import CN, CfgNode
+from diffvision.config import CN, CfgNode, add_compat_key
 
 __all__ = ["add_diffusiondet_config"]
+
+add_compat_key("MODEL.ROI_HEADS.NUM_CLASSES", lambda cfg: cfg.MODEL.DiffusionDet.NUM_CLASSES)
+add_compat_key("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"])
+add_compat_key("MODEL.SWIN.OUT_FEATURES", [0, 1, 2, 3])
+add_compat_key("MODEL.DiffusionDet.NO_OBJECT_WEIGHT", 0.1)
 
 
 def _node(parent: CfgNode, name: str) -> CfgNode:
@@ -85,34 +99,3 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
     _default(swin, "SIZE", "B")  # T, S, B, B-22k
     _default(swin, "USE_CHECKPOINT", False)
     _default(swin, "OUT_FEATURES", (0, 1, 2, 3))
-
-    backbone = _node(cfg.MODEL, "BACKBONE")
-    _default(backbone, "NAME", "build_resnet_fpn_backbone")
-    _default(backbone, "FREEZE_AT", 2)
-    resnets = _node(cfg.MODEL, "RESNETS")
-    for key, value in {
-        "DEPTH": 50,
-        "OUT_FEATURES": ["res2", "res3", "res4", "res5"],
-        "NORM": "FrozenBN",
-        "STRIDE_IN_1X1": True,
-        "NUM_GROUPS": 1,
-        "WIDTH_PER_GROUP": 64,
-        "RES5_DILATION": 1,
-        "RES2_OUT_CHANNELS": 256,
-        "STEM_OUT_CHANNELS": 64,
-    }.items():
-        _default(resnets, key, value)
-    fpn = _node(cfg.MODEL, "FPN")
-    _default(fpn, "IN_FEATURES", ["res2", "res3", "res4", "res5"])
-    _default(fpn, "OUT_CHANNELS", 256)
-    _default(fpn, "NORM", "")
-    _default(fpn, "FUSE_TYPE", "sum")
-    roi_heads = _node(cfg.MODEL, "ROI_HEADS")
-    _default(roi_heads, "IN_FEATURES", ["p2", "p3", "p4", "p5"])
-    _default(roi_heads, "NUM_CLASSES", 80)
-    box_head = _node(cfg.MODEL, "ROI_BOX_HEAD")
-    _default(box_head, "POOLER_TYPE", "ROIAlignV2")
-    _default(box_head, "POOLER_RESOLUTION", 7)
-    _default(box_head, "POOLER_SAMPLING_RATIO", 2)
-    _default(box_head, "FED_LOSS_FREQ_WEIGHT_POWER", 0.5)
-    _default(box_head, "FED_LOSS_NUM_CLASSES", 50)

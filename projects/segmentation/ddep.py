@@ -202,11 +202,6 @@ class ResNetUNet(nn.Module):
         self.decoder = nn.ModuleList(blocks)
         self.head = nn.Conv2d(in_ch, out_channels, 3, padding=1)
 
-    def reset_head(self, out_channels: int) -> None:
-        """Replace the head (e.g. 3-channel ε → ``C`` classes for fine-tuning)."""
-        in_ch = self.head.in_channels
-        self.head = nn.Conv2d(in_ch, out_channels, 3, padding=1).to(self.head.weight.device)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = []
         h = x

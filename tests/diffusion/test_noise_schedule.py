@@ -109,10 +109,20 @@ def test_schedule_is_a_value():
     schedule = get_schedule("linear", 50)
     with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.betas = torch.zeros(50)
-    moved = schedule.to("cpu")
-    assert isinstance(moved, NoiseSchedule) and moved is not schedule
-    torch.testing.assert_close(moved.alphas_cumprod, schedule.alphas_cumprod)
+    # like Tensor.to: already on the device → the schedule itself (nothing to copy or cache)
+    assert schedule.to("cpu") is schedule and schedule.to(torch.device("cpu")) is schedule
     custom = NoiseSchedule(betas=torch.full((5,), 0.1, dtype=torch.float32))
     assert custom.betas.dtype == torch.float64 and custom.num_timesteps == 5
     with pytest.raises(ValueError, match="betas"):
         NoiseSchedule(betas=torch.tensor([0.1, 0.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_to_another_device_copies_once_and_comes_back():
+    schedule = get_schedule("cosine", 50)
+    moved = schedule.to("cuda")
+    assert moved is not schedule and moved.device.type == "cuda"
+    assert schedule.to("cuda") is moved  # one copy per device, kept
+    assert moved.to("cpu") is schedule
+    torch.testing.assert_close(moved.alphas_cumprod.cpu(), schedule.alphas_cumprod)
+    assert moved.timestep_map.device.type == "cuda"

@@ -266,7 +266,7 @@ def test_strict_checkpoint_round_trip_and_mismatch(tmp_path):
     bad = dict(src.state_dict())
     bad.pop("out.2.bias")
     with pytest.raises(ValueError, match="out.2.bias"):
-        UNet.load_guided_diffusion(bad, **small_flags())
+        load_guided_diffusion_checkpoint(bad, **small_flags())
     with pytest.raises(ValueError, match="shape mismatches"):
         load_guided_diffusion_checkpoint(path, **small_flags(learn_sigma=False))
 

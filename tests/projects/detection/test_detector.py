@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffvision.data.detection_transforms import resized_shape
+from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.modeling.fpn import build_resnet_fpn_backbone
 from projects.detection.criterion import SetCriterionDynamicK
 from projects.detection.detector import SCHEDULE_BUFFERS, DiffusionDet
@@ -95,16 +95,25 @@ def test_non_finite_boxes_raise_naming_the_stage():
 
 
 def test_eval_forward_returns_boxes_in_original_pixels():
+    """Boxes are mapped from the resized input to ``height`` × ``width``: with the same seeds,
+    asking for a (2h, 3w) original scales every box by (3, 2, 3, 2) (the clip to the image and
+    the drop of empty boxes commute with that scaling), scores and labels unchanged."""
     model = _model().eval()
-    outputs = model(_batch(train=False))
-    assert len(outputs) == 2
-    for out, x in zip(outputs, _batch(train=False), strict=True):
-        assert set(out) == {"boxes", "scores", "labels"}
-        assert out["labels"].dtype == torch.int64 and (out["labels"] < K).all()
-        assert len(out["boxes"]) <= 12
-        b = out["boxes"]
-        assert (b[:, 2] <= x["width"]).all() and (b[:, 3] <= x["height"]).all()
-        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    resized = [dict(x, seed=10 + i) for i, x in enumerate(_batch(train=False))]
+    for x in resized:  # no height/width: boxes stay in the resized input's pixels
+        del x["height"], x["width"]
+    original = [
+        dict(x, height=2 * x["image"].shape[1], width=3 * x["image"].shape[2]) for x in resized
+    ]
+    small, large = model(resized), model(original)
+    assert len(large) == 2
+    scale = torch.tensor([3.0, 2.0, 3.0, 2.0])
+    for out, ref in zip(large, small, strict=True):
+        assert set(out) == {"boxes", "scores", "labels"} and out["labels"].dtype == torch.int64
+        assert len(ref["boxes"]) > 0  # something to compare
+        torch.testing.assert_close(out["boxes"], ref["boxes"] * scale, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(out["scores"], ref["scores"], rtol=0, atol=0)
+        assert out["labels"].tolist() == ref["labels"].tolist()
 
 
 def _images(n: int = 3) -> list[np.ndarray]:
@@ -160,10 +169,18 @@ def test_predict_resizes_like_detectron2():
     assert resized_shape(480, 640, 800, 1333) == (800, 1067)
     assert resized_shape(100, 1000, 800, 1333) == (133, 1333)
     model = _model()
-    out = model.predict(np.zeros((30, 200, 3), dtype=np.uint8), seed=0)  # resized to 14 x 96
-    assert len(out) == 1
-    boxes = out[0]["boxes"]
-    assert (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 30).all()
+    image = _images(1)[0][:30]  # (30, 90, 3) → shortest edge 64 would make it 192 wide: 32 × 96
+    new_h, new_w = resized_shape(30, 90, 64, 96)
+    assert (new_h, new_w) == (32, 96)
+    out = model.predict(image, seed=0)
+    # the same network on the image resized by detectron2's transform, boxes left in its pixels
+    resized = ResizeTransform(30, 90, new_h, new_w).apply_image(image)
+    tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    ref = model.eval().inference([{"image": tensor}], seeds=[0])[0]
+    assert len(ref["boxes"]) > 0
+    scale = torch.tensor([90 / 96, 30 / 32, 90 / 96, 30 / 32])
+    torch.testing.assert_close(out[0]["boxes"], ref["boxes"] * scale, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out[0]["scores"], ref["scores"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="uint8"):
         model.predict(np.zeros((30, 20, 3), dtype=np.float32))
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import projects  # noqa: F401  (registers the tasks)
 from diffvision.config import get_cfg
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.run import train
+from projects.segmentation.build import build_ddep_model
 
 CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "segmentation" / "configs"
 
@@ -20,6 +24,24 @@ def toy(tmp_path, monkeypatch):
     train_dir = generate_toy_scenes(tmp_path / "train", num_images=6, image_size=32)
     val_dir = generate_toy_scenes(tmp_path / "val", num_images=2, image_size=32, seed=1)
     return tmp_path, str(train_dir), str(val_dir)
+
+
+def _miou_and_pacc(preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int):
+    """mIoU and pixel accuracy ×100 written out directly: per class |P ∩ G| / |P ∪ G| over all
+    pixels of all images (label 255 ignored), averaged over classes present in either."""
+    pred = np.concatenate([p.ravel() for p in preds]).astype(np.int64)
+    gt = np.concatenate([m.ravel() for m in masks]).astype(np.int64)
+    pred, gt = pred[gt != 255], gt[gt != 255]
+    ious = []
+    for c in range(num_classes):
+        union = np.sum((pred == c) | (gt == c))
+        if union:
+            ious.append(np.sum((pred == c) & (gt == c)) / union)
+    return 100 * float(np.mean(ious)), 100 * float(np.mean(pred == gt))
+
+
+def _masks(val_dir: str) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted(Path(val_dir, "masks").glob("*.png"))]
 
 
 def _cfg(name, out, opts):
@@ -46,7 +68,20 @@ def test_ddep_pretrain_then_finetune(toy):
              "SEG.LABEL_FRACTION", "1/3"],
         )
     )  # fmt: skip
-    assert 0 <= fine["sem_seg/mIoU"] <= 100
+    # the reported numbers are those of the saved final weights on the validation masks
+    fine_cfg = _cfg("ddep_toy_finetune_r18.yaml", tmp / "fine", [*common, "MODEL.WEIGHTS", ""])
+    model = build_ddep_model(fine_cfg).eval()
+    state = torch.load(tmp / "fine" / "model_final.pth", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    preds = []
+    with torch.no_grad():
+        for path in sorted(Path(val_dir, "images").glob("*.png")):
+            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
+            x = image.permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            preds.append(model.segment_logits(x)[0].argmax(0).numpy())
+    miou, pacc = _miou_and_pacc(preds, _masks(val_dir), num_classes=5)
+    assert fine["sem_seg/mIoU"] == pytest.approx(miou, abs=1e-6)
+    assert fine["sem_seg/pACC"] == pytest.approx(pacc, abs=1e-6)
     assert len((tmp / "fine" / "labeled_split.txt").read_text().splitlines()) == 2
     assert len(list((tmp / "fine" / "vis").rglob("*.png"))) == 2
 
@@ -72,6 +107,10 @@ def test_pixel_mlp_on_random_unet(toy):
         ],
     )  # fmt: skip
     metrics = train(cfg)
-    assert 0 <= metrics["sem_seg/mIoU"] <= 100
-    preds = sorted(p.name for p in (out / "predictions" / "val").iterdir())
-    assert preds == ["00000.png", "00000_uncertainty.png", "00001.png", "00001_uncertainty.png"]
+    names = sorted(p.name for p in (out / "predictions" / "val").iterdir())
+    assert names == ["00000.png", "00000_uncertainty.png", "00001.png", "00001_uncertainty.png"]
+    # the reported metrics are those of the written predictions against the validation masks
+    preds = [np.asarray(Image.open(out / "predictions" / "val" / n)) for n in names[::2]]
+    miou, pacc = _miou_and_pacc(preds, _masks(val_dir), num_classes=5)
+    assert metrics["sem_seg/mIoU"] == pytest.approx(miou, abs=1e-6)
+    assert metrics["sem_seg/pACC"] == pytest.approx(pacc, abs=1e-6)
