@@ -61,10 +61,13 @@ def r50():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, toy, r50):
     out = tmp_path_factory.mktemp("onnx")
+    models = {"toy": toy, "r50": r50}
     return {
-        ("toy", 1): export_onnx(toy, out / "toy_s1.onnx", num_boxes=16, steps=1, image_hw=(96, 128)),
-        ("toy", 4): export_onnx(toy, out / "toy_s4.onnx", num_boxes=16, steps=4, image_hw=(96, 128)),
-        ("r50", 4): export_onnx(r50, out / "r50_s4.onnx", num_boxes=16, steps=4, image_hw=(64, 96)),
+        (name, steps): export_onnx(
+            models[name], out / f"{name}_s{steps}.onnx", num_boxes=16, steps=steps,
+            image_hw=(96, 128),
+        )
+        for name, steps in [("toy", 1), ("toy", 4), ("r50", 4)]
     }  # fmt: skip
 
 
