@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps"]
+__all__ = ["SPACINGS", "Spacing", "make_timesteps", "previous_timesteps", "timestep_list"]
 
 Spacing = Literal["leading", "trailing", "linspace", "dpm_solver", "diffusiondet"]
 SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "dpm_solver", "diffusiondet")
@@ -46,12 +46,16 @@ def make_timesteps(num_timesteps: int, num_steps: int, spacing: Spacing = "leadi
         ``make_timesteps(1000, 10, "leading")`` is ``[900, 800, ..., 100, 0]`` and
         ``make_timesteps(1000, 10, "trailing")`` is ``[999, 899, ..., 199, 99]``.
     """
-    return torch.tensor(_timestep_grid(int(num_timesteps), int(num_steps), spacing))
+    return torch.tensor(timestep_list(int(num_timesteps), int(num_steps), spacing))
 
 
 @torch.compiler.assume_constant_result  # ints in, ints out: a constant under torch.export
-def _timestep_grid(T: int, N: int, spacing: str) -> list[int]:
-    """:func:`make_timesteps` as a list of python ints (numpy inside, never traced)."""
+def timestep_list(T: int, N: int, spacing: Spacing) -> list[int]:
+    """:func:`make_timesteps` as python ints.
+
+    Samplers step with these: under ``torch.export`` (the ONNX export of DiffusionDet) a python
+    int is a constant of the graph, an element of a tensor made while tracing is not.
+    """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
     if not 1 <= N <= T:
