@@ -44,7 +44,8 @@ class DetectorWithTTA:
         min_sizes: short-edge lengths of the copies (detectron2 ``TEST.AUG.MIN_SIZES``).
         max_size: cap of the long edge (``TEST.AUG.MAX_SIZE``).
         flip: also run each size flipped horizontally (``TEST.AUG.FLIP``).
-        nms_threshold: IoU of the class-aware NMS that merges the copies (default: the model's).
+        nms_threshold: IoU of the class-aware NMS that merges the copies (default: the model's
+            ``nms_threshold``).
     """
 
     def __init__(
@@ -126,10 +127,18 @@ class DetectorWithTTA:
 
 
 def build_tta(cfg, model: DiffusionDet) -> DetectorWithTTA | None:
-    """``TEST.AUG.*`` → :class:`DetectorWithTTA`, or None when ``TEST.AUG.ENABLED`` is off."""
+    """``TEST.AUG.*`` → :class:`DetectorWithTTA`, or None when ``TEST.AUG.ENABLED`` is off.
+
+    The merging NMS uses ``MODEL.ROI_HEADS.NMS_THRESH_TEST`` (detectron2's and the official
+    DiffusionDet TTA's key; 0.5 by default, like ``MODEL.DiffusionDet.NMS_THRESH``).
+    """
     aug = cfg.TEST.AUG
     if not aug.ENABLED:
         return None
     return DetectorWithTTA(
-        model, min_sizes=tuple(aug.MIN_SIZES), max_size=aug.MAX_SIZE, flip=aug.FLIP
+        model,
+        min_sizes=tuple(aug.MIN_SIZES),
+        max_size=aug.MAX_SIZE,
+        flip=aug.FLIP,
+        nms_threshold=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
     )
