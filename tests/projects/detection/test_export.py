@@ -72,13 +72,23 @@ def files(tmp_path_factory, toy, r50):
 
 
 def _assert_same_detections(onnx_out, eager: dict) -> None:
+    """Same detections up to the order of near-tied scores: each onnxruntime detection matches
+    a distinct eager one of the same label with IoU > 0.99 and a score within 1e-3."""
     boxes, scores, labels = (torch.from_numpy(np.asarray(v)) for v in onnx_out)
     assert labels.dtype == torch.int64 and boxes.dtype == torch.float32
     assert len(scores) > 0, "a test without detections compares nothing"
-    assert labels.tolist() == eager["labels"].tolist()
-    assert torch.allclose(scores, eager["scores"], atol=1e-3, rtol=0)
-    iou = box_iou(boxes, eager["boxes"]).diagonal()
-    assert bool((iou > 0.99).all()), iou.min()
+    assert sorted(labels.tolist()) == sorted(eager["labels"].tolist())
+    iou = box_iou(boxes, eager["boxes"])
+    close = (labels[:, None] == eager["labels"][None]) & (
+        (scores[:, None] - eager["scores"][None]).abs() <= 1e-3
+    )
+    iou = torch.where(close, iou, torch.zeros_like(iou))
+    used = torch.zeros(len(scores), dtype=torch.bool)
+    for i in range(len(scores)):  # greedy, highest IoU first: ties are rare and near-exact
+        candidates = torch.where(used, torch.zeros_like(iou[i]), iou[i])
+        j = int(candidates.argmax())
+        assert float(candidates[j]) > 0.99, (i, boxes[i], scores[i], labels[i])
+        used[j] = True
 
 
 @pytest.mark.parametrize("name,steps", [("toy", 1), ("toy", 4), ("r50", 4)])
