@@ -112,9 +112,8 @@ class ROIPooler(nn.Module):
         )
         out = x0.new_zeros(b * n, x0.shape[1], s, s)
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            # an empty level still runs (zero rois): its feature stays in the graph
             inds = torch.nonzero(level_idx == level).squeeze(1)
-            if inds.numel() == 0:
-                continue
             pooled = roi_align(feature, rois[inds], s, scale, self.sampling_ratio, aligned=True)
             out.index_copy_(0, inds, pooled)
         return out
