@@ -115,8 +115,9 @@ class DetectorGraph(nn.Module):
         self.steps = int(steps)
         self.input_names = graph_input_names(model, self.steps)
         model._schedule(model.device)  # built eagerly: the trace sees constants, not checks
-        self.register_buffer("pixel_mean", model._pixel_mean.clone(), persistent=False)
-        self.register_buffer("pixel_std", model._pixel_std.clone(), persistent=False)
+        device = model.device
+        self.register_buffer("pixel_mean", model._pixel_mean.to(device), persistent=False)
+        self.register_buffer("pixel_std", model._pixel_std.to(device), persistent=False)
 
     def forward(
         self,
