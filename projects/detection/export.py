@@ -23,9 +23,12 @@ input              shape, dtype            meaning
 Draw all of them from N(0, I) to sample like the eager model. Outputs: ``boxes`` (K, 4) float32
 xyxy in ``image``'s pixels, ``scores`` (K,) float32, ``labels`` (K,) int64 (contiguous class ids).
 
-The exporter is ``torch.onnx.export(..., dynamo=True)``; torchvision's ``roi_align`` and ``nms``
-are translated by onnxscript's torchlib to ONNX ``RoiAlign`` (``half_pixel`` = ``aligned=True``)
-and ``NonMaxSuppression``.
+Capture: ``torch.export.export(strict=True)`` (dynamo), where the python-int timesteps and the
+DDIM coefficients (python floats, float64) of the core's loop are constants baked into the graph;
+then ``torch.onnx.export(exported_program, dynamo=True)`` (onnxscript). torchvision's
+``roi_align`` and ``nms`` become ONNX ``RoiAlign`` (``half_pixel`` = ``aligned=True``) and
+``NonMaxSuppression`` through onnxscript's torchlib; class-aware NMS offsets each class's boxes
+apart first, as ``batched_nms`` does.
 """
 
 from __future__ import annotations
