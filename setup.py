@@ -31,6 +31,8 @@ setup(
         "cityscapesscripts",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "ruff", "onnx", "onnxscript", "onnxruntime"],
+        # tools/export.py, tools/demo.py --onnx, tools/benchmark_onnx.py
+        "export": ["onnx", "onnxscript", "onnxruntime"],
     },
 )

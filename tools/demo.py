@@ -6,6 +6,7 @@
     python tools/demo.py --config ... --video-input clip.mp4 --output clip_det.mp4 MODEL.WEIGHTS ...
     python tools/demo.py --config ... --webcam MODEL.WEIGHTS ...          # ESC quits
     # CPU: append MODEL.DEVICE cpu; fewer boxes/steps: MODEL.DiffusionDet.NUM_PROPOSALS 100
+    python tools/demo.py --onnx model.onnx --input photos/*.jpg --output out/  # onnxruntime
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
@@ -13,6 +14,8 @@ Without ``--output`` images and frames are shown in a window. ``--input`` takes 
 patterns and folders (every image inside, sorted); a file that cannot be read is skipped with a
 warning naming it and the batch goes on. Bad input ends with one line ``error: ...`` and exit
 status 2 (``--debug``: with the traceback).
+``--onnx`` runs a file written by tools/export.py through onnxruntime instead (no config, no
+torch model; same resize, seeds, threshold and drawing, class names from the file).
 """
 
 from __future__ import annotations
@@ -192,9 +195,24 @@ def run_stream(model, source, args, names) -> None:
     print(f"processed {frames} frames")
 
 
+def run_onnx(args, paths: list[str] | None) -> int:
+    """The demo on an exported file through onnxruntime (``--onnx``): no torch model is built."""
+    from projects.detection.export import OnnxDetector
+
+    model = OnnxDetector(args.onnx)
+    n = int(model.metadata.get("num_classes", 0))
+    names = model.metadata.get("class_names") or [str(i) for i in range(n)]
+    if paths is not None:
+        run_images(model, paths, args, names)
+    else:
+        run_stream(model, args.video_input if args.video_input else 0, args, names)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--config", "--config-file", dest="config")
+    parser.add_argument("--onnx", help="a tools/export.py .onnx file, instead of --config")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image paths or glob patterns")
     source.add_argument("--video-input", help="a video file")
@@ -218,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.video_input and not Path(args.video_input).is_file():
         what = "is a folder" if Path(args.video_input).is_dir() else "does not exist"
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
+    if (args.onnx is None) == (args.config is None):
+        raise CLIError("give exactly one of --config and --onnx")
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            what = "is a folder" if Path(args.onnx).is_dir() else "does not exist"
+            raise InputFileNotFoundError(f"--onnx {args.onnx}: {what}")
+        if args.opts:
+            raise CLIError(f"--onnx takes no config overrides, got {' '.join(args.opts)}")
+        return run_onnx(args, paths)
 
     cfg = load_config(args.config, args.opts)
     model = build_model(cfg, with_criterion=False)

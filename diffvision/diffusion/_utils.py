@@ -57,6 +57,12 @@ def cast(v: Coef, x: Tensor) -> Coef:
     return v.to(x.dtype) if isinstance(v, Tensor) else v
 
 
+@torch.compiler.assume_constant_result  # under torch.export: a constant of the graph
+def _value_at(values: Tensor, t: int) -> float:
+    """``values[t]`` as a python float (the coefficient of a python-int timestep)."""
+    return float(values[t])
+
+
 def _is_int(t: object) -> bool:
     return isinstance(t, Integral) and not isinstance(t, bool)
 
@@ -98,7 +104,7 @@ def extract(values: Tensor, t: Timestep, x: Tensor) -> Coef:
     if _is_int(t):
         if not 0 <= t < values.numel():
             raise ValueError(f"timesteps must lie in [0, {values.numel()}), got {t}")
-        return float(values[t])
+        return _value_at(values, t)
     t = as_timesteps(t, values.device)
     if bool(((t < 0) | (t >= values.numel())).any()):
         raise ValueError(f"timesteps must lie in [0, {values.numel()}), got {t.tolist()}")
@@ -113,7 +119,7 @@ def alpha_bar(schedule: NoiseSchedule, t: Timestep, x: Tensor) -> Coef:
     if _is_int(t):
         if t >= schedule.num_timesteps:
             raise ValueError(f"timesteps must be < {schedule.num_timesteps}, got {t}")
-        return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+        return 1.0 if t < 0 else _value_at(schedule.alphas_cumprod, t)
     t = as_timesteps(t, schedule.device)
     if bool((t >= schedule.num_timesteps).any()):
         raise ValueError(f"timesteps must be < {schedule.num_timesteps}, got {t.tolist()}")

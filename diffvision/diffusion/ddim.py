@@ -19,7 +19,7 @@ from ._utils import Timestep, cast, clamp_min, sqrt, step_alpha_bars
 from .base import StepOutput, resolve_timesteps
 from .parameterization import PredictionType, check_prediction_type, eps_from_x0, predict_x0_eps
 from .schedule import NoiseSchedule
-from .timesteps import Spacing, previous_timesteps
+from .timesteps import Spacing, previous_timesteps, timestep_list
 
 __all__ = ["DDIMSampler", "ddim_step"]
 
@@ -116,6 +116,13 @@ class DDIMSampler:
         self.clip = clip
         self.timesteps = resolve_timesteps(schedule.num_timesteps, num_steps, spacing, timesteps)
         self.prev_timesteps = previous_timesteps(self.timesteps)
+        # python ints for step(): under torch.export an int is a constant of the graph, an
+        # element of a tensor made while tracing is not (the ONNX export of DiffusionDet)
+        if timesteps is None:
+            grid = timestep_list(schedule.num_timesteps, num_steps, spacing)
+        else:
+            grid = self.timesteps.tolist()
+        self._pairs = list(zip(grid, grid[1:] + [-1], strict=True))
 
     @property
     def num_steps(self) -> int:
@@ -144,8 +151,7 @@ class DDIMSampler:
             self.schedule,
             model_output,
             x_t,
-            int(self.timesteps[i]),
-            int(self.prev_timesteps[i]),
+            *self._pairs[i],
             eta=self.eta,
             noise=noise,
             prediction_type=self.prediction_type,

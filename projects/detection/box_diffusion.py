@@ -4,8 +4,9 @@ Chen et al., DiffusionDet, ICCV 2023, §4.2-4.3 (Algorithms 1-2); code
 github.com/ShoufaChen/DiffusionDet@1efb36d ``detector.py``; reference diffusiondet.md §2.
 
 Boxes live in a "diffusion space": normalised (cx, cy, w, h) mapped from [0, 1] to [-scale, scale]
-(``scale = SNR_SCALE = 2.0``). The schedule, the forward process and the DDIM update are the shared
-core's (:mod:`diffvision.diffusion`): this module only converts boxes to and from that space.
+(``scale = SNR_SCALE = 2.0``). The schedule, the forward process, the timestep grid
+(``make_timesteps(T, S, "diffusiondet")``) and the DDIM loop are the shared core's
+(:mod:`diffvision.diffusion`): this module only converts boxes to and from that space.
 
 Notation: N proposals per image, x0 clean boxes, x_t noisy boxes, ᾱ_t = ``alphas_cumprod[t]``.
 """
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from diffvision.diffusion.ddim import ddim_step
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule
 
@@ -24,8 +24,6 @@ __all__ = [
     "prepare_diffusion_concat",
     "boxes_to_diffusion",
     "diffusion_to_boxes",
-    "ddim_timestep_pairs",
-    "ddim_box_step",
 ]
 
 
@@ -110,58 +108,3 @@ def boxes_to_diffusion(boxes_xyxy: Tensor, images_whwh: Tensor, *, scale: float 
     """
     x0 = box_convert(boxes_xyxy / images_whwh[:, None, :].to(boxes_xyxy.dtype), "xyxy", "cxcywh")
     return ((x0 * 2.0 - 1.0) * scale).clamp(-scale, scale)
-
-
-def ddim_timestep_pairs(num_steps: int, num_timesteps: int = 1000) -> list[tuple[int, int]]:
-    """The official ``(time, time_next)`` pairs (reference §2.4).
-
-    ``linspace(-1, T-1, S+1)`` in float32, truncated to int, reversed: S=1 gives [(999, -1)],
-    S=4 gives [(999, 749), (749, 499), (499, 249), (249, -1)]. ``time_next = -1`` is the clean end.
-    """
-    if num_steps < 1:
-        raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps!r}")
-    times = torch.linspace(-1, num_timesteps - 1, steps=num_steps + 1)
-    times = list(reversed(times.int().tolist()))
-    return list(zip(times[:-1], times[1:], strict=True))
-
-
-def ddim_box_step(
-    schedule: NoiseSchedule,
-    x0: Tensor,
-    x_t: Tensor,
-    t: int,
-    t_prev: int,
-    *,
-    eta: float = 1.0,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """One DDIM update of boxes given the head's x̂_0 (reference §2.4 step 4).
-
-    The official sampler takes ε̂ = (√(1/ᾱ_t)·x_t - x̂_0) / √(1/ᾱ_t - 1) from the clamped x̂_0 and
-    the unclamped x_t, then x_{t'} = √ᾱ_{t'}·x̂_0 + c·ε̂ + σ·z with σ = η√((1-ᾱ_t/ᾱ_{t'})(1-ᾱ_{t'})
-    /(1-ᾱ_t)), c = √(1-ᾱ_{t'}-σ²). That is the core's ``ddim_step`` with
-    ``prediction_type="sample"`` (ε̂ from x̂_0 is the same expression multiplied through by √ᾱ_t);
-    computed in float64 like the official float64 buffers.
-
-    Args:
-        schedule: the noise schedule.
-        x0: (B, N, 4) predicted clean boxes in diffusion space (already clamped).
-        x_t: (B, N, 4) current boxes in diffusion space (unclamped).
-        t, t_prev: current and target timesteps, 0 <= t_prev < t.
-        eta: η (1.0 in DiffusionDet).
-        noise: (B, N, 4) the Gaussian z.
-
-    Returns:
-        (B, N, 4) x_{t'} in ``x_t``'s dtype.
-    """
-    out = ddim_step(
-        schedule,
-        x0.double(),
-        x_t.double(),
-        t,
-        t_prev,
-        eta=eta,
-        noise=None if noise is None else noise.double(),
-        prediction_type="sample",
-    )
-    return out.prev_sample.to(x_t.dtype)

@@ -211,6 +211,22 @@ def build_evaluator(cfg: CfgNode, dataset_name: str):
     return build_detection_evaluator(cfg, dataset_name, cfg.OUTPUT_DIR)
 
 
+def build_inference(cfg: CfgNode):
+    """The evaluation call: ``model(inputs)`` (each image's ``seed`` drives its draws), or with
+    ``TEST.AUG.ENABLED`` the test-time augmentation of :mod:`projects.detection.tta` around the
+    model, seeded by the same per-image seeds."""
+    if not cfg.TEST.AUG.ENABLED:
+        return None
+    from .tta import build_tta
+
+    def run(model: nn.Module, inputs: list[dict]) -> list[dict]:
+        tta = build_tta(cfg, getattr(model, "module", model))
+        seeds = [x.get("seed") for x in inputs]
+        return tta(inputs, seeds=None if any(s is None for s in seeds) else seeds)
+
+    return run
+
+
 DIFFUSIONDET_TASK = register_task(
     "DiffusionDet",
     add_config=_add_config,
@@ -218,4 +234,5 @@ DIFFUSIONDET_TASK = register_task(
     build_train_loader=build_train_loader,
     build_test_loader=build_test_loader,
     build_evaluator=build_evaluator,
+    build_inference=build_inference,
 )

@@ -33,7 +33,7 @@ Differences from the official code (all deliberate, none changes a batch-1 resul
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,16 +41,11 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert
 
 from diffvision.data.detection_transforms import ResizeTransform, resized_shape
+from diffvision.diffusion.sampling import sample
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 from diffvision.modeling.resnet import set_norm_folding
 
-from .box_diffusion import (
-    boxes_to_diffusion,
-    ddim_box_step,
-    ddim_timestep_pairs,
-    diffusion_to_boxes,
-    prepare_diffusion_concat,
-)
+from .box_diffusion import boxes_to_diffusion, diffusion_to_boxes, prepare_diffusion_concat
 from .head import DynamicHead
 
 __all__ = ["DiffusionDet", "SCHEDULE_BUFFERS"]
@@ -345,6 +340,82 @@ class DiffusionDet(nn.Module):
         top_boxes = boxes.gather(1, box_idx[..., None].expand(-1, -1, 4))
         return top_boxes, top_scores, labels
 
+    def sample_boxes(
+        self,
+        features: Sequence[Tensor],
+        images_whwh: Tensor,
+        x_T: Tensor,
+        *,
+        steps: int,
+        draws: Callable[[int], tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The DDIM loop over boxes, through the core's loop :func:`diffvision.diffusion.sample`.
+
+        Reference §2.4: the head predicts x̂_0 (``prediction_type="sample"``) on the official
+        grid (``make_timesteps(T, S, "diffusiondet")``); after each step but the last, boxes
+        whose best class score is ≤ ``renewal_threshold`` are replaced (box renewal) and each
+        step's top-N predictions join the ensemble. The DDIM update runs in float64 and the state
+        is kept in float32 between steps, as before this loop moved to the core. Eager inference
+        and the ONNX export (:mod:`projects.detection.export`) both run this method; only where
+        the random draws come from differs.
+
+        Args:
+            features: the FPN maps of :meth:`extract_features`, each (B, D, H_l, W_l).
+            images_whwh: (B, 4) unpadded (w, h, w, h) of each image.
+            x_T: (B, N, 4) starting boxes in diffusion space.
+            steps: S.
+            draws: ``draws(i) -> (noise, refill)`` for step i < S - 1, each (B, N, 4): the DDIM η
+                noise z and the fresh boxes that replace renewed-away ones.
+
+        Returns:
+            candidate boxes (B, M, 4) absolute xyxy, scores (B, M) and labels (B, M) before NMS;
+            M = N · (number of ensembled steps), or N without an ensemble.
+        """
+        n_box = x_T.shape[1]
+        ensemble = self.use_ensemble and steps > 1
+        head_out: dict[str, Tensor] = {}
+        candidates: list[tuple[Tensor, Tensor, Tensor]] = []
+
+        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:  # x̂_0 in diffusion space
+            boxes_in = diffusion_to_boxes(x_t.float(), images_whwh, scale=self.snr_scale)
+            all_logits, all_boxes = self.head(features, boxes_in, t)
+            head_out["logits"], head_out["boxes"] = all_logits[-1], all_boxes[-1]
+            return boxes_to_diffusion(all_boxes[-1], images_whwh, scale=self.snr_scale).double()
+
+        def noise_fn(i: int) -> Tensor:  # the last step lands on x̂_0 (σ = 0): no draw
+            if i == steps - 1:
+                return x_T.new_zeros(x_T.shape, dtype=torch.float64)
+            return draws(i)[0].double()
+
+        def step_callback(i: int, t: int, x_prev: Tensor, x0: Tensor) -> Tensor | None:
+            logits, boxes = head_out["logits"], head_out["boxes"]
+            is_last = i == steps - 1
+            if ensemble and (not is_last or self.ensemble_include_last_step):
+                candidates.append(self._topk(logits, boxes, n_box))
+            if is_last:
+                return None
+            x_prev = x_prev.to(x_T.dtype)
+            if self.box_renewal:
+                keep = logits.sigmoid().amax(dim=-1) > self.renewal_threshold  # (B, N)
+                x_prev = torch.where(keep[..., None], x_prev, draws(i)[1].to(x_prev))
+            return x_prev.double()
+
+        sample(
+            model_fn,
+            x_T.double(),
+            self._schedule(x_T.device),
+            sampler="ddim",
+            num_steps=steps,
+            eta=self.ddim_eta,
+            prediction_type="sample",
+            spacing="diffusiondet",
+            noise_fn=noise_fn,
+            step_callback=step_callback,
+        )
+        if not candidates:
+            return self._topk(head_out["logits"], head_out["boxes"], n_box)
+        return tuple(torch.cat([c[j] for c in candidates], dim=1) for j in range(3))
+
     @torch.no_grad()
     def inference(
         self,
@@ -354,6 +425,8 @@ class DiffusionDet(nn.Module):
         steps: int | None = None,
         seeds: Sequence[int] | None = None,
         init_boxes: Tensor | None = None,
+        step_noise: Tensor | None = None,
+        renewal_boxes: Tensor | None = None,
     ) -> list[dict[str, Tensor]]:
         """DDIM sampling over boxes for a batch (reference §2.4, batched with per-image renewal).
 
@@ -365,6 +438,10 @@ class DiffusionDet(nn.Module):
             seeds: one int per image; image i's draws come from a generator seeded with
                 ``seeds[i]``. None draws the per-image seeds from torch's global RNG.
             init_boxes: (B, N, 4) starting boxes x_T in diffusion space (replaces the first draw).
+            step_noise: (B, S - 1, N, 4) the DDIM η noise of steps 0..S-2 (replaces those draws;
+                given together with ``renewal_boxes``).
+            renewal_boxes: (B, S - 1, N, 4) the fresh boxes of box renewal after steps 0..S-2.
+                With ``init_boxes`` these fix every random draw (the ONNX graph's inputs).
 
         Returns:
             per image ``{"boxes": (n, 4) xyxy original pixels, "scores": (n,), "labels": (n,)}``.
@@ -385,46 +462,35 @@ class DiffusionDet(nn.Module):
             draws = [torch.randn(n_box, 4, generator=g) for g in generators]
             return torch.stack(draws).to(device)
 
+        def given(name: str, value: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+            if value is None:
+                return None
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+            return value.to(device)
+
+        init_boxes = given("init_boxes", init_boxes, (n_img, n_box, 4))
+        fixed_noise = given("step_noise", step_noise, (n_img, n_steps - 1, n_box, 4))
+        fixed_refill = given("renewal_boxes", renewal_boxes, (n_img, n_steps - 1, n_box, 4))
+        if (fixed_noise is None) != (fixed_refill is None):
+            raise ValueError("step_noise and renewal_boxes are given together or not at all")
+
         images, images_whwh = self.preprocess_image(batched_inputs)
         features = self.extract_features(images)
-        if init_boxes is not None:
-            init_boxes = torch.as_tensor(init_boxes, dtype=torch.float32)
-            if init_boxes.shape != (n_img, n_box, 4):
-                raise ValueError(
-                    f"init_boxes must have shape {(n_img, n_box, 4)}, got {tuple(init_boxes.shape)}"
-                )
-            x_t = init_boxes.to(device)
-        else:
-            x_t = randn()
-        schedule = self._schedule(device)
-        pairs = ddim_timestep_pairs(n_steps, schedule.num_timesteps)
-        ensemble = self.use_ensemble and n_steps > 1
-        candidates: list[tuple[Tensor, Tensor, Tensor]] = []
-        logits = boxes = None
-        for time, time_next in pairs:
-            t = torch.full((n_img,), time, dtype=torch.long, device=device)
-            boxes_in = diffusion_to_boxes(x_t, images_whwh, scale=self.snr_scale)
-            all_logits, all_boxes = self.head(features, boxes_in, t)
-            logits, boxes = all_logits[-1], all_boxes[-1]
-            is_last = time_next < 0
-            if ensemble and (not is_last or self.ensemble_include_last_step):
-                candidates.append(self._topk(logits, boxes, n_box))
-            if is_last:
-                break
-            x0 = boxes_to_diffusion(boxes, images_whwh, scale=self.snr_scale)
-            noise = randn()
-            x_t = ddim_box_step(schedule, x0, x_t, time, time_next, eta=self.ddim_eta, noise=noise)
-            if self.box_renewal:
-                refill = randn()
-                keep = logits.sigmoid().amax(dim=-1) > self.renewal_threshold  # (B, N)
-                x_t = torch.where(keep[..., None], x_t, refill)
+        x_t = init_boxes if init_boxes is not None else randn()
+        step_draws: dict[int, tuple[Tensor, Tensor]] = {}
 
-        if candidates:
-            cand_boxes = torch.cat([c[0] for c in candidates], dim=1)
-            cand_scores = torch.cat([c[1] for c in candidates], dim=1)
-            cand_labels = torch.cat([c[2] for c in candidates], dim=1)
-        else:
-            cand_boxes, cand_scores, cand_labels = self._topk(logits, boxes, n_box)
+        def draws(i: int) -> tuple[Tensor, Tensor]:  # per step: the η noise, then the refill
+            if fixed_noise is not None:
+                return fixed_noise[:, i], fixed_refill[:, i]
+            if i not in step_draws:
+                step_draws[i] = (randn(), randn())
+            return step_draws[i]
+
+        cand_boxes, cand_scores, cand_labels = self.sample_boxes(
+            features, images_whwh, x_t, steps=n_steps, draws=draws
+        )
         results = []
         for i, x in enumerate(batched_inputs):
             b, s, lab = cand_boxes[i], cand_scores[i], cand_labels[i]

@@ -13,6 +13,7 @@ HAND = {
     "linspace": [999, 888, 777, 666, 555, 444, 333, 222, 111, 0],
     # round(linspace(0, 999, 11)) = 0, 99.9, ..., 499.5 (-> 500, half to even), ... minus the 0
     "dpm_solver": [999, 899, 799, 699, 599, 500, 400, 300, 200, 100],
+    "diffusiondet": [999, 899, 799, 699, 599, 499, 399, 299, 199, 99],
 }
 
 
@@ -38,8 +39,26 @@ def test_grids_are_strictly_decreasing_and_in_range(spacing, num_steps):
     assert 0 <= timesteps.min() and timesteps.max() <= 999
 
 
+def test_official_diffusiondet_grid():
+    # the official (time, time_next) pairs: int(linspace(-1, 999, S + 1)), reversed
+    assert make_timesteps(1000, 1, "diffusiondet").tolist() == [999]
+    assert make_timesteps(1000, 2, "diffusiondet").tolist() == [999, 499]
+    assert make_timesteps(1000, 3, "diffusiondet").tolist() == [999, 665, 332]
+    assert make_timesteps(1000, 4, "diffusiondet").tolist() == [999, 749, 499, 249]
+    assert make_timesteps(1000, 8, "diffusiondet").tolist() == [
+        999, 874, 749, 624, 499, 374, 249, 124
+    ]  # fmt: skip
+
+
+def test_diffusiondet_grid_is_the_truncated_float32_torch_linspace_for_every_n():
+    # the official code: torch.linspace(-1, T - 1, S + 1) (float32), .int(), reversed
+    for n in range(1, 1001):
+        official = torch.linspace(-1, 999, steps=n + 1).int().flip(0)[:-1]
+        assert make_timesteps(1000, n, "diffusiondet").tolist() == official.tolist(), n
+
+
 def test_all_steps_visit_every_timestep():
-    for spacing in ("leading", "trailing", "linspace"):
+    for spacing in ("leading", "trailing", "linspace", "diffusiondet"):
         assert make_timesteps(50, 50, spacing).tolist() == list(range(49, -1, -1))
 
 

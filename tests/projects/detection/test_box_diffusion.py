@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 
+from diffvision.diffusion import ddim_step, make_timesteps, previous_timesteps
 from diffvision.diffusion.schedule import get_schedule
 from projects.detection.box_diffusion import (
     boxes_to_diffusion,
-    ddim_box_step,
-    ddim_timestep_pairs,
     diffusion_to_boxes,
     prepare_diffusion_concat,
 )
@@ -38,17 +37,23 @@ def test_cosine_schedule_values(row):
     assert math.isclose((1 / a[t] - 1).sqrt().item(), sqrt_recipm1, rel_tol=1e-4)
 
 
+def _pairs(num_steps: int) -> list[tuple[int, int]]:
+    t = make_timesteps(1000, num_steps, "diffusiondet")
+    return list(zip(t.tolist(), previous_timesteps(t).tolist(), strict=True))
+
+
 def test_timestep_pairs():
-    assert ddim_timestep_pairs(1) == [(999, -1)]
-    assert ddim_timestep_pairs(2) == [(999, 499), (499, -1)]
-    assert ddim_timestep_pairs(4) == [(999, 749), (749, 499), (499, 249), (249, -1)]
-    assert [p[0] for p in ddim_timestep_pairs(8)] == [999, 874, 749, 624, 499, 374, 249, 124]
-    with pytest.raises(ValueError, match="0"):
-        ddim_timestep_pairs(0)
+    # the official (time, time_next) pairs of ddim_sample; time_next = -1 is the clean end
+    assert _pairs(1) == [(999, -1)]
+    assert _pairs(2) == [(999, 499), (499, -1)]
+    assert _pairs(4) == [(999, 749), (749, 499), (499, 249), (249, -1)]
+    assert [p[0] for p in _pairs(8)] == [999, 874, 749, 624, 499, 374, 249, 124]
+    with pytest.raises(ValueError, match="num_steps"):
+        make_timesteps(1000, 0, "diffusiondet")
 
 
 @pytest.mark.parametrize("t,t_prev", [(999, 749), (749, 499), (499, 249), (874, 124)])
-def test_ddim_box_step_matches_official_closed_form(t, t_prev):
+def test_core_ddim_step_on_x0_matches_official_closed_form(t, t_prev):
     torch.manual_seed(0)
     schedule = get_schedule("cosine", 1000)
     x_t = torch.randn(2, 5, 4) * 1.5
@@ -61,9 +66,18 @@ def test_ddim_box_step_matches_official_closed_form(t, t_prev):
     sigma = 1.0 * ((1 - a / an) * (1 - an) / (1 - a)).sqrt()
     c = (1 - an - sigma**2).sqrt()
     expected = x0.double() * an.sqrt() + c * eps + sigma * z.double()
-    out = ddim_box_step(schedule, x0, x_t, t, t_prev, eta=1.0, noise=z)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    # what DiffusionDet.sample_boxes asks of the core: x̂_0 prediction, float64
+    out = ddim_step(
+        schedule,
+        x0.double(),
+        x_t.double(),
+        t,
+        t_prev,
+        eta=1.0,
+        noise=z.double(),
+        prediction_type="sample",
+    ).prev_sample
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_coefficients_of_the_first_step():

@@ -1,0 +1,365 @@
+"""Export a whole DiffusionDet to one ONNX file that onnxruntime runs with the eager detections.
+
+The graph holds everything :meth:`DiffusionDet.inference` does for one image: normalisation and
+zero padding to the backbone's size divisibility, backbone + FPN, all S DDIM steps of
+:meth:`DiffusionDet.sample_boxes` (the same method the eager model runs, with box renewal and the
+step ensemble), top-k over boxes × classes, class-aware NMS, clipping to the image and dropping
+empty boxes. Every random draw is a graph input, so a graph and the eager model given the same
+inputs return the same detections at any number of steps:
+
+=================  ======================  =====================================================
+input              shape, dtype            meaning
+=================  ======================  =====================================================
+``image``          (3, H, W) uint8         RGB at network resolution (what ``inference`` takes
+                                           as ``batched_inputs[i]["image"]``); H, W dynamic
+                                           when ``dynamic_image``
+``init_boxes``     (N, 4) float32          x_T in diffusion space (``predict(init_boxes=...)``)
+``step_noise``     (S - 1, N, 4) float32   DDIM η noise z of steps 0..S-2 (only when S > 1
+                                           and η > 0)
+``renewal_boxes``  (S - 1, N, 4) float32   fresh boxes of box renewal after steps 0..S-2 (only
+                                           when S > 1 and box renewal is on)
+=================  ======================  =====================================================
+
+Draw all of them from N(0, I) to sample like the eager model. Outputs: ``boxes`` (K, 4) float32
+xyxy in ``image``'s pixels, ``scores`` (K,) float32, ``labels`` (K,) int64 (contiguous class ids).
+
+Capture: ``torch.export.export(strict=True)`` (dynamo), where the python-int timesteps and the
+DDIM coefficients (python floats, float64) of the core's loop are constants baked into the graph;
+then ``torch.onnx.export(exported_program, dynamo=True)`` (onnxscript). torchvision's
+``roi_align`` and ``nms`` become ONNX ``RoiAlign`` (``half_pixel`` = ``aligned=True``) and
+``NonMaxSuppression`` through onnxscript's torchlib; class-aware NMS offsets each class's boxes
+apart first, as ``batched_nms`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import nms
+
+from diffvision.data.detection_transforms import ResizeTransform, resized_shape
+from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
+
+from .detector import DiffusionDet
+
+__all__ = [
+    "OUTPUT_NAMES",
+    "DetectorGraph",
+    "OnnxDetector",
+    "export_onnx",
+    "graph_input_names",
+    "seeded_draws",
+    "write_metadata",
+]
+
+OUTPUT_NAMES = ("boxes", "scores", "labels")
+
+
+def graph_input_names(model: DiffusionDet, steps: int) -> list[str]:
+    """The graph's input names for ``steps`` S (the draws that S and the model's options use)."""
+    names = ["image", "init_boxes"]
+    if steps > 1 and model.ddim_eta > 0:
+        names.append("step_noise")
+    if steps > 1 and model.box_renewal:
+        names.append("renewal_boxes")
+    return names
+
+
+def seeded_draws(
+    seed: int, *, num_boxes: int, steps: int, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The draws :meth:`DiffusionDet.inference` makes for one image seeded with ``seed``.
+
+    Same generator, same order (x_T, then per step i < S - 1 the η noise and the renewal
+    boxes), so a graph fed these returns what ``model.predict(image, seed=seed)`` returns.
+
+    Returns:
+        ``{name: float32 array}`` for the draw inputs in ``names`` (not ``image``).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    init = torch.randn(num_boxes, 4, generator=g)
+    noise, refill = [], []
+    for _ in range(steps - 1):
+        noise.append(torch.randn(num_boxes, 4, generator=g))
+        refill.append(torch.randn(num_boxes, 4, generator=g))
+    empty = torch.zeros(0, num_boxes, 4)
+    every = {
+        "init_boxes": init,
+        "step_noise": torch.stack(noise) if noise else empty,
+        "renewal_boxes": torch.stack(refill) if refill else empty,
+    }
+    return {name: every[name].numpy() for name in names if name != "image"}
+
+
+class DetectorGraph(nn.Module):
+    """One image through a :class:`DiffusionDet` with every random draw given (the exported graph).
+
+    Args:
+        model: the detector (eval mode).
+        num_boxes: N.
+        steps: S.
+
+    ``forward(image, init_boxes, step_noise=None, renewal_boxes=None)`` takes the inputs of
+    :func:`graph_input_names` and returns ``(boxes (K, 4), scores (K,), labels (K,))`` in
+    ``image``'s pixels; a draw that is not given is zero (unused when the model does not draw it).
+    """
+
+    def __init__(self, model: DiffusionDet, *, num_boxes: int, steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_boxes = int(num_boxes)
+        self.steps = int(steps)
+        self.input_names = graph_input_names(model, self.steps)
+        model._schedule(model.device)  # built eagerly: the trace sees constants, not checks
+        device = model.device
+        self.register_buffer("pixel_mean", model._pixel_mean.to(device), persistent=False)
+        self.register_buffer("pixel_std", model._pixel_std.to(device), persistent=False)
+
+    def forward(
+        self,
+        image: Tensor,
+        init_boxes: Tensor,
+        step_noise: Tensor | None = None,
+        renewal_boxes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        model = self.model
+        h, w = image.shape[-2], image.shape[-1]
+        # preprocess_image for one image: normalise, then zero-pad to the size divisibility
+        x = (image.float() - self.pixel_mean) / self.pixel_std
+        d = model.size_divisibility
+        x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))[None]
+        images_whwh = torch.tensor([[w, h, w, h]], dtype=torch.float32, device=image.device)
+        features = model.extract_features(x)
+        zeros = init_boxes.new_zeros(1, self.num_boxes, 4)
+
+        def step_draws(i: int) -> tuple[Tensor, Tensor]:
+            noise = zeros if step_noise is None else step_noise[i][None]
+            refill = zeros if renewal_boxes is None else renewal_boxes[i][None]
+            return noise, refill
+
+        boxes, scores, labels = model.sample_boxes(
+            features, images_whwh, init_boxes[None], steps=self.steps, draws=step_draws
+        )
+        boxes, scores, labels = boxes[0], scores[0], labels[0]
+        if model.use_nms:
+            keep = _batched_nms(boxes, scores, labels, model.nms_threshold)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        # DiffusionDet._postprocess at scale 1: clip to the image, drop empty boxes
+        limits = images_whwh[0]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[keep], scores[keep], labels[keep].long()
+
+
+def _batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """Class-aware NMS by offsetting each class's boxes apart (what ``batched_nms`` does for
+    up to 1000 boxes; its per-class loop for more boxes keeps the same boxes), one ``nms``."""
+    offsets = labels.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, threshold)
+
+
+def export_onnx(
+    model: DiffusionDet,
+    path: str | os.PathLike,
+    *,
+    num_boxes: int,
+    steps: int,
+    image_hw: tuple[int, int] = (128, 160),
+    dynamic_image: bool = True,
+    opset: int | None = None,
+) -> Path:
+    """Export ``model`` (N boxes, S DDIM steps, one image) to ONNX and check the file.
+
+    Args:
+        model: a :class:`DiffusionDet`; exported in eval mode on its device, restored after.
+        path: the ``.onnx`` file to write (its folder is created).
+        num_boxes: N.
+        steps: S.
+        image_hw: (H, W) of the example image traced through the graph; with ``dynamic_image``
+            the file takes any size, else exactly this one.
+        dynamic_image: H and W of ``image`` are dynamic axes.
+        opset: ONNX opset (None: the exporter's default).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path` after ``onnx.checker.check_model`` passed.
+    """
+    import onnx
+
+    if num_boxes < 1 or steps < 1:
+        raise ConfigError(f"export needs num_boxes >= 1 and steps >= 1, got {num_boxes}, {steps}")
+    h, w = (int(v) for v in image_hw)
+    if h < 1 or w < 1:
+        raise ConfigError(f"image_hw must be positive, got {image_hw}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = DetectorGraph(model, num_boxes=num_boxes, steps=steps)
+    device = model.device
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).to(device)
+    init_boxes = torch.randn(num_boxes, 4, generator=g).to(device)
+    draws = {
+        name: torch.randn(steps - 1, num_boxes, 4, generator=g).to(device)
+        for name in graph.input_names[2:]
+    }
+    dynamic_shapes = None
+    if dynamic_image:
+        dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
+        dynamic_shapes = {"image": dims, "init_boxes": None, **{name: None for name in draws}}
+    was_training = model.training
+    # the plain computation order (speed's fast path uses inference_mode and in-place folding,
+    # which torch.export does not trace); onnxruntime applies its own graph fusions
+    fast_path = getattr(model, "fast_path", False)
+    if fast_path:
+        model.set_fast_path(False)
+    model.eval()
+    try:
+        # strict (dynamo) tracing reads python ints and floats of the schedule as constants: the
+        # DDIM coefficients are baked into the graph in float64, as eager computes them
+        with torch.no_grad(), torch._dynamo.config.patch(specialize_float=True):
+            exported = torch.export.export(
+                graph, (image, init_boxes), kwargs=draws, dynamic_shapes=dynamic_shapes, strict=True
+            )
+            program = torch.onnx.export(
+                exported,
+                dynamo=True,
+                input_names=graph.input_names,
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                optimize=True,
+                verify=False,
+                report=False,
+            )
+    finally:
+        model.train(was_training)
+        if fast_path:
+            model.set_fast_path(True)
+    program.save(str(path), external_data=False)
+    write_metadata(
+        path,
+        {
+            "num_boxes": num_boxes,
+            "steps": steps,
+            "num_classes": model.num_classes,
+            "min_size_test": model.min_size_test,
+            "max_size_test": model.max_size_test,
+        },
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def write_metadata(path: str | os.PathLike, values: dict) -> None:
+    """Add ``values`` (JSON-encoded) to the ONNX file's ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({k: json.dumps(v) for k, v in values.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+class OnnxDetector:
+    """An exported DiffusionDet run by onnxruntime, with :meth:`DiffusionDet.predict`'s interface.
+
+    No torch model is built: images are resized like ``predict`` (the sizes stored in the file by
+    :func:`export_onnx`), the draws come from :func:`seeded_draws`, and the boxes are mapped back
+    to the original pixels. Given the same seed it returns ``predict``'s detections.
+
+    Args:
+        path: an ``.onnx`` file written by :func:`export_onnx` / ``tools/export.py``.
+        providers: onnxruntime execution providers (default CPU).
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileNotFoundError(f"ONNX file {str(path)!r} does not exist")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WeightsError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        needed = ("num_boxes", "steps", "min_size_test", "max_size_test")
+        missing = [k for k in needed if k not in meta]
+        if missing:
+            raise WeightsError(
+                f"{path}: metadata {missing} missing; export it with tools/export.py"
+            )
+        self.metadata = {k: json.loads(v) for k, v in meta.items()}
+        self.num_boxes = int(self.metadata["num_boxes"])
+        self.steps = int(self.metadata["steps"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One graph call: ``image`` (3, H, W) uint8 at network resolution plus the draws."""
+        feeds = {"image": np.ascontiguousarray(image_chw, dtype=np.uint8), **draws}
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+
+    def predict(
+        self, images: np.ndarray | Sequence[np.ndarray], seed: int | Sequence[int] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Detect objects in (H, W, 3) uint8 RGB images (one array or a list), like ``predict``.
+
+        ``seed``: int (image i uses ``seed + i``), one int per image, or None (torch's global
+        RNG picks the seeds). Returns per image ``{"boxes", "scores", "labels"}`` tensors in
+        original pixels.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        images = list(images)
+        if seed is None:
+            seeds = torch.randint(0, 2**62, (len(images),)).tolist()
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(len(images))]
+        else:
+            seeds = [int(s) for s in seed]
+        results = []
+        for img, s in zip(images, seeds, strict=True):
+            arr = np.asarray(img)
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                raise ValueError(
+                    f"predict takes RGB uint8 (H, W, 3) images, got {arr.dtype} {arr.shape}"
+                )
+            h, w = arr.shape[:2]
+            new_h, new_w = resized_shape(
+                h, w, int(self.metadata["min_size_test"]), int(self.metadata["max_size_test"])
+            )
+            if (new_h, new_w) != (h, w):
+                arr = ResizeTransform(h, w, new_h, new_w).apply_image(arr)
+            draws = seeded_draws(
+                s, num_boxes=self.num_boxes, steps=self.steps, names=self.input_names
+            )
+            out = self.run(arr.transpose(2, 0, 1), draws)
+            results.append(
+                DiffusionDet._postprocess(
+                    torch.from_numpy(out["boxes"]),
+                    torch.from_numpy(out["scores"]),
+                    torch.from_numpy(out["labels"]),
+                    (new_h, new_w),
+                    (h, w),
+                )
+            )
+        return results

@@ -1,0 +1,187 @@
+"""ONNX export of the whole DiffusionDet: onnxruntime's detections equal the eager model's.
+
+One exported file per (model, S) serves every image size; every random draw is a graph input,
+so the comparison is exact up to float rounding (same labels, IoU > 0.99, scores within 1e-3).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from diffvision.engine.defaults import load_config  # noqa: E402
+from projects.detection.box_diffusion import diffusion_to_boxes  # noqa: E402
+from projects.detection.build import build_model  # noqa: E402
+from projects.detection.export import (  # noqa: E402
+    OnnxDetector,
+    export_onnx,
+    graph_input_names,
+    seeded_draws,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _model(config: str, *opts: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = load_config(str(ROOT / "projects/detection" / config), ["MODEL.WEIGHTS", "", *opts])
+    model = build_model(cfg, with_criterion=False).eval()
+    # class biases that put the median box's best score at the renewal threshold 0.5: box
+    # renewal keeps some boxes and replaces others, and the scores vary between classes
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        last = model.head.head_series[-1].class_logits
+        last.bias.copy_(torch.randn(last.bias.shape, generator=g))
+        image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=g)
+        images, whwh = model.preprocess_image([{"image": image}])
+        boxes = diffusion_to_boxes(torch.randn(1, 16, 4, generator=g), whwh)
+        logits = model.head(model.extract_features(images), boxes, torch.tensor([999]))[0][-1]
+        last.bias.sub_(logits.amax(dim=-1).median())
+    return model
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return _model("diffdet_toy.yaml", "MODEL.DiffusionDet.NUM_PROPOSALS", "16")
+
+
+@pytest.fixture(scope="module")
+def r50():
+    # an R50-FPN with random weights (FrozenBN: identity statistics), 1 head stage (export time)
+    return _model(
+        "diffdet_r50.yaml",
+        "MODEL.DiffusionDet.NUM_PROPOSALS", "16",
+        "MODEL.DiffusionDet.NUM_HEADS", "1",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, toy, r50):
+    out = tmp_path_factory.mktemp("onnx")
+    models = {"toy": toy, "r50": r50}
+    return {
+        (name, steps): export_onnx(
+            models[name], out / f"{name}_s{steps}.onnx", num_boxes=16, steps=steps,
+            image_hw=(96, 128),
+        )
+        for name, steps in [("toy", 1), ("toy", 4), ("r50", 4)]
+    }  # fmt: skip
+
+
+def _assert_same_detections(onnx_out, eager: dict) -> None:
+    """Same detections up to the order of near-tied scores: each onnxruntime detection matches
+    a distinct eager one of the same label with IoU > 0.99 and a score within 1e-3."""
+    boxes, scores, labels = (torch.from_numpy(np.asarray(v)) for v in onnx_out)
+    assert labels.dtype == torch.int64 and boxes.dtype == torch.float32
+    assert len(scores) > 0, "a test without detections compares nothing"
+    assert sorted(labels.tolist()) == sorted(eager["labels"].tolist())
+    iou = box_iou(boxes, eager["boxes"])
+    close = (labels[:, None] == eager["labels"][None]) & (
+        (scores[:, None] - eager["scores"][None]).abs() <= 1e-3
+    )
+    iou = torch.where(close, iou, torch.zeros_like(iou))
+    used = torch.zeros(len(scores), dtype=torch.bool)
+    for i in range(len(scores)):  # greedy, highest IoU first: ties are rare and near-exact
+        candidates = torch.where(used, torch.zeros_like(iou[i]), iou[i])
+        j = int(candidates.argmax())
+        assert float(candidates[j]) > 0.99, (i, boxes[i], scores[i], labels[i])
+        used[j] = True
+
+
+@pytest.mark.parametrize("name,steps", [("toy", 1), ("toy", 4), ("r50", 4)])
+def test_onnxruntime_equals_eager_at_two_image_sizes(files, toy, r50, name, steps):
+    model = {"toy": toy, "r50": r50}[name]
+    path = files[(name, steps)]
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = graph_input_names(model, steps)
+    assert [i.name for i in session.get_inputs()] == names
+    assert names[:2] == ["image", "init_boxes"] and len(names) == (2 if steps == 1 else 4)
+    g = torch.Generator().manual_seed(steps)
+    for h, w in [(96, 128), (75, 150)]:  # the traced size and another one (not a multiple of 32)
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        draws = {n: torch.randn(steps - 1, 16, 4, generator=g) for n in names[2:]}
+        init = torch.randn(16, 4, generator=g)
+        feeds = {"image": image.numpy(), "init_boxes": init.numpy()}
+        feeds.update({n: v.numpy() for n, v in draws.items()})
+        (eager,) = model.inference(
+            [{"image": image}],
+            num_boxes=16,
+            steps=steps,
+            init_boxes=init[None],
+            step_noise=draws["step_noise"][None] if steps > 1 else None,
+            renewal_boxes=draws["renewal_boxes"][None] if steps > 1 else None,
+        )
+        _assert_same_detections(session.run(["boxes", "scores", "labels"], feeds), eager)
+
+
+def test_draw_inputs_change_the_multi_step_result(files):
+    # the draws are real inputs of the graph, not constants folded at export time
+    session = ort.InferenceSession(str(files[("toy", 4)]), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).integers(0, 256, (3, 96, 128), dtype=np.uint8)
+    feeds = {"image": image, **seeded_draws(0, num_boxes=16, steps=4, names=_names(session))}
+    base = session.run(["scores"], feeds)[0]
+    for name in ("step_noise", "renewal_boxes"):
+        changed = dict(feeds, **{name: feeds[name] + 1.0})
+        assert not np.array_equal(session.run(["scores"], changed)[0], base), name
+
+
+def _names(session) -> list[str]:
+    return [i.name for i in session.get_inputs()]
+
+
+def test_onnx_detector_predict_equals_model_predict(files, toy):
+    # the --onnx demo path: same resize, same seeded draws, boxes back in original pixels
+    detector = OnnxDetector(files[("toy", 4)])
+    assert detector.metadata["num_boxes"] == 16 and detector.metadata["steps"] == 4
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (150, 210, 3), dtype=np.uint8) for _ in range(2)]
+    got = detector.predict(images, seed=3)
+    want = toy.predict(images, seed=3, num_boxes=16, steps=4)
+    for a, b in zip(got, want, strict=True):
+        _assert_same_detections((a["boxes"], a["scores"], a["labels"]), b)
+        assert float(a["boxes"][:, 2].max()) > 128  # mapped back beyond the 128-px network size
+
+
+def test_demo_runs_the_onnx_file(files, tmp_path):
+    import cv2
+
+    image = np.random.default_rng(2).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tools/demo.py"), "--onnx", str(files[("toy", 4)])]
+    cmd += ["--input", str(tmp_path / "in.png"), "--output", str(out)]
+    cmd += ["--confidence-threshold", "0.0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "detections" in result.stdout
+    drawn = cv2.imread(str(out / "in.jpg"))
+    assert drawn.shape == image.shape and np.abs(drawn.astype(int) - image).max() > 50
+
+
+def test_export_tool_rejects_bad_input(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "tools/export.py"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    missing = run("--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+    steps = run("--config", "projects/detection/diffdet_toy.yaml", "--steps", "0")
+    assert steps.returncode == 2 and "--steps" in steps.stderr
+
+
+def test_onnx_detector_names_a_missing_file(tmp_path):
+    from diffvision.errors import InputFileNotFoundError
+
+    with pytest.raises(InputFileNotFoundError, match="missing.onnx"):
+        OnnxDetector(tmp_path / "missing.onnx")

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""onnxruntime vs eager PyTorch latency of the whole DiffusionDet, side by side on the same inputs.
+
+For every (boxes, steps) the model is exported (projects/detection/export.py), then the exported
+graph and ``model.inference`` run alternately on the same image and the same draws, so load
+swings hit both columns alike; the detections are checked to match before timing.
+
+    python tools/benchmark_onnx.py --config projects/detection/diffdet_toy.yaml \
+        --boxes 100 300 --steps 1 4 MODEL.WEIGHTS output/diffdet_toy/model_final.pth
+
+Prints one markdown table (median latency per image, ratio = onnxruntime / eager). ``--clock cpu``
+(default) times the process's CPU seconds: with one thread that is the latency on a dedicated core
+and is robust to other jobs on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
+
+import projects  # noqa: E402,F401  (registers every task and its config keys)
+from diffvision.engine.defaults import load_config  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--boxes", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="image size (default: MIN_SIZE_TEST x 4/3 of it)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: process CPU time (robust to other jobs)")  # fmt: skip
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import onnxruntime as ort
+
+    from projects.detection.build import build_model
+    from projects.detection.checkpoint import load_weights
+    from projects.detection.export import export_onnx
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.opts)
+    model = build_model(cfg, with_criterion=False)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    model.eval()
+    h, w = args.size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST * 4 // 3)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"config {args.config}, image {h}x{w}, {args.threads} thread(s), {args.clock} clock, "
+          f"median of {args.repeats} alternating runs, torch {torch.__version__}, "
+          f"onnxruntime {ort.__version__}")  # fmt: skip
+    print("| boxes | steps | eager ms | onnxruntime ms | ratio | same labels: detections |")
+    print("|---:|---:|---:|---:|---:|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.boxes:
+            for s in args.steps:
+                path = export_onnx(model, Path(tmp) / f"b{n}_s{s}.onnx", num_boxes=n, steps=s,
+                                   image_hw=(h, w))  # fmt: skip
+                session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+                te, to, same = compare(model, session, image, n, s, args.repeats, g, clock)
+                print(f"| {n} | {s} | {te:.1f} | {to:.1f} | {to / te:.2f} | {same} |",
+                      flush=True)  # fmt: skip
+
+
+def compare(model, session, image, n, s, repeats, g, clock) -> tuple[float, float, str]:
+    """Median ms of eager and onnxruntime (alternating) and how close their detections are."""
+    from projects.detection.export import graph_input_names
+
+    names = graph_input_names(model, s)
+    draws = {k: torch.randn(s - 1, n, 4, generator=g) for k in names[2:]}
+    init = torch.randn(n, 4, generator=g)
+    feeds = {"image": image.numpy(), "init_boxes": init.numpy()}
+    feeds.update({k: v.numpy() for k, v in draws.items()})
+    kwargs = dict(num_boxes=n, steps=s, init_boxes=init[None])
+    if s > 1:
+        kwargs.update(step_noise=draws["step_noise"][None],
+                      renewal_boxes=draws["renewal_boxes"][None])  # fmt: skip
+
+    def eager():
+        with torch.no_grad():
+            return model.inference([{"image": image}], **kwargs)[0]
+
+    def onnx():
+        return session.run(["boxes", "scores", "labels"], feeds)
+
+    e, o = eager(), onnx()  # warm-up, and the equality check
+    same = "NO (labels differ)"
+    if sorted(o[2].tolist()) == sorted(e["labels"].tolist()):
+        # match each onnxruntime detection to the eager one of the same label with the highest
+        # IoU: near-tied scores may swap ranks between the two runtimes
+        iou = box_iou(torch.from_numpy(o[0]), e["boxes"])
+        iou = iou * torch.from_numpy(o[2][:, None] == e["labels"].numpy()[None])
+        best = iou.max(dim=1)
+        d_score = np.abs(o[1] - e["scores"].numpy()[best.indices.numpy()]).max(initial=0.0)
+        min_iou = float(best.values.min()) if len(o[2]) else 1.0
+        same = f"{len(o[2])} dets, max Δscore {d_score:.1e}, min IoU {min_iou:.6f}"
+    times = {"eager": [], "onnx": []}
+    for _ in range(repeats):
+        for name, fn in (("eager", eager), ("onnx", onnx)):
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return statistics.median(times["eager"]) * 1e3, statistics.median(times["onnx"]) * 1e3, same
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Export a DiffusionDet config + weights to one ONNX file (the whole detector, see
+projects/detection/export.py) and check it with onnx.checker.
+
+    python tools/export.py --config projects/detection/diffdet_toy.yaml \
+        MODEL.WEIGHTS output/diffdet_toy/model_final.pth          # -> model.onnx
+    python tools/export.py --config projects/detection/diffdet_r50.yaml --output r50.onnx \
+        --boxes 300 --steps 4 MODEL.WEIGHTS diffdet_coco_res50.pth
+    python tools/demo.py --onnx model.onnx --input photo.jpg --output out/
+
+``--boxes`` and ``--steps`` default to the config's MODEL.DiffusionDet.NUM_PROPOSALS and
+SAMPLE_STEP; both are fixed in the file. Needs ``pip install -e .[export]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
+
+import projects  # noqa: E402,F401  (registers every task and its config keys)
+from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.errors import CLIError, ConfigError, UserInputError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "--config-file", dest="config", required=True)
+    parser.add_argument("--output", default="model.onnx", help="the .onnx file to write")
+    parser.add_argument("--boxes", type=int, default=None, help="N (default: NUM_PROPOSALS)")
+    parser.add_argument("--steps", type=int, default=None, help="S (default: SAMPLE_STEP)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for input errors")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def export(args: argparse.Namespace) -> Path:
+    from projects.detection.build import build_model
+    from projects.detection.checkpoint import load_weights
+    from projects.detection.export import export_onnx, write_metadata
+    from tools.demo import class_names
+
+    if not Path(args.config).is_file():
+        raise ConfigError(f"config file {args.config!r} does not exist")
+    cfg = load_config(args.config, args.opts)
+    if cfg.MODEL.META_ARCHITECTURE != "DiffusionDet":
+        raise ConfigError(
+            f"{args.config}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; "
+            "only DiffusionDet exports to ONNX"
+        )
+    boxes = args.boxes if args.boxes is not None else cfg.MODEL.DiffusionDet.NUM_PROPOSALS
+    steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
+    if boxes < 1 or steps < 1:
+        raise CLIError(f"--boxes and --steps must be >= 1, got {boxes} and {steps}")
+    model = build_model(cfg, with_criterion=False)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        print("warning: MODEL.WEIGHTS is empty, exporting random weights", file=sys.stderr)
+    model.eval()
+    size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
+    path = export_onnx(model, args.output, num_boxes=boxes, steps=steps, image_hw=size,
+                       opset=args.opset)  # fmt: skip
+    write_metadata(path, {"class_names": class_names(cfg), "config": os.fspath(args.config)})
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {boxes} boxes, {steps} steps")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        export(args)
+    except UserInputError as exc:
+        if args.debug or os.environ.get("DIFFVISION_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
