@@ -42,7 +42,7 @@ from diffvision.engine.defaults import (  # noqa: E402
 from diffvision.engine.hooks import json_safe  # noqa: E402
 from diffvision.engine.launch import launch  # noqa: E402
 from diffvision.engine.run import evaluate, train  # noqa: E402
-from diffvision.engine.tasks import get_task_builder  # noqa: E402
+from diffvision.engine.tasks import get_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
 from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
 
@@ -92,7 +92,7 @@ def validate(cfg, args) -> None:
         world = int(os.environ["WORLD_SIZE"])
     if not args.eval_only:
         build_batch_split(cfg, world)  # ConfigError when the global batch cannot be split
-    get_task_builder(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
+    get_task(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
