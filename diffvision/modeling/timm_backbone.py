@@ -200,7 +200,7 @@ def freeze_timm_stages(model: nn.Module, freeze_at: int) -> list[str]:
     last = boundary[-1]
     order = _ordered_stage_modules(model)
     aliases = {last, last.replace(".", "_")}
-    hits = [i for i, n in enumerate(order) if n in aliases]
+    hits = [i for i, n in enumerate(order) if any(n == a or n.startswith(a + ".") for a in aliases)]
     if not hits:
         raise ConfigError(f"cannot locate timm feature module {last!r} among {order}")
     frozen = order[: hits[-1] + 1]
