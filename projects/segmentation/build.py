@@ -14,9 +14,10 @@ from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.engine import comm
 from diffvision.engine.tasks import Task, register_task
+from diffvision.errors import ConfigError
 from projects.segmentation.config import add_ddep_config
 from projects.segmentation.data import get_sem_seg_dataset, infinite_loader, train_records
-from projects.segmentation.ddep import DDeP, ResNetUNet, describe
+from projects.segmentation.ddep import DDeP, ResNetUNet, TimmUNet, describe
 from projects.segmentation.inference import evaluate_denoising, evaluate_sem_seg
 
 __all__ = ["build_ddep_model", "build_ddep_task", "load_encoder_weights", "load_model_weights"]
@@ -91,19 +92,42 @@ def load_model_weights(model: nn.Module, path_or_url: str) -> None:
         raise ValueError(f"no tensor of {path_or_url} matches the model")
 
 
+def _build_timm_unet(cfg: CfgNode, *, out_channels: int) -> TimmUNet:
+    """``MODEL.DDEP.ENCODER: timm:<name>``: weights from ``MODEL.TIMM.PRETRAINED``, freezing
+    from ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.TIMM.NORM``."""
+    d = cfg.MODEL.DDEP
+    if d.ENCODER_WEIGHTS or d.TRANSFORMER_LAYERS:
+        raise ConfigError(
+            f"MODEL.DDEP.ENCODER {d.ENCODER!r}: set the weights with MODEL.TIMM.PRETRAINED "
+            "(MODEL.DDEP.ENCODER_WEIGHTS is for torchvision ResNets) and keep "
+            "MODEL.DDEP.TRANSFORMER_LAYERS 0"
+        )
+    return TimmUNet(
+        name=d.ENCODER.removeprefix("timm:"),
+        pretrained=cfg.MODEL.TIMM.PRETRAINED,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=cfg.MODEL.TIMM.NORM,
+        out_channels=out_channels,
+        decoder_channels=tuple(d.DECODER_CHANNELS),
+    )
+
+
 def build_ddep_model(cfg: CfgNode) -> DDeP:
     """The DDeP model of ``cfg`` on ``MODEL.DEVICE``, with encoder / model weights loaded."""
     d = cfg.MODEL.DDEP
     mode = d.MODE
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    network = ResNetUNet(
-        encoder=d.ENCODER,
-        out_channels=3 if mode == "denoise" else num_classes,
-        decoder_channels=tuple(d.DECODER_CHANNELS),
-        transformer_layers=d.TRANSFORMER_LAYERS,
-        transformer_dim=d.TRANSFORMER_DIM,
-        transformer_heads=d.TRANSFORMER_HEADS,
-    )
+    if d.ENCODER.startswith("timm:"):
+        network = _build_timm_unet(cfg, out_channels=3 if mode == "denoise" else num_classes)
+    else:
+        network = ResNetUNet(
+            encoder=d.ENCODER,
+            out_channels=3 if mode == "denoise" else num_classes,
+            decoder_channels=tuple(d.DECODER_CHANNELS),
+            transformer_layers=d.TRANSFORMER_LAYERS,
+            transformer_dim=d.TRANSFORMER_DIM,
+            transformer_heads=d.TRANSFORMER_HEADS,
+        )
     if d.ENCODER_WEIGHTS:
         load_encoder_weights(network, d.ENCODER_WEIGHTS)
     model = DDeP(
