@@ -73,3 +73,13 @@ def test_recipe_trains_on_the_glyphs_and_on_a_custom_coco_set(tmp_path, monkeypa
     assert "bbox/AP" in metrics and (
         math.isnan(metrics["bbox/AP"]) or 0.0 <= metrics["bbox/AP"] <= 100.0
     )
+
+
+def test_coco_sized_config_builds_with_the_official_recipe(tmp_path):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(CONFIG.with_name("diffdet_effnetlite0.yaml")))
+    assert (
+        cfg.DATASETS.TRAIN == ("coco_2017_train",) and cfg.MODEL.DiffusionDet.NUM_PROPOSALS == 500
+    )
+    backbone = build_backbone(cfg)
+    assert backbone.out_channels == {f"p{i}": 256 for i in range(2, 7)}

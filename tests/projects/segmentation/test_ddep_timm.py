@@ -100,3 +100,18 @@ def test_pretrain_then_finetune_moves_the_decoder_only(tmp_path, monkeypatch):
     assert torch.equal(model.state_dict()[decoder_key], ckpt["model"][decoder_key])
     metrics = train(fine)
     assert 0.0 <= metrics["sem_seg/mIoU"] <= 100.0
+
+
+@pytest.mark.parametrize(
+    "name,mode,classes",
+    [
+        ("ddep_pretrain_cityscapes_effnetlite0.yaml", "denoise", 19),
+        ("ddep_finetune_cityscapes_effnetlite0_1-30.yaml", "segment", 19),
+    ],
+)
+def test_cityscapes_sized_configs_build(name, mode, classes):
+    cfg = _cfg(name)
+    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_sem_seg_train",)
+    model = build_ddep_model(cfg)
+    assert model.mode == mode and model.network.encoder_name == "timm:tf_efficientnet_lite0"
+    assert model.network.head.out_channels == (3 if mode == "denoise" else classes)
