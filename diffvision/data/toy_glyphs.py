@@ -31,14 +31,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from diffvision.data.paths import datasets_root
+from diffvision.data.toy_detection import _iou, generate_atomically
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -105,16 +104,6 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         else:
             cv2.circle(image, p, int(rng.integers(3, 20)), color, thick, cv2.LINE_AA)
     return image
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    if len(boxes) == 0:
-        return np.zeros(0)
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / (np.prod(box[2:] - box[:2]) + areas - inter)
 
 
 def _make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, list[int]]]]:
@@ -248,18 +237,6 @@ def ensure_toy_glyphs(
     """Return the glyph set folder (default ``datasets_root() / "toy_glyphs"``), generating it
     first when missing (atomically: a temporary sibling folder renamed into place)."""
     root = Path(root) if root is not None else datasets_root() / "toy_glyphs"
-    if (root / "annotations").is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Generating the toy glyph detection dataset under %s", root)
-    tmp = Path(tempfile.mkdtemp(prefix=".toy_glyphs-", dir=root.parent))
-    try:
-        generate_toy_glyphs(tmp / "data", seed=seed, sizes=sizes)
-        try:
-            os.rename(tmp / "data", root)
-        except OSError:
-            if not (root / "annotations").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return generate_atomically(
+        root, lambda out: generate_toy_glyphs(out, seed=seed, sizes=sizes), "toy glyph detection"
+    )
