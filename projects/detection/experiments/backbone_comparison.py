@@ -47,11 +47,13 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 2) -> str:
     n = len(values)
     mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def main() -> None:
@@ -114,7 +116,7 @@ def main() -> None:
         for dataset, entry in per_set.items():
             cells = [_mean_std(entry[k]) if k in entry else "-" for k in keys]
             print(f"| {recipe} | {dataset} | {','.join(entry['seeds'])} | " + " | ".join(cells)
-                  + f" | {_mean_std(entry['train_s'])} |")  # fmt: skip
+                  + f" | {_mean_std(entry['train_s'], 0)} |")  # fmt: skip
 
 
 if __name__ == "__main__":
