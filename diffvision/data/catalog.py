@@ -8,6 +8,7 @@ Builtin names use detectron2's layout under :func:`diffvision.data.paths.dataset
     lvis_v1_train     lvis/lvis_v1_train.json                     images coco/  (via coco_url)
     lvis_v1_val       lvis/lvis_v1_val.json                       images coco/  (via coco_url)
     toy_detection_train / toy_detection_val   generated on first use (diffvision.data.toy_detection)
+    toy_glyphs_{train,val}, toy_glyphs_lvis_{train,val}   generated on first use (.toy_glyphs)
 
 Custom COCO-format datasets are added with :func:`register_coco_dataset` (the detection project
 does it for every ``DATASETS.CUSTOM`` entry ``"name:json_file:image_root"`` of a config).
@@ -99,6 +100,25 @@ def _toy(split: str) -> Callable[[], DetectionDatasetInfo]:
 
 for _split in ("train", "val"):
     _REGISTRY[f"toy_detection_{_split}"] = _toy(_split)
+
+
+def _toy_glyphs(split: str, fmt: str) -> Callable[[], DetectionDatasetInfo]:
+    def resolve() -> DetectionDatasetInfo:
+        from diffvision.data.toy_glyphs import ensure_toy_glyphs
+
+        root = ensure_toy_glyphs()
+        name = "toy_glyphs_lvis" if fmt == "lvis" else "toy_glyphs"
+        json_name = f"lvis_{split}.json" if fmt == "lvis" else f"instances_{split}.json"
+        return DetectionDatasetInfo(
+            f"{name}_{split}", root / "annotations" / json_name, root / split, fmt
+        )
+
+    return resolve
+
+
+for _split in ("train", "val"):  # Hershey digits, classes differ only by shape (toy_glyphs.py)
+    _REGISTRY[f"toy_glyphs_{_split}"] = _toy_glyphs(_split, "coco")
+    _REGISTRY[f"toy_glyphs_lvis_{_split}"] = _toy_glyphs(_split, "lvis")
 
 _BUILTIN_NAMES = frozenset(_REGISTRY)
 

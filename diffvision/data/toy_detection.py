@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from diffvision.data.paths import datasets_root
 
-__all__ = ["TOY_CLASSES", "ensure_toy_detection", "generate_toy_detection"]
+__all__ = ["TOY_CLASSES", "ensure_toy_detection", "generate_atomically", "generate_toy_detection"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,13 +168,22 @@ def ensure_toy_detection(
         seed, sizes: see :func:`generate_toy_detection`.
     """
     root = Path(root) if root is not None else datasets_root() / "toy_detection"
+    return generate_atomically(
+        root, lambda out: generate_toy_detection(out, seed=seed, sizes=sizes), "toy detection"
+    )
+
+
+def generate_atomically(root: Path, generate: Callable[[Path], object], what: str) -> Path:
+    """Return ``root`` once ``root/annotations`` exists, calling ``generate(tmp)`` first when
+    missing: written to a temporary sibling folder and renamed into place, so that concurrent
+    processes never see a half-written dataset (the loser of a race discards its copy)."""
     if (root / "annotations").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Generating the toy detection dataset under %s", root)
-    tmp = Path(tempfile.mkdtemp(prefix=".toy_detection-", dir=root.parent))
+    logger.info("Generating the %s dataset under %s", what, root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        generate_toy_detection(tmp / "data", seed=seed, sizes=sizes)
+        generate(tmp / "data")
         try:
             os.rename(tmp / "data", root)
         except OSError:

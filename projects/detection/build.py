@@ -1,7 +1,8 @@
 """Config -> DiffusionDet model and task. The only model-side code that reads the config.
 
 - :func:`build_backbone`: ``MODEL.BACKBONE.NAME`` ``build_resnet_fpn_backbone`` (ResNet-18/34/50/101
-  FPN) or ``build_swintransformer_fpn_backbone`` (Swin FPN), the official names.
+  FPN) or ``build_swintransformer_fpn_backbone`` (Swin FPN), the official names, or
+  ``build_timm_fpn_backbone`` (any timm CNN + FPN, ``MODEL.TIMM.*``).
 - :func:`build_model`: backbone + head + criterion -> :class:`DiffusionDet` on ``MODEL.DEVICE``
   (``MODEL.RESNETS.NORM: SyncBN`` = trainable BN synchronised over processes).
 
@@ -24,6 +25,7 @@ from diffvision.engine.sync_bn import convert_sync_batchnorm
 from diffvision.engine.tasks import register_task
 from diffvision.errors import ConfigError
 from diffvision.modeling.fpn import FPN, build_resnet_fpn_backbone, build_swin_fpn_backbone
+from diffvision.modeling.timm_backbone import add_timm_config, build_timm_fpn_backbone
 
 from .config import add_diffusiondet_config
 from .detector import DiffusionDet
@@ -47,6 +49,7 @@ def _add_config(cfg: CfgNode) -> None:
 
     add_diffusiondet_config(cfg)
     add_detection_data_config(cfg)
+    add_timm_config(cfg)
 
 
 def build_backbone(cfg: CfgNode) -> FPN:
@@ -87,9 +90,20 @@ def build_backbone(cfg: CfgNode) -> FPN:
             out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
             use_checkpoint=s.USE_CHECKPOINT,
         )
+    if name == "build_timm_fpn_backbone":
+        t = cfg.MODEL.TIMM
+        return build_timm_fpn_backbone(
+            name=t.NAME,
+            pretrained=t.PRETRAINED,
+            out_indices=tuple(t.OUT_INDICES),
+            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+            norm=t.NORM,
+            in_features=fpn_in,
+            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        )
     raise ConfigError(
-        f"MODEL.BACKBONE.NAME {name!r} is not one of "
-        "['build_resnet_fpn_backbone', 'build_swintransformer_fpn_backbone']"
+        f"MODEL.BACKBONE.NAME {name!r} is not one of ['build_resnet_fpn_backbone', "
+        "'build_swintransformer_fpn_backbone', 'build_timm_fpn_backbone']"
     )
 
 

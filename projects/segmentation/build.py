@@ -41,7 +41,7 @@ from projects.segmentation.data import (
     sem_seg_evaluator_kwargs,
     train_records,
 )
-from projects.segmentation.ddep import DDeP, ResNetUNet, describe
+from projects.segmentation.ddep import DDeP, ResNetUNet, TimmUNet, describe
 from projects.segmentation.inference import predict_sem_seg
 
 __all__ = ["DDEP_TASK", "DenoisingEvaluator", "build_ddep_model", "torchvision_to_ddep_encoder"]
@@ -73,20 +73,43 @@ def torchvision_to_ddep_encoder(state: Mapping[str, torch.Tensor]):
     return "torchvision-resnet (DDeP encoder)", mapped
 
 
+def _build_timm_unet(cfg: CfgNode, *, out_channels: int) -> TimmUNet:
+    """``MODEL.DDEP.ENCODER: timm:<name>``: weights from ``MODEL.TIMM.PRETRAINED``, freezing
+    from ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.TIMM.NORM``."""
+    d = cfg.MODEL.DDEP
+    if d.ENCODER_WEIGHTS or d.TRANSFORMER_LAYERS:
+        raise ConfigError(
+            f"MODEL.DDEP.ENCODER {d.ENCODER!r}: set the weights with MODEL.TIMM.PRETRAINED "
+            "(MODEL.DDEP.ENCODER_WEIGHTS is for torchvision ResNets) and keep "
+            "MODEL.DDEP.TRANSFORMER_LAYERS 0"
+        )
+    return TimmUNet(
+        name=d.ENCODER.removeprefix("timm:"),
+        pretrained=cfg.MODEL.TIMM.PRETRAINED,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        norm=cfg.MODEL.TIMM.NORM,
+        out_channels=out_channels,
+        decoder_channels=tuple(d.DECODER_CHANNELS),
+    )
+
+
 def build_ddep_model(cfg: CfgNode) -> DDeP:
     """The DDeP model of ``cfg`` on ``MODEL.DEVICE`` (encoder initialised from
     ``MODEL.DDEP.ENCODER_WEIGHTS`` when set; ``MODEL.WEIGHTS`` is the engine's)."""
     d = cfg.MODEL.DDEP
     mode = d.MODE
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    network = ResNetUNet(
-        encoder=d.ENCODER,
-        out_channels=3 if mode == "denoise" else num_classes,
-        decoder_channels=tuple(d.DECODER_CHANNELS),
-        transformer_layers=d.TRANSFORMER_LAYERS,
-        transformer_dim=d.TRANSFORMER_DIM,
-        transformer_heads=d.TRANSFORMER_HEADS,
-    )
+    if d.ENCODER.startswith("timm:"):
+        network = _build_timm_unet(cfg, out_channels=3 if mode == "denoise" else num_classes)
+    else:
+        network = ResNetUNet(
+            encoder=d.ENCODER,
+            out_channels=3 if mode == "denoise" else num_classes,
+            decoder_channels=tuple(d.DECODER_CHANNELS),
+            transformer_layers=d.TRANSFORMER_LAYERS,
+            transformer_dim=d.TRANSFORMER_DIM,
+            transformer_heads=d.TRANSFORMER_HEADS,
+        )
     if d.ENCODER_WEIGHTS:
         # An initialisation of the architecture (like torchvision's pretrained=True), read by
         # the one loader; the encoder must be complete.

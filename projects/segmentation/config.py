@@ -44,10 +44,15 @@ def add_seg_config(cfg: CN) -> None:
 
 def add_ddep_config(cfg: CN) -> None:
     """``MODEL.DDEP``: the DDeP segmenter and its denoising pretraining."""
+    from diffvision.modeling.timm_backbone import add_timm_config
+
     add_seg_config(cfg)
+    add_timm_config(cfg)  # MODEL.TIMM.*: the encoder of MODEL.DDEP.ENCODER "timm:<name>"
     cfg.MODEL.DDEP = CN()
     # "denoise" (stage 2: decoder denoising pretraining) or "segment" (stage 3: fine-tuning).
     cfg.MODEL.DDEP.MODE = "segment"
+    # torchvision "resnet18/34/50/101", or "timm:<timm name>" (MODEL.TIMM.*, FREEZE_AT from
+    # MODEL.BACKBONE.FREEZE_AT).
     cfg.MODEL.DDEP.ENCODER = "resnet50"
     # torchvision ImageNet state dict (local path or URL); "" = random init.
     cfg.MODEL.DDEP.ENCODER_WEIGHTS = ""

