@@ -11,7 +11,9 @@ import projects  # noqa: F401  (registers the tasks)
 from diffvision.config import get_cfg
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.run import train
+from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
+from diffvision.modeling.weight_files import safe_torch_load
 from projects.segmentation.build import build_ddep_model
 from projects.segmentation.ddep import ResNetUNet, TimmUNet
 
@@ -82,7 +84,7 @@ def test_pretrain_then_finetune_moves_the_decoder_only(tmp_path, monkeypatch):
     ]  # fmt: skip
     pre_cfg = _cfg("ddep_toy_pretrain_effnetlite0.yaml", *common, "OUTPUT_DIR", str(tmp_path / "p"))
     train(pre_cfg)
-    ckpt = torch.load(tmp_path / "p" / "model_final.pth", map_location="cpu", weights_only=False)
+    ckpt = safe_torch_load(tmp_path / "p" / "model_final.pth")
     start = build_ddep_model(pre_cfg).state_dict()  # same seed-free ImageNet encoder
     for key, value in ckpt["model"].items():
         if key.startswith("network.backbone."):
@@ -93,7 +95,8 @@ def test_pretrain_then_finetune_moves_the_decoder_only(tmp_path, monkeypatch):
         "DATASETS.TEST", f"('{val_dir}',)", "SEG.LABEL_FRACTION", "full",
         "OUTPUT_DIR", str(tmp_path / "f"),
     )  # fmt: skip
-    model = build_ddep_model(fine)
+    model = build_ddep_model(fine)  # the contract: the engine loads MODEL.WEIGHTS, as train() does
+    load_weights(model, fine.MODEL.WEIGHTS)
     decoder_key = "network.decoder.0.convs.0.weight"
     assert torch.equal(model.state_dict()[decoder_key], ckpt["model"][decoder_key])
     metrics = train(fine)
