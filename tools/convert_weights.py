@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from diffvision.errors import CLIError, UserInputError  # noqa: E402
+from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
+from diffvision.errors import CLIError  # noqa: E402
 from diffvision.modeling.efficientnet_lite_weights import (  # noqa: E402
     LITE_VARIANTS,
     convert_efficientnet_lite,
@@ -56,22 +57,21 @@ def convert(variant: str, output: str, *, source: str | None = None, overwrite: 
     return converted
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("variant", help=f"one of {sorted(LITE_VARIANTS)}")
     parser.add_argument("output", help="output .pth file (timm naming)")
     parser.add_argument("--source", help="a state dict file in the package's naming")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        convert(args.variant, args.output, source=args.source, overwrite=args.overwrite)
-    except UserInputError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    convert(args.variant, args.output, source=args.source, overwrite=args.overwrite)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

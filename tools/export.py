@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
+from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.errors import CLIError, ConfigError, UserInputError  # noqa: E402
+from diffvision.errors import CLIError, ConfigError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boxes", type=int, default=None, help="N (default: NUM_PROPOSALS)")
     parser.add_argument("--steps", type=int, default=None, help="S (default: SAMPLE_STEP)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
-    parser.add_argument("--debug", action="store_true", help="tracebacks for input errors")
+    add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -70,16 +71,14 @@ def export(args: argparse.Namespace) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        export(args)
-    except UserInputError as exc:
-        if args.debug or os.environ.get("DIFFVISION_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    export(parse_args(argv))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":
