@@ -216,6 +216,20 @@ def test_missing_dataset_names_the_file(tmp_path, capsys):
     assert not out.exists()  # found before any process started
 
 
+@pytest.mark.parametrize("config", ["ddep_toy_finetune_r18.yaml", "pixel_mlp_toy.yaml"])
+def test_missing_segmentation_folder_is_rejected_before_spawning(tmp_path, capsys, config):
+    """The segmentation tasks' check_inputs runs before any process starts."""
+    out = tmp_path / "out"
+    missing = tmp_path / "no_such_split"
+    status = load_tool("train_net").cli(
+        ["--config", str(SEG / config), "DATASETS.TRAIN", f"('{missing}',)",
+         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    )  # fmt: skip
+    line = one_line_error(capsys, status, str(missing))
+    assert "not a known name or folder" in line
+    assert not out.exists()
+
+
 # ------------------------------------------------- item 2: data checked at registration
 def _write_coco(tmp_path: Path, annotations: list[dict]) -> str:
     (tmp_path / "imgs").mkdir(exist_ok=True)
@@ -316,6 +330,7 @@ def test_overwrite_replaces_the_finished_run(toy_det, capsys):
     assert status == 0, capsys.readouterr().err
     after = snapshot(out)
     assert after["model_final.pth"] != before["model_final.pth"]
+    assert "model_0000009.pth" not in after  # the old run's checkpoints cannot be resumed
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["iteration"] < 1 for r in rows)  # the old run's row 19 is gone
 

@@ -32,7 +32,7 @@ import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.build import build_batch_split  # noqa: E402
-from diffvision.engine.checkpoint import check_output_dir  # noqa: E402
+from diffvision.engine.checkpoint import check_output_dir, clear_checkpoints  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
     default_argument_parser,
@@ -92,7 +92,7 @@ def validate(cfg, args) -> None:
         world = int(os.environ["WORLD_SIZE"])
     if not args.eval_only:
         build_batch_split(cfg, world)  # ConfigError when the global batch cannot be split
-    get_task(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
+    task = get_task(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
     device = str(cfg.MODEL.DEVICE)
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
@@ -109,6 +109,8 @@ def validate(cfg, args) -> None:
     if cfg.SOLVER.MAX_ITER < 0:
         raise ConfigError(f"SOLVER.MAX_ITER must be >= 0, got {cfg.SOLVER.MAX_ITER}")
     _check_dataset_files(cfg)
+    if task.check_inputs is not None:
+        task.check_inputs(cfg)  # e.g. the segmentation dataset folders
     weights = str(cfg.MODEL.WEIGHTS)
     if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
         kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
@@ -149,6 +151,8 @@ def _cli(argv: list[str], *, debug: bool) -> int:
     args = argument_parser().parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     validate(cfg, args)
+    if args.overwrite and not args.eval_only:
+        clear_checkpoints(cfg.OUTPUT_DIR)
     # a worker's input error is printed by the worker; the launcher's "Terminating process"
     # notice about the other workers would only add lines
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)

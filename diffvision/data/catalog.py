@@ -193,6 +193,9 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
     return _REGISTRY[name]()
 
 
+_GENERATED_PREFIXES = ("toy_detection", "toy_glyphs")  # written on first use, never missing
+
+
 def check_dataset_files(name: str) -> None:
     """Check that a registered builtin or custom detection dataset's files exist, without
     reading them (cheap; for validating a command line before any process starts).
@@ -203,7 +206,7 @@ def check_dataset_files(name: str) -> None:
         InputFileNotFoundError: the json or the image folder is missing (builtin names say
             where datasets are looked up).
     """
-    if name not in _REGISTRY or name.startswith("toy_detection"):
+    if name not in _REGISTRY or name.startswith(_GENERATED_PREFIXES):
         return
     info = _REGISTRY[name]()
     hint = f" {missing_data_hint()}" if name in _BUILTIN_NAMES else ""
@@ -228,7 +231,7 @@ def missing_data_hint() -> str:
 
 @functools.lru_cache(maxsize=8)
 def _load(info: DetectionDatasetInfo) -> tuple[list[dict], DetectionMetadata]:
-    builtin = info.name in _BUILTIN_NAMES and not info.name.startswith("toy_detection")
+    builtin = info.name in _BUILTIN_NAMES and not info.name.startswith(_GENERATED_PREFIXES)
     return load_coco_json(
         info.json_file,
         info.image_root,

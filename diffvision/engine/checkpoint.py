@@ -177,6 +177,27 @@ def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -
         )
 
 
+def clear_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Remove a previous run's checkpoints and ``last_checkpoint`` from ``output_dir`` (what
+    ``--overwrite`` asks for), so that no stale ``model_*.pth`` of that run can later be resumed
+    as if it belonged to the new one. Returns the removed paths (and logs them)."""
+    output_dir = Path(output_dir)
+    removed = find_checkpoints(output_dir)
+    marker = output_dir / "last_checkpoint"
+    if marker.is_file():
+        removed.append(marker)
+    for path in removed:
+        path.unlink()
+    if removed:
+        logger.warning(
+            "--overwrite: removed %d files of the previous run in %s (%s)",
+            len(removed),
+            output_dir,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
 def _no_intact_message(save_dir: Path, problems: list[str]) -> str:
     return (
         f"--resume: no intact checkpoint in {save_dir}: {'; '.join(problems)}. Start a new "

@@ -60,6 +60,9 @@ class Task:
             evaluation loop instead of ``model(inputs)`` (test-time work that is not the
             trained module's, e.g. a frozen feature extractor).
         test_dataset_names: optional ``(cfg) -> names`` evaluated (default ``DATASETS.TEST``).
+        check_inputs: optional ``(cfg) -> None``: cheap checks that the config's input files
+            exist (no reading), run by ``tools/train_net.py`` before any process starts; raises
+            a :class:`~diffvision.errors.UserInputError` naming the file or key.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Task:
     build_evaluator: Callable[[CfgNode, str], DatasetEvaluator] | None = None
     build_inference: Callable[[CfgNode], Callable[[nn.Module, Any], Any]] | None = None
     test_dataset_names: Callable[[CfgNode], list[str]] | None = None
+    check_inputs: Callable[[CfgNode], None] | None = None
 
     def evaluation_names(self, cfg: CfgNode) -> list[str]:
         """The dataset names evaluated for ``cfg`` (empty: no evaluation)."""
@@ -91,6 +95,7 @@ def register_task(
     build_evaluator: Callable[[CfgNode, str], DatasetEvaluator] | None = None,
     build_inference: Callable[[CfgNode], Callable[[nn.Module, Any], Any]] | None = None,
     test_dataset_names: Callable[[CfgNode], list[str]] | None = None,
+    check_inputs: Callable[[CfgNode], None] | None = None,
     add_config: Callable[[CfgNode], None] | None = None,
 ) -> Task:
     """Register a task under ``MODEL.META_ARCHITECTURE == name`` and return it.
@@ -108,6 +113,7 @@ def register_task(
         build_evaluator=build_evaluator,
         build_inference=build_inference,
         test_dataset_names=test_dataset_names,
+        check_inputs=check_inputs,
     )
     existing = _TASKS.get(name)
     if existing is not None and existing.build_model is not build_model:

@@ -142,7 +142,6 @@ class DiffusionDet(nn.Module):
         # The schedule is the core's; the 12 float64 buffers only mirror it under the official
         # names so that official checkpoints load strictly (reference §2.1).
         self.schedule = get_schedule("cosine", num_timesteps)
-        self._schedule_on: dict[torch.device, NoiseSchedule] = {}
         betas = self.schedule.betas
         ac = self.schedule.alphas_cumprod
         ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
@@ -207,9 +206,7 @@ class DiffusionDet(nn.Module):
         return self.betas.device
 
     def _schedule(self, device: torch.device) -> NoiseSchedule:
-        if device not in self._schedule_on:
-            self._schedule_on[device] = self.schedule.to(device)
-        return self._schedule_on[device]
+        return self.schedule.to(device)  # the core caches one copy per device
 
     def preprocess_image(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, Tensor]:
         """Normalise, zero-pad (after normalisation) to a multiple of ``size_divisibility``.

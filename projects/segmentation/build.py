@@ -37,6 +37,7 @@ from projects.segmentation.config import add_ddep_config
 from projects.segmentation.data import (
     SegTestBatches,
     build_seg_train_loader,
+    check_seg_inputs,
     get_sem_seg_dataset,
     sem_seg_evaluator_kwargs,
     train_records,
@@ -232,4 +233,5 @@ DDEP_TASK = register_task(
     build_test_loader=build_test_loader,
     build_evaluator=build_evaluator,
     build_inference=build_inference,
+    check_inputs=check_seg_inputs,
 )

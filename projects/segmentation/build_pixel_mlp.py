@@ -39,6 +39,7 @@ from diffvision.evaluation.sem_seg import SemSegEvaluator
 from projects.segmentation.config import add_pixel_mlp_config
 from projects.segmentation.data import (
     SegTestBatches,
+    check_seg_inputs,
     get_sem_seg_dataset,
     sem_seg_evaluator_kwargs,
     train_records,
@@ -411,4 +412,5 @@ PIXEL_MLP_TASK = register_task(
     build_test_loader=build_test_loader,
     build_evaluator=build_evaluator,
     build_inference=build_inference,
+    check_inputs=check_seg_inputs,
 )

@@ -74,6 +74,31 @@ def get_sem_seg_dataset(
     )
 
 
+def check_sem_seg_dataset_files(name: str) -> None:
+    """A named split or folder exists, without reading it (Cityscapes: its ``leftImg8bit``
+    folder; generated toy scenes always pass).
+
+    Raises:
+        InputFileNotFoundError: an unknown name that is not an existing folder.
+    """
+    if name in CITYSCAPES_SEM_SEG_SPLITS or (
+        name.startswith("toy_scenes_") and name[len("toy_scenes_") :] in TOY_SCENE_SPLITS
+    ):
+        return
+    if not Path(name).is_dir():
+        what = "a file, expected a folder" if Path(name).exists() else "not a known name or folder"
+        raise InputFileNotFoundError(
+            f"dataset {name!r} is {what} (known: cityscapes_fine_sem_seg_*, "
+            f"toy_scenes_{{{','.join(TOY_SCENE_SPLITS)}}}, or a folder with images/ and masks/)"
+        )
+
+
+def check_seg_inputs(cfg) -> None:
+    """``Task.check_inputs`` of the segmentation tasks: every ``DATASETS.TRAIN`` / ``TEST``."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_sem_seg_dataset_files(str(name))
+
+
 def labeled_subset(
     records: Sequence[dict],
     *,
