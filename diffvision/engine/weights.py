@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from diffvision.errors import WeightsError
-from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict
+from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict, safe_torch_load
 
 __all__ = ["load_weights", "read_weights", "register_weight_converter"]
 
@@ -64,10 +64,8 @@ def read_weights(path_or_url: str | os.PathLike, *, use_ema: bool = False) -> di
     """``{name: tensor}`` of a weight file; with ``use_ema`` the ``"ema"`` entry of a diffvision
     checkpoint when it has one (else its ``"model"`` entry)."""
     if use_ema and os.path.isfile(path_or_url):
-        try:
-            data = torch.load(path_or_url, map_location="cpu", weights_only=True)
-        except Exception:  # engine checkpoints may pickle RNG states (numpy objects)
-            data = torch.load(path_or_url, map_location="cpu", weights_only=False)
+        # weights_only, admitting the NumPy RNG states engine checkpoints hold; never full pickle
+        data = safe_torch_load(path_or_url, what="weight file")
         if isinstance(data, Mapping) and isinstance(data.get("ema"), Mapping):
             logger.info("Using the EMA weights of %s", path_or_url)
             return dict(data["ema"])

@@ -5,13 +5,14 @@ from torch import nn
 from diffvision.engine import checkpoint as ckpt_mod
 from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.ema import ModelEMA
+from diffvision.modeling.weight_files import safe_torch_load
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     model = nn.Linear(2, 2)
     ck = Checkpointer(model, tmp_path)
     ck.save("model_0000009", iteration=9)
-    good = torch.load(tmp_path / "model_0000009.pth", weights_only=False)
+    good = safe_torch_load(tmp_path / "model_0000009.pth")
 
     def broken_save(obj, f):
         f.write(b"partial bytes")
@@ -23,7 +24,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
     with pytest.raises(OSError, match="disk full"):
         ck.save("model_0000009", iteration=19)
     monkeypatch.undo()
-    after = torch.load(tmp_path / "model_0000009.pth", weights_only=False)
+    after = safe_torch_load(tmp_path / "model_0000009.pth")
     torch.testing.assert_close(after["model"]["weight"], good["model"]["weight"])
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffvision.modeling.weight_files import safe_torch_load
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -65,8 +67,8 @@ def test_two_gloo_processes_train_like_one_process_on_the_global_batch(tmp_path)
         assert rank0["seen"][it] != rank1["seen"][it]
     # Same weights as 1 process (up to float summation order); the evaluation gathers over
     # ranks, so both ranks report the metric of the whole test set.
-    a = torch.load(tmp_path / "one" / "model_final.pth", weights_only=False)["model"]
-    b = torch.load(tmp_path / "two" / "model_final.pth", weights_only=False)["model"]
+    a = safe_torch_load(tmp_path / "one" / "model_final.pth")["model"]
+    b = safe_torch_load(tmp_path / "two" / "model_final.pth")["model"]
     for key in a:
         if a[key].dtype.is_floating_point:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffvision.modeling.weight_files import safe_torch_load
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "configs"
 TASKS = ["ddpm", "ddep", "pixel_mlp", "diffdet"]
@@ -52,7 +54,7 @@ def _train(task: str, out: Path, *extra: str, flags: tuple[str, ...] = ()) -> No
 
 
 def _checkpoint(out: Path) -> dict:
-    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    return safe_torch_load(out / "model_final.pth")
 
 
 def _losses(out: Path) -> dict[int, dict[str, float]]:

@@ -9,6 +9,7 @@ import torch
 
 from diffvision.engine.defaults import default_setup, load_config
 from diffvision.engine.run import evaluate, train
+from diffvision.modeling.weight_files import safe_torch_load
 
 
 def _cfg(tmp_path, *overrides):
@@ -34,7 +35,7 @@ def _cfg(tmp_path, *overrides):
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return safe_torch_load(path)["model"]
 
 
 def test_train_writes_config_metrics_checkpoints_and_learns(tmp_path):
@@ -49,7 +50,7 @@ def test_train_writes_config_metrics_checkpoints_and_learns(tmp_path):
     assert all({"lr", "it_per_s", "total_loss"} <= r.keys() for r in records if "loss_mse" in r)
     assert sum("eval/mse" in r for r in records) == 2  # iteration 30 and the end
     assert results["mse"] < 1.0
-    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    ckpt = safe_torch_load(tmp_path / "model_final.pth")
     assert "ToyRegression" in ckpt["config"] and ckpt["iteration"] == 59
     assert {"optimizer", "scheduler", "rng", "model"} <= ckpt.keys()
 
@@ -96,7 +97,7 @@ def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_pat
 
 def test_ema_weights_are_saved_and_used_for_eval_only(tmp_path):
     train(_cfg(tmp_path / "run", "MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.5"))
-    ckpt = torch.load(tmp_path / "run" / "model_final.pth", map_location="cpu", weights_only=False)
+    ckpt = safe_torch_load(tmp_path / "run" / "model_final.pth")
     assert "ema" in ckpt
     assert not torch.equal(ckpt["ema"]["head.weight"], ckpt["model"]["head.weight"])
     weights = str(tmp_path / "run" / "model_final.pth")

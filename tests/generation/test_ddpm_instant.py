@@ -15,6 +15,7 @@ from diffvision.config import get_cfg
 from diffvision.data.toy_shapes import ensure_toy_shapes
 from diffvision.engine.run import train
 from diffvision.generation.checkpoint import load_ddpm_unet
+from diffvision.modeling.weight_files import safe_torch_load
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +54,7 @@ def test_train_evaluate_load_and_sample(tmp_path, monkeypatch):
 
     ckpt = out / "model_final.pth"
     unet, schedule, run_cfg = load_ddpm_unet(ckpt)
-    data = torch.load(ckpt, map_location="cpu", weights_only=False)
+    data = safe_torch_load(ckpt)
     for key, value in unet.state_dict().items():  # the EMA weights are the ones loaded
         torch.testing.assert_close(value, data["ema"][f"unet.{key}"])
     assert schedule.num_timesteps == 1000 and run_cfg.MODEL.DDPM.PREDICTION_TYPE == "epsilon"

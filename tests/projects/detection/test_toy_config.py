@@ -14,6 +14,7 @@ from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.engine.run import evaluate, evaluate_model, train
 from diffvision.engine.tasks import build_task
 from diffvision.engine.weights import load_weights
+from diffvision.modeling.weight_files import safe_torch_load
 
 CONFIG = Path(__file__).resolve().parents[3] / "projects" / "detection" / "diffdet_toy.yaml"
 
@@ -41,7 +42,7 @@ def test_toy_config_trains_and_evaluates_reproducibly(cfg):
     task = build_task(cfg)
     model = task.build_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS)  # what the engine does with MODEL.WEIGHTS
-    trained = torch.load(final, map_location="cpu", weights_only=False)["model"]
+    trained = safe_torch_load(final)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]), key
     first, second = evaluate_model(cfg, task, model), evaluate(cfg)

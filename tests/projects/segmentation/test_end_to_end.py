@@ -13,6 +13,7 @@ import projects  # noqa: F401  (registers the tasks)
 from diffvision.config import get_cfg
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.run import train
+from diffvision.modeling.weight_files import safe_torch_load
 from projects.segmentation.build import build_ddep_model
 
 CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "segmentation" / "configs"
@@ -71,7 +72,7 @@ def test_ddep_pretrain_then_finetune(toy):
     # the reported numbers are those of the saved final weights on the validation masks
     fine_cfg = _cfg("ddep_toy_finetune_r18.yaml", tmp / "fine", [*common, "MODEL.WEIGHTS", ""])
     model = build_ddep_model(fine_cfg).eval()
-    state = torch.load(tmp / "fine" / "model_final.pth", map_location="cpu", weights_only=False)
+    state = safe_torch_load(tmp / "fine" / "model_final.pth")
     model.load_state_dict(state["model"])
     preds = []
     with torch.no_grad():
