@@ -327,8 +327,8 @@ class GlobalBatchLoader:
 
     Args:
         dataset: map-style; ``dataset[index]`` may draw augmentations from the process RNG.
-        sampler: an object with ``indices(start, stop) -> list[int]`` (global positions), e.g.
-            :class:`TrainingSampler`.
+        sampler: an object with ``indices(start, stop) -> list[int]`` (global positions);
+            default ``TrainingSampler(len(dataset), seed=seed)`` (a fresh permutation per epoch).
         seed: the run's SEED (same on every rank).
         global_batch_size: B, summed over ranks; must be divisible by ``world_size``.
         start_iter: first global batch to produce.
@@ -341,7 +341,7 @@ class GlobalBatchLoader:
         self,
         dataset: Any,
         *,
-        sampler: Any,
+        sampler: Any = None,
         seed: int,
         global_batch_size: int,
         start_iter: int = 0,
@@ -356,7 +356,7 @@ class GlobalBatchLoader:
                 f"global batch {global_batch_size} is not divisible by {self.world_size} processes"
             )
         self.dataset = dataset
-        self.sampler = sampler
+        self.sampler = sampler if sampler is not None else TrainingSampler(len(dataset), seed=seed)
         self.seed = int(seed)
         self.global_batch_size = global_batch_size
         self.batch_size = global_batch_size // self.world_size

@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from diffvision.data.cifar import Cifar10Dataset
 from diffvision.data.image_folder import ImageFolderDataset
 from diffvision.data.paths import datasets_root
-from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler
+from diffvision.data.samplers import GlobalBatchLoader
 from diffvision.data.toy_shapes import ToyShapesDataset
 from diffvision.errors import ConfigError
 
@@ -117,7 +117,6 @@ def build_ddpm_train_loader(
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     return GlobalBatchLoader(
         dataset,
-        sampler=TrainingSampler(len(dataset), seed=seed),
         seed=seed,
         global_batch_size=global_batch_size,
         start_iter=start_iter,

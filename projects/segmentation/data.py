@@ -23,7 +23,7 @@ from diffvision.data.cityscapes import (
     get_cityscapes_sem_seg_records,
 )
 from diffvision.data.label_fraction import select_label_fraction, write_split_file
-from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler
+from diffvision.data.samplers import GlobalBatchLoader
 from diffvision.data.seg_folder import SemSegDataset, load_seg_folder, read_classes_json
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
 from diffvision.engine import comm
@@ -161,7 +161,6 @@ def build_seg_train_loader(
     flips and noise seeds depend on ``(seed, iteration, position)`` only."""
     return GlobalBatchLoader(
         dataset,
-        sampler=TrainingSampler(len(dataset), seed=seed),
         seed=seed,
         global_batch_size=global_batch_size,
         start_iter=start_iter,
