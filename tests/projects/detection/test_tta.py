@@ -91,3 +91,27 @@ def test_build_tta_reads_the_detectron2_keys():
     cfg.TEST.AUG.MAX_SIZE = 50
     with pytest.raises(ConfigError, match="TEST.AUG.MAX_SIZE"):
         build_tta(cfg, model)
+
+
+def test_the_task_evaluates_through_tta_with_the_images_seeds():
+    """TEST.AUG.ENABLED routes the engine's evaluation loop (the task's build_inference) through
+    DetectorWithTTA, seeded by each test image's ``seed``; off, the loop calls the model."""
+    from projects.detection.build import DIFFUSIONDET_TASK
+
+    cfg = get_cfg()
+    assert DIFFUSIONDET_TASK.build_inference(cfg) is None  # plain model(inputs)
+    cfg.TEST.AUG.ENABLED = True
+    cfg.TEST.AUG.MIN_SIZES = (48, 64)
+    cfg.TEST.AUG.MAX_SIZE = 96
+    cfg.TEST.AUG.FLIP = True
+    model = _model(sample_step=1).eval()
+    batch = [dict(x, seed=11 + i) for i, x in enumerate(_batch(train=False))]
+    run = DIFFUSIONDET_TASK.build_inference(cfg)
+    got = run(model, batch)
+    want = DetectorWithTTA(model, min_sizes=(48, 64), max_size=96, flip=True)(batch, seeds=[11, 12])
+    for g, w in zip(got, want, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(g[key], w[key])
+    plain = model(batch)
+    assert any(len(g["scores"]) != len(p["scores"]) or not torch.equal(g["scores"], p["scores"])
+               for g, p in zip(got, plain, strict=True))  # fmt: skip
