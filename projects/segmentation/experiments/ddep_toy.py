@@ -25,7 +25,8 @@ Each seed draws its own labeled subset (``SEG.FRACTION_SEED``) and training rand
 ``--train-root`` / ``--val-root``: any folder-format split (``images/``, ``masks/``, optional
 ``classes.json``); default the generated toy scenes. Prints a markdown table (mean ± std of the
 validation mIoU over seeds) and writes ``OUTPUT/results.json`` as ``{row: {fraction: [mIoU per
-seed]}}`` (plus ``OUTPUT/timing.json``: wall seconds per run). Runs already recorded in
+seed]}}`` (plus ``OUTPUT/timing.json``: wall seconds per run, and ``OUTPUT/denoise_loss.json``:
+the ε-MSE of the last 50 pretraining iterations, 1.0 = predicting ε = 0). Runs already recorded in
 ``timing.json`` are skipped, so a table can be filled in several invocations.
 
 Default budgets (``--pretrain-iters 400 --finetune-iters 60 --batch 8 --threads 1``) run the whole
@@ -75,6 +76,12 @@ def run(config: str, opts: list[str]) -> dict:
     return train(cfg)
 
 
+def final_denoise_loss(metrics_file: Path) -> float:
+    """Mean denoising loss (ε-MSE) over the last logged window (50 iterations) of a pretraining."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return round(float([r for r in rows if "loss_denoise" in r][-1]["loss_denoise"]), 4)
+
+
 def mean_std(values: list[float]) -> str:
     n = len(values)
     mean = sum(values) / n
@@ -94,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-iters", type=int, default=400)
     parser.add_argument("--finetune-iters", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sigma", type=float, default=0.22, help="DDeP noise level (fixed rows)")
     parser.add_argument("--dep", action="store_true", help="(old flag) add the dep row")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)"
@@ -136,6 +144,8 @@ def run_table(args: argparse.Namespace) -> dict:
     results_file, timing_file = out / "results.json", out / "timing.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    losses_file = out / "denoise_loss.json"
+    losses = json.loads(losses_file.read_text()) if losses_file.is_file() else {}
     data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
     if args.train_root:
         data += ["DATASETS.TRAIN", f"('{args.train_root}',)"]
@@ -157,9 +167,12 @@ def run_table(args: argparse.Namespace) -> dict:
                     run(
                         "ddep_toy_pretrain_effnetlite0.yaml",
                         [*common, *encoder, *pretrain, "SEED", str(seed), "DATASETS.TEST", "()",
+                         "MODEL.DDEP.NOISE_SIGMA", str(args.sigma), "LOG_PERIOD", "50",
                          "SOLVER.MAX_ITER", str(args.pretrain_iters), "OUTPUT_DIR", str(pre_dir)],
                     )  # fmt: skip
                     timing[f"pretrain {row} s{seed}"] = round(time.time() - t0, 1)
+                    losses[f"{row} s{seed}"] = final_denoise_loss(pre_dir / "metrics.jsonl")
+                    losses_file.write_text(json.dumps(losses, indent=1))
             for fraction in todo:
                 t0 = time.time()
                 tag = fraction.replace("/", "-")

@@ -37,6 +37,9 @@ def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "out").glob("pretrain_*")) == [
         "pretrain_imagenet+ddep_s0", "pretrain_imagenet+ddep_s1",
     ]  # fmt: skip
+    losses = json.loads((tmp_path / "out" / "denoise_loss.json").read_text())
+    assert set(losses) == {"imagenet+ddep s0", "imagenet+ddep s1"}
+    assert all(0.0 < v < 10.0 for v in losses.values())  # an ε-MSE, 1.0 = predicting 0
     table = capsys.readouterr().out
     assert "| imagenet+ddep | 2 |" in table and "±" in table
     # a second invocation finds everything done and changes nothing
