@@ -3,8 +3,8 @@
 
 For every (recipe, dataset, seed) this trains with ``tools/train_net.py`` (no evaluation during
 training), then evaluates the final weights with ``tools/sweep_boxes_steps.py`` at ``--boxes`` x
-``--steps`` (per-image seeded boxes), and prints a markdown table of box AP, mean ± std over the
-seeds, with the training wall time of each recipe.
+``--steps`` (per-image boxes seeded by the run's seed), and prints a markdown table of box AP,
+mean ± std over the seeds, with the training wall time of each recipe.
 
 - ``r18``: ``projects/detection/diffdet_toy.yaml`` (half-width ResNet-18-FPN, random init);
 - ``lite0``: ``projects/detection/diffdet_effnetlite0_toy.yaml`` (Lite0-FPN, ImageNet weights).
@@ -92,7 +92,7 @@ def main() -> None:
                 sweep_s = _run(
                     [sys.executable, "tools/sweep_boxes_steps.py", *common[:2], "--dataset",
                      val_set, "--boxes", *boxes, "--steps", *steps, "--output-dir",
-                     str(run_dir / "sweep"), "--seed", "0", *common[2:],
+                     str(run_dir / "sweep"), "--seed", seed, *common[2:],
                      "DATASETS.TEST", f"('{val_set}',)", "MODEL.WEIGHTS",
                      str(run_dir / "model_final.pth"), "OUTPUT_DIR", str(run_dir)],
                     run_dir / "sweep.log",

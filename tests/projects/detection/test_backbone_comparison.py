@@ -17,6 +17,8 @@ def test_runs_train_then_sweep_per_seed_and_resumes(load_script, tmp_path, monke
             out = Path(cmd[cmd.index("--output-dir") + 1])
             out.mkdir(parents=True)
             seed = float(cmd[cmd.index("SEED") + 1])
+            # tools/sweep_boxes_steps.py exits 2 when --seed and the SEED override disagree
+            assert cmd[cmd.index("--seed") + 1] == cmd[cmd.index("SEED") + 1]
             rows = [
                 {"boxes": b, "steps": s, "metrics": {"bbox/AP": 10 * seed + b / 100 + s}}
                 for b in (100, 300) for s in (1, 4)

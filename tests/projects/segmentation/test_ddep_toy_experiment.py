@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.errors import CLIError
@@ -23,7 +24,9 @@ def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatc
         "--pretrain-iters", "1", "--finetune-iters", "1", "--batch", "2",
         "--output", str(tmp_path / "out"),
     ]  # fmt: skip
-    results = exp.main(argv)
+    threads = torch.get_num_threads()
+    results = exp.main([*argv, "--threads", str(threads + 1)])
+    assert torch.get_num_threads() == threads  # the script's thread setting does not leak
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == results
     assert set(saved) == {"scratch", "imagenet+ddep"}
@@ -34,6 +37,9 @@ def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "out").glob("pretrain_*")) == [
         "pretrain_imagenet+ddep_s0", "pretrain_imagenet+ddep_s1",
     ]  # fmt: skip
+    losses = json.loads((tmp_path / "out" / "denoise_loss.json").read_text())
+    assert set(losses) == {"imagenet+ddep s0", "imagenet+ddep s1"}
+    assert all(0.0 < v < 10.0 for v in losses.values())  # an ε-MSE, 1.0 = predicting 0
     table = capsys.readouterr().out
     assert "| imagenet+ddep | 2 |" in table and "±" in table
     # a second invocation finds everything done and changes nothing
@@ -51,3 +57,5 @@ def test_bad_flags_raise_cli_errors(load_script):
     args = exp.parse_args(["--dep", "--rows", "scratch"])
     assert args.rows == ["scratch", "dep"] and args.seeds == [0, 1, 2]
     assert args.fractions == ["1/30", "1/8", "full"]
+    # the budgets that fit the whole default table in 30 minutes on 2 cores (README)
+    assert (args.pretrain_iters, args.finetune_iters, args.threads) == (400, 60, 1)
