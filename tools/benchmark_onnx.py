@@ -50,17 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
 
-    from projects.detection.build import build_model
-    from projects.detection.checkpoint import load_weights
+    from projects.detection.build import build_inference_model
     from projects.detection.export import export_onnx
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.opts)
-    model = build_model(cfg, with_criterion=False)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = build_inference_model(cfg)
     h, w = args.size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST * 4 // 3)
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)

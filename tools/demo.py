@@ -38,8 +38,7 @@ from diffvision.data.image_io import read_image_rgb  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
-from projects.detection.build import build_model  # noqa: E402
-from projects.detection.checkpoint import load_weights  # noqa: E402
+from projects.detection.build import build_inference_model  # noqa: E402
 
 COCO_CLASSES = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
@@ -247,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_onnx(args, paths)
 
     cfg = load_config(args.config, args.opts)
-    model = build_model(cfg, with_criterion=False)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    else:
-        print("warning: MODEL.WEIGHTS is empty, the model is randomly initialised", file=sys.stderr)
-    model.eval()
+    model = build_inference_model(cfg)
     names = class_names(cfg)
     with torch.no_grad():
         if paths is not None:

@@ -40,8 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def export(args: argparse.Namespace) -> Path:
-    from projects.detection.build import build_model
-    from projects.detection.checkpoint import load_weights
+    from projects.detection.build import build_inference_model
     from projects.detection.export import export_onnx, write_metadata
     from tools.demo import class_names
 
@@ -57,12 +56,7 @@ def export(args: argparse.Namespace) -> Path:
     steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
     if boxes < 1 or steps < 1:
         raise CLIError(f"--boxes and --steps must be >= 1, got {boxes} and {steps}")
-    model = build_model(cfg, with_criterion=False)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    else:
-        print("warning: MODEL.WEIGHTS is empty, exporting random weights", file=sys.stderr)
-    model.eval()
+    model = build_inference_model(cfg)
     size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     path = export_onnx(model, args.output, num_boxes=boxes, steps=steps, image_hw=size,
                        opset=args.opset)  # fmt: skip

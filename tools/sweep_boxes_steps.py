@@ -39,8 +39,7 @@ import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
-from projects.detection.build import build_model, image_seed  # noqa: E402
-from projects.detection.checkpoint import load_weights  # noqa: E402
+from projects.detection.build import build_inference_model, image_seed  # noqa: E402
 from projects.detection.data import (  # noqa: E402
     build_detection_evaluator,
     build_detection_test_loader,
@@ -219,12 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup_logging(output_dir)
     logger.info("Per-image box seed: %s", seed_note)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    model = build_model(cfg, with_criterion=False)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: sweeping a randomly initialised model")
-    model.eval()
+    model = build_inference_model(cfg)
 
     rows = []
     for boxes in args.boxes:

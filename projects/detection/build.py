@@ -200,6 +200,20 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
     return model.to(torch.device(cfg.MODEL.DEVICE))
 
 
+def build_inference_model(cfg: CfgNode) -> DiffusionDet:
+    """The tools' model: inference-only :func:`build_model` with ``MODEL.WEIGHTS`` loaded by
+    the engine's :func:`~diffvision.engine.weights.load_weights` (a warning when it is empty),
+    in eval mode."""
+    from diffvision.engine.weights import load_weights
+
+    model = build_model(cfg, with_criterion=False)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the model keeps its random initialisation")
+    return model.eval()
+
+
 def image_seed(seed: int, image_id: Any) -> int:
     """Per-image sampling seed from ``SEED`` and the image id (independent of batching/sharding)."""
     return (int(seed) * 1_000_003 + zlib.crc32(str(image_id).encode())) % (2**62)
