@@ -1,8 +1,14 @@
-"""Suite-wide isolation: a test's registered datasets do not leak into the next test."""
+"""Suite-wide isolation: a test's registered datasets do not leak into the next test, and every
+test starts from the same process-global RNG state, so its outcome does not depend on which tests
+ran before it (or on chance: an unseeded ``torch.randn`` input is the same on every run)."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
+import torch
 
 from diffvision.data import catalog
 
@@ -15,3 +21,14 @@ def _isolated_dataset_registry():
     yield
     catalog._REGISTRY.clear()
     catalog._REGISTRY.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs():
+    """Seed Python's, NumPy's and torch's global generators before each test. diffvision itself
+    never draws from them (its randomness is a function of SEED, iteration and sample); this
+    fixes the inputs and initial weights tests create with plain ``torch.randn``/``nn.Linear``."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield

@@ -161,9 +161,12 @@ def load_restricted_pickle(path: str | os.PathLike, *, what: str = "weight file"
     try:
         with open(path, "rb") as f:
             return RestrictedUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # a malformed pickle fails with almost any exception type
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, pickle.UnpicklingError):
+            reason = str(exc)
         raise WeightsError(
-            f"{what} {path} cannot be read as plain data ({exc}); it is refused because "
+            f"{what} {path} cannot be read as plain data ({reason}); it is refused because "
             "unpickling anything else could run code. Convert it to a dict of NumPy arrays (or "
             "a torch state_dict .pth) first"
         ) from None
@@ -203,6 +206,14 @@ def safe_torch_load(path: str | os.PathLike, *, what: str = "weight file") -> ob
         message = " ".join(str(exc).split())[:200]
         raise WeightsError(
             f"{what} {path} is truncated or corrupt ({type(exc).__name__}: {message})"
+        ) from None
+    except Exception as exc:
+        # Bytes that are neither a zip archive nor a pickle reach torch's legacy weights-only
+        # unpickler, which fails on them with IndexError, KeyError, UnicodeDecodeError, ...
+        message = " ".join(str(exc).split())[:200]
+        raise WeightsError(
+            f"{what} {path} is not a PyTorch file ({type(exc).__name__}: {message}); expected "
+            "torch.save output (.pth) or a detectron2 .pkl"
         ) from None
 
 
