@@ -247,10 +247,14 @@ def build_inference(cfg: CfgNode):
         return None
     from .tta import build_tta
 
+    built: dict[str, Any] = {}  # the wrapper, built once per evaluated model (live or EMA)
+
     def run(model: nn.Module, inputs: list[dict]) -> list[dict]:
-        tta = build_tta(cfg, getattr(model, "module", model))
+        detector = getattr(model, "module", model)
+        if built.get("model") is not detector:
+            built.update(model=detector, tta=build_tta(cfg, detector))
         seeds = [x.get("seed") for x in inputs]
-        return tta(inputs, seeds=None if any(s is None for s in seeds) else seeds)
+        return built["tta"](inputs, seeds=None if any(s is None for s in seeds) else seeds)
 
     return run
 

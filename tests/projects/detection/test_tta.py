@@ -115,3 +115,29 @@ def test_the_task_evaluates_through_tta_with_the_images_seeds():
     plain = model(batch)
     assert any(len(g["scores"]) != len(p["scores"]) or not torch.equal(g["scores"], p["scores"])
                for g, p in zip(got, plain, strict=True))  # fmt: skip
+
+
+def test_the_tta_wrapper_is_built_once_per_evaluated_model(monkeypatch):
+    """build_inference's ``run`` reads TEST.AUG once per model, not once per batch; a second
+    model (the EMA evaluation) gets its own wrapper."""
+    from projects.detection import tta as tta_module
+    from projects.detection.build import DIFFUSIONDET_TASK
+
+    cfg = get_cfg()
+    cfg.TEST.AUG.ENABLED = True
+    cfg.TEST.AUG.MIN_SIZES = (48,)
+    cfg.TEST.AUG.MAX_SIZE = 96
+    built_for = []
+    real_build = tta_module.build_tta
+
+    def counting_build(cfg, model):
+        built_for.append(model)
+        return real_build(cfg, model)
+
+    monkeypatch.setattr(tta_module, "build_tta", counting_build)
+    run = DIFFUSIONDET_TASK.build_inference(cfg)
+    live, ema = _model(sample_step=1).eval(), _model(sample_step=1).eval()
+    batch = [dict(x, seed=3 + i) for i, x in enumerate(_batch(train=False))]
+    for model in (live, live, ema, ema):
+        run(model, batch)
+    assert built_for == [live, ema]
