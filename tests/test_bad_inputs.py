@@ -590,3 +590,32 @@ def test_sweep_seed_resolution_is_always_said():
     assert resolve(None, -1, [])[0] == 0 and "random" in resolve(None, -1, [])[1]
     assert resolve(3, 0, []) == (3, "--seed 3 (overrides the config's SEED 0)")
     assert resolve(3, 3, ["SEED", "3"]) == (3, "--seed 3")
+
+
+# ------------------------------------------------ --eval-only next to a finished run
+def test_eval_only_never_replaces_a_runs_files(tmp_path, capsys):
+    """``--eval-only`` into a training run's OUTPUT_DIR used to replace its config.yaml and
+    coco_instances_results.json; it now writes to OUTPUT_DIR/eval_000, then eval_001."""
+    out = tmp_path / "out"
+    finished_run(out)
+    (out / "config.yaml").write_text("the training run's config\n")
+    (out / "coco_instances_results.json").write_text("[]")
+    before = snapshot(out)
+    argv = ["--config", DET, "--eval-only", *TINY_DET, "OUTPUT_DIR", str(out)]
+    for expected in ("eval_000", "eval_001"):
+        assert load_tool("train_net").cli(argv) == 0, capsys.readouterr().err
+        after = snapshot(out)
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert {"config.yaml", "coco_instances_results.json"} <= {
+            Path(k).name for k in after if k.startswith(expected + "/")
+        }
+    fresh = tmp_path / "fresh"  # a new (or empty) folder is used as it is
+    assert load_tool("train_net").cli([*argv[:-1], str(fresh)]) == 0
+    assert (fresh / "config.yaml").is_file() and not (fresh / "eval_000").exists()
+
+
+def test_binary_config_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "model.yaml"
+    config.write_bytes(b"\x9f\x00\xff" + bytes(range(256)))
+    status = load_tool("train_net").cli(["--config", str(config)])
+    one_line_error(capsys, status, f"Config file '{config}' is not UTF-8 text")

@@ -11,7 +11,8 @@
 Bad input (config, data, weights, flags) ends with one line ``error: ...`` and exit status 2; a
 diverged run with the trainer's ``FloatingPointError`` line and status 1 (``--debug`` or
 ``DIFFVISION_DEBUG=1``: with the traceback). An OUTPUT_DIR that holds checkpoints is never
-written over without ``--resume`` or ``--overwrite``.
+written over without ``--resume`` or ``--overwrite``; ``--eval-only`` into a folder that holds
+files writes to a new ``OUTPUT_DIR/eval_NNN``.
 
 ``MODEL.META_ARCHITECTURE`` picks the task (DiffusionDet, DDPM, DDeP, ...).
 """
@@ -32,7 +33,11 @@ import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
 from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.build import build_batch_split  # noqa: E402
-from diffvision.engine.checkpoint import check_output_dir, clear_checkpoints  # noqa: E402
+from diffvision.engine.checkpoint import (  # noqa: E402
+    check_output_dir,
+    clear_checkpoints,
+    eval_output_dir,
+)
 from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
     default_argument_parser,
@@ -50,6 +55,12 @@ from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
 def main(args) -> dict:
     """The per-process job: train (or evaluate) the config of ``args``."""
     cfg = default_setup(load_config(args.config_file, args.opts), args)
+    if getattr(args, "eval_redirected_from", None):
+        logging.getLogger(__name__).info(
+            "--eval-only: OUTPUT_DIR %s already holds files; this evaluation writes to %s",
+            args.eval_redirected_from,
+            cfg.OUTPUT_DIR,
+        )
     results = evaluate(cfg) if args.eval_only else train(cfg, resume=args.resume)
     if results and comm.is_main_process():
         print(json.dumps(json_safe(results), indent=2, sort_keys=True, allow_nan=False))
@@ -153,6 +164,11 @@ def _cli(argv: list[str], *, debug: bool) -> int:
     validate(cfg, args)
     if args.overwrite and not args.eval_only:
         clear_checkpoints(cfg.OUTPUT_DIR)
+    if args.eval_only:  # never replace a training run's config.yaml or results
+        target = eval_output_dir(cfg.OUTPUT_DIR)
+        if target != Path(cfg.OUTPUT_DIR):
+            args.eval_redirected_from = str(cfg.OUTPUT_DIR)
+            args.opts = [*args.opts, "OUTPUT_DIR", str(target)]
     # a worker's input error is printed by the worker; the launcher's "Terminating process"
     # notice about the other workers would only add lines
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)

@@ -141,6 +141,13 @@ def load_yaml(path: str | Path) -> dict:
             data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); expected a "
+            "YAML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Config file '{path}' cannot be read: {exc.strerror or exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -15,6 +15,9 @@ Finished work is never lost:
 
 - :func:`check_output_dir` refuses to start a fresh run in a folder that holds checkpoints unless
   told to ``--resume`` or ``--overwrite``;
+- :func:`eval_output_dir` sends an ``--eval-only`` run whose ``OUTPUT_DIR`` already holds files
+  (a training run's ``config.yaml`` and ``coco_instances_results.json``, an earlier evaluation)
+  to a fresh ``OUTPUT_DIR/eval_NNN`` instead;
 - :meth:`Checkpointer.resume` tries ``last_checkpoint`` first and, when that marker is missing,
   empty or names an unreadable file, falls back to the newest intact ``model_*.pth``, logging
   why; it raises :class:`~diffvision.errors.WeightsError` when checkpoints exist but none is
@@ -45,6 +48,7 @@ __all__ = [
     "atomic_torch_save",
     "capture_rng_state",
     "check_output_dir",
+    "eval_output_dir",
     "find_checkpoints",
     "is_diffvision_checkpoint",
     "restore_rng_state",
@@ -175,6 +179,22 @@ def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -
             f"OUTPUT_DIR {output_dir} already holds checkpoints ({names}); pass --resume to "
             "continue that run, set a new OUTPUT_DIR, or pass --overwrite to replace them"
         )
+
+
+def eval_output_dir(output_dir: str | Path) -> Path:
+    """Where an ``--eval-only`` run writes its config, log and results without replacing any.
+
+    Returns ``output_dir`` itself when it does not exist or is empty, else the first
+    ``output_dir/eval_NNN`` (``eval_000``, ``eval_001``, ...) that does not exist yet. Decided
+    once, before any worker starts, so every process writes to the same folder.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return output_dir
+    index = 0
+    while (output_dir / f"eval_{index:03d}").exists():
+        index += 1
+    return output_dir / f"eval_{index:03d}"
 
 
 def clear_checkpoints(output_dir: str | Path) -> list[Path]:
