@@ -619,3 +619,58 @@ def test_binary_config_file_is_one_line(tmp_path, capsys):
     config.write_bytes(b"\x9f\x00\xff" + bytes(range(256)))
     status = load_tool("train_net").cli(["--config", str(config)])
     one_line_error(capsys, status, f"Config file '{config}' is not UTF-8 text")
+
+
+# ------------------------------- the tools' outputs: refused when present, --overwrite replaces
+def _tool_with_existing_output(tool: str, root: Path) -> tuple[list[str], Path]:
+    """argv for ``tool`` whose output file already exists (holding 'finished'), and that file."""
+    image = root / "datasets/toy_detection/val/000001.png"
+    if tool == "export":
+        existing = root / "model.onnx"
+        argv = ["--config", DET, "--output", str(existing), *TINY_DET]
+    elif tool == "sample":
+        existing = root / "s" / "samples.npz"
+        argv = ["--checkpoint", str(root / "m.pth"), "--output", str(root / "s")]
+    elif tool == "sweep_boxes_steps":
+        existing = root / "sw" / "sweep.json"
+        argv = ["--config", DET, "--output-dir", str(root / "sw"), *TINY_DET]
+    else:
+        existing = root / "out" / "000001.jpg"
+        argv = ["--config", DET, "--input", str(image), "--output", str(root / "out"), *TINY_DET]
+    existing.parent.mkdir(parents=True, exist_ok=True)
+    existing.write_text("finished")
+    return argv, existing
+
+
+@pytest.mark.parametrize("tool", ["export", "sample", "sweep_boxes_steps", "demo"])
+def test_tools_refuse_to_replace_their_outputs(toy_det, capsys, tool):
+    argv, existing = _tool_with_existing_output(tool, toy_det)
+    status = run_main(load_tool(tool).main, argv)
+    line = one_line_error(capsys, status, f"{existing} already exists")
+    assert "--overwrite" in line
+    assert existing.read_text() == "finished"
+
+
+def test_demo_overwrite_replaces_and_same_named_inputs_are_refused(toy_det, capsys):
+    argv, existing = _tool_with_existing_output("demo", toy_det)
+    assert (
+        run_main(load_tool("demo").main, [*argv[: -len(TINY_DET)], "--overwrite", *TINY_DET]) == 0
+    )
+    assert existing.read_bytes()[:2] == b"\xff\xd8"  # now a JPEG drawing
+    twin = toy_det / "twin" / "000001.png"  # another image with the same name
+    twin.parent.mkdir()
+    twin.write_bytes((toy_det / "datasets/toy_detection/val/000001.png").read_bytes())
+    status = run_main(
+        load_tool("demo").main,
+        [
+            "--config",
+            DET,
+            "--input",
+            argv[3],
+            str(twin),
+            "--output",
+            str(toy_det / "o2"),
+            *TINY_DET,
+        ],
+    )
+    one_line_error(capsys, status, "two outputs of this run would both be written to")

@@ -37,6 +37,7 @@ from diffvision.data.image_folder import IMAGE_EXTENSIONS  # noqa: E402
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
     parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -237,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
     if (args.onnx is None) == (args.config is None):
         raise CLIError("give exactly one of --config and --onnx")
+    if args.output:
+        if paths is None:
+            targets = [Path(args.output)]
+        elif Path(args.output).is_file():
+            raise CLIError(f"--output {args.output} is a file; images need a folder")
+        else:
+            targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
+        refuse_to_replace(targets, overwrite=args.overwrite)
     if args.onnx:
         if not Path(args.onnx).is_file():
             what = "is a folder" if Path(args.onnx).is_dir() else "does not exist"

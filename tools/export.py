@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError, ConfigError  # noqa: E402
 
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boxes", type=int, default=None, help="N (default: NUM_PROPOSALS)")
     parser.add_argument("--steps", type=int, default=None, help="S (default: SAMPLE_STEP)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
@@ -56,6 +58,7 @@ def export(args: argparse.Namespace) -> Path:
     steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
     if boxes < 1 or steps < 1:
         raise CLIError(f"--boxes and --steps must be >= 1, got {boxes} and {steps}")
+    refuse_to_replace([args.output], overwrite=args.overwrite)
     model = build_inference_model(cfg)
     size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     path = export_onnx(model, args.output, num_boxes=boxes, steps=steps, image_hw=size,

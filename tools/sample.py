@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from diffvision.data.image_folder import load_image, to_tensor  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
+from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_model  # noqa: E402
 from diffvision.generation.images import save_grid, save_npz  # noqa: E402
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ilvr-factor", type=int, default=4, help="ILVR down-sampling factor N")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--upscale", type=int, default=1, help="nearest upscaling of the PNG grid")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     add_debug_flag(p)
     return p.parse_args(argv)
 
@@ -80,6 +82,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--eta must be >= 0, got {args.eta}")
     if Path(args.output).is_file():
         raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
+    out = Path(args.output)
+    refuse_to_replace([out / "samples.png", out / "samples.npz"], overwrite=args.overwrite)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} but no CUDA device is available; use --device cpu")
 

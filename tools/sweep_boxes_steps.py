@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
+from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
 from projects.detection.build import build_inference_model, image_seed  # noqa: E402
 from projects.detection.data import (  # noqa: E402
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", nargs="+", default=["1,4,8"], help="e.g. 1,4,8")
     parser.add_argument("--dataset", help="test dataset (default DATASETS.TEST[0])")
     parser.add_argument("--output-dir", help="default OUTPUT_DIR/sweep")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images")
     parser.add_argument(
         "--seed", type=int, default=None, help="per-image box seeds (default: the config's SEED)"
@@ -214,6 +216,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     use_cpu_clock = args.clock == "cpu" and device.type == "cpu"
     clock = time.process_time if use_cpu_clock else time.perf_counter
     output_dir = Path(args.output_dir or Path(cfg.OUTPUT_DIR) / "sweep")
+    finished = [output_dir / f"sweep.{ext}" for ext in ("md", "json", "png")]
+    points = [output_dir / f"b{b}_s{s}" for b in args.boxes for s in args.steps]
+    refuse_to_replace([*finished, *points], overwrite=args.overwrite, flag="--output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir)
     logger.info("Per-image box seed: %s", seed_note)

@@ -64,10 +64,11 @@ def test_train_evaluate_load_and_sample(tmp_path, monkeypatch):
 
     guide = ensure_toy_shapes() / "circle" / "00000.png"
     sample = _load_tool("sample")
-    for extra in (["--guidance-scale", "2", "--labels", "0", "1"],
-                  ["--init-image", str(guide), "--strength", "0.5",
-                   "--ilvr-reference", str(guide), "--ilvr-factor", "2"]):  # fmt: skip
-        dest = tmp_path / "samples"
+    cases = (["--guidance-scale", "2", "--labels", "0", "1"],
+             ["--init-image", str(guide), "--strength", "0.5",
+              "--ilvr-reference", str(guide), "--ilvr-factor", "2"])  # fmt: skip
+    for case, extra in enumerate(cases):
+        dest = tmp_path / f"samples{case}"
         args = ["--checkpoint", str(ckpt), "--output", str(dest), "--sampler", "ddpm",
                 "--steps", "2", "--num-samples", "3", "--batch-size", "2", *extra]  # fmt: skip
         assert sample.main(args) == 0
