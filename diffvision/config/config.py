@@ -109,6 +109,12 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
             return value
     else:
         return value
+    if isinstance(default, _YacsCfgNode):
+        raise ConfigError(
+            f"Config key '{key}' (from {source}) is a section of keys "
+            f"({', '.join(list(default)[:4])}{', ...' if len(default) > 4 else ''}), but got "
+            f"{value!r} of type {type(value).__name__}."
+        )
     raise ConfigError(
         f"Config key '{key}' (from {source}) expects a value of type "
         f"{type(default).__name__} like {default!r}, but got {value!r} "
@@ -181,7 +187,14 @@ class CfgNode(_YacsCfgNode):
         data = load_yaml(path)
         bases = data.pop(BASE_KEY, None)
         if bases:
-            for base in [bases] if isinstance(bases, str) else bases:
+            if isinstance(bases, str):
+                bases = [bases]
+            if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+                raise ConfigError(
+                    f"{BASE_KEY} in '{cfg_filename}' must be a path or a list of paths, got "
+                    f"{bases!r}"
+                )
+            for base in bases:
                 base_path = Path(base).expanduser()
                 if not base_path.is_absolute():
                     base_path = path.parent / base_path

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from diffvision.config import CfgNode, get_cfg
+from diffvision.config.ranges import check_ranges
 from diffvision.engine import comm
 
 __all__ = [
@@ -75,12 +76,14 @@ def default_argument_parser(description: str = "diffvision training") -> argpars
 
 
 def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
-    """Defaults ← file (with ``_BASE_``) ← overrides. No side effects."""
+    """Defaults ← file (with ``_BASE_``) ← overrides, numeric keys checked against their
+    registered ranges (:mod:`diffvision.config.ranges`). No side effects."""
     cfg = get_cfg()
     if config_file:
         cfg.merge_from_file(config_file)
     if opts:
         cfg.merge_from_list(opts)
+    check_ranges(cfg)
     return cfg
 
 

@@ -8,6 +8,7 @@ arguments (and so guided-diffusion's flags), upper-cased.
 from __future__ import annotations
 
 from diffvision.config import CN, CfgNode
+from diffvision.config.ranges import register_ranges
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 from diffvision.errors import ConfigError
 from diffvision.generation.model import DDPMModel
@@ -121,3 +122,17 @@ def build_ddpm_model(cfg: CfgNode, *, num_classes: int | None = None) -> DDPMMod
         vlb_weight=d.VLB_WEIGHT,
         class_dropout_prob=d.CLASS_DROPOUT_PROB if d.CLASS_COND else 0.0,
     )
+
+
+register_ranges(
+    {
+        "MODEL.DDPM.UNET.MODEL_CHANNELS": ">=1", "MODEL.DDPM.UNET.CHANNEL_MULT": ">=1",
+        "MODEL.DDPM.UNET.NUM_RES_BLOCKS": ">=1", "MODEL.DDPM.UNET.DROPOUT": "[0,1)",
+        "MODEL.DDPM.CLASS_DROPOUT_PROB": "[0,1]", "MODEL.DDPM.NUM_TIMESTEPS": ">=1",
+        "MODEL.DDPM.MIN_SNR_GAMMA": ">0", "MODEL.DDPM.VLB_WEIGHT": ">=0",
+        "MODEL.DDPM.SAMPLER.NUM_STEPS": ">=1", "MODEL.DDPM.SAMPLER.ETA": ">=0",
+        "MODEL.DDPM.SAMPLER.ORDER": "[1,3]", "MODEL.DDPM.SAMPLER.GUIDANCE_SCALE": ">=0",
+        "MODEL.DDPM.EVAL.NUM_GRID_SAMPLES": ">=0", "MODEL.DDPM.EVAL.FID_NUM_SAMPLES": ">=0",
+        "MODEL.DDPM.EVAL.FID_NUM_REAL": ">=1", "MODEL.DDPM.EVAL.FID_BATCH_SIZE": ">=1",
+    }
+)  # fmt: skip

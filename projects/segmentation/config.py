@@ -8,6 +8,7 @@ Shared keys used from the default tree: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``,
 from __future__ import annotations
 
 from diffvision.config import CN
+from diffvision.config.ranges import register_ranges
 
 __all__ = ["add_ddep_config", "add_pixel_mlp_config", "add_seg_config"]
 
@@ -109,3 +110,16 @@ def add_pixel_mlp_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MLP.UNCERTAINTY = "vote"
     # Pixels per chunk when predicting a whole image (bounds inference memory).
     cfg.MODEL.PIXEL_MLP.CHUNK_PIXELS = 8192
+
+
+register_ranges(
+    {
+        "MODEL.DDEP.DECODER_CHANNELS": ">=1", "MODEL.DDEP.NOISE_SIGMA": ">=0",
+        "MODEL.DDEP.NUM_TIMESTEPS": ">=1", "MODEL.DDEP.TRANSFORMER_LAYERS": ">=0",
+        "MODEL.PIXEL_MLP.STEPS": ">=0", "MODEL.PIXEL_MLP.IMAGE_SIZE": ">=1",
+        "MODEL.PIXEL_MLP.NUM_MODELS": ">=1", "MODEL.PIXEL_MLP.PIXELS_PER_IMAGE": ">=0",
+        "MODEL.PIXEL_MLP.BATCH_PIXELS": ">=1", "MODEL.PIXEL_MLP.CHUNK_PIXELS": ">=1",
+        "SEG.LABEL_COUNT": ">=0", "SEG.FLIP_PROB": "[0,1]", "SEG.CROP_SIZE": ">=1",
+        "SEG.NUM_VIS": ">=0", "SEG.TOY_IMAGE_SIZE": ">=1",
+    }
+)  # fmt: skip
