@@ -102,7 +102,7 @@ register_ranges(
         "SOLVER.POLY_LR_POWER": ">=0",
         "SOLVER.WARMUP_FACTOR": "[0,1]",
         "SOLVER.WARMUP_ITERS": ">=0",
-        "SOLVER.CHECKPOINT_PERIOD": ">=1",
+        "SOLVER.CHECKPOINT_PERIOD": ">=0",
         "SOLVER.IMS_PER_BATCH": ">=1",
         "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": ">0",
         "SOLVER.CLIP_GRADIENTS.NORM_TYPE": ">0",

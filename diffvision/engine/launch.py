@@ -12,6 +12,7 @@ The backend is NCCL on CUDA and gloo on CPU, so a 2-process CPU run works on any
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -66,7 +67,7 @@ def launch(
         use_cuda = torch.cuda.is_available()
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         _init_from_env(use_cuda, timeout)
-        main_func(*args)
+        _run_then_tear_down(main_func, args)
         return
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
@@ -125,7 +126,19 @@ def _worker(
     )
     comm.set_local_rank(local_rank)
     comm.synchronize()
+    _run_then_tear_down(main_func, args)
+
+
+def _run_then_tear_down(main_func: Callable[..., object], args: tuple) -> None:
+    """``main_func(*args)`` in an initialised process group, which is destroyed afterwards."""
     try:
         main_func(*args)
+        # every rank is past its last collective before any rank tears its connections down
+        comm.synchronize()
     finally:
+        # Free what still holds the process group (a DDP wrapper inside a trainer <-> hook
+        # reference cycle) while the interpreter is alive: left to the final teardown, gloo's
+        # threads were destroyed at exit and a worker died with SIGABRT ("terminate called
+        # without an active exception") after finishing its work.
+        gc.collect()
         dist.destroy_process_group()
