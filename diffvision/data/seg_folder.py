@@ -51,13 +51,19 @@ def read_classes_json(path: str | Path) -> dict:
         ``{"classes": list[str], "palette": list[list[int]] | None, "ignore_label": int}``.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file lacks a non-empty ``"classes"`` list.
+        InputFileNotFoundError: the file does not exist.
+        DataError: the file is not JSON or lacks a non-empty ``"classes"`` list.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileNotFoundError(f"classes file not found: {path}")
-    meta = json.loads(path.read_text())
+        raise InputFileNotFoundError(
+            f"classes file not found: {path} (a folder dataset names its classes there: "
+            '{"classes": ["background", ...], "ignore_label": 255})'
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not isinstance(classes, list) or not classes:
         raise DataError(f"{path} must hold a non-empty 'classes' list, got {meta!r:.200}")

@@ -50,6 +50,12 @@ def test_folder_errors(tmp_path):
     (tmp_path / "classes.json").write_text('{"classes": []}')
     with pytest.raises(ValueError, match="classes"):
         read_classes_json(tmp_path / "classes.json")
+    (tmp_path / "classes.json").write_text('{"classes": ["a", ')  # cut short
+    with pytest.raises(DataError, match="classes.json is not valid JSON"):
+        read_classes_json(tmp_path / "classes.json")
+    (tmp_path / "classes.json").unlink()
+    with pytest.raises(FileNotFoundError, match='names its classes there: {"classes"'):
+        read_classes_json(tmp_path / "classes.json")
 
 
 def test_transforms_keep_alignment_and_pad_with_ignore():
