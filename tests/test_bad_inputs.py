@@ -674,3 +674,23 @@ def test_demo_overwrite_replaces_and_same_named_inputs_are_refused(toy_det, caps
         ],
     )
     one_line_error(capsys, status, "two outputs of this run would both be written to")
+
+
+# ------------------------------------------------------------- DDPM dataset names
+def test_ddpm_unknown_dataset_and_missing_cifar_are_one_line(tmp_path, capsys):
+    """A folder given without ``image_folder:`` used to raise a ValueError with a traceback,
+    a missing CIFAR-10 a builtin FileNotFoundError."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    config = str(REPO / "configs/ddpm/toy_instant.yaml")
+    common = ["SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0"]
+    status = load_tool("train_net").cli(
+        ["--config", config, "DATASETS.TRAIN", f"('{folder}',)", *common,
+         "OUTPUT_DIR", str(tmp_path / "a")]
+    )  # fmt: skip
+    one_line_error(capsys, status, f"for a folder of images write image_folder:{folder}")
+    status = load_tool("train_net").cli(
+        ["--config", config, "DATASETS.TRAIN", "('cifar10_train',)", "INPUT.IMAGE_SIZE", "32",
+         *common, "OUTPUT_DIR", str(tmp_path / "b")]
+    )  # fmt: skip
+    one_line_error(capsys, status, "CIFAR-10 not found")

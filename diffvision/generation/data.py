@@ -23,7 +23,7 @@ from diffvision.data.image_folder import ImageFolderDataset
 from diffvision.data.paths import datasets_root
 from diffvision.data.samplers import GlobalBatchLoader
 from diffvision.data.toy_shapes import ToyShapesDataset
-from diffvision.errors import ConfigError
+from diffvision.errors import ConfigError, InputFileNotFoundError
 
 __all__ = [
     "DDPM_DATASETS",
@@ -41,7 +41,7 @@ def _cifar_root() -> Path:
     for candidate in (root / "cifar10", root):
         if (candidate / "cifar-10-batches-py").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise InputFileNotFoundError(
         f"CIFAR-10 not found: expected {root / 'cifar10' / 'cifar-10-batches-py'} or "
         f"{root / 'cifar-10-batches-py'} (torchvision's layout; nothing is downloaded)"
     )
@@ -51,8 +51,8 @@ def build_ddpm_dataset(name: str, *, image_size: int, random_flip: bool = True) 
     """Build one named dataset of ``(image (3, S, S) in [-1, 1], label)`` pairs.
 
     Raises:
-        ValueError: for an unknown name (listing the known ones).
-        FileNotFoundError: when the data is not on disk (except the generated toy set).
+        ConfigError: for an unknown name (listing the known ones).
+        InputFileNotFoundError: when the data is not on disk (except the generated toy set).
     """
     if name == "toy_shapes":
         return ToyShapesDataset(image_size=image_size, random_flip=random_flip)
@@ -65,7 +65,12 @@ def build_ddpm_dataset(name: str, *, image_size: int, random_flip: bool = True) 
         if not path.is_absolute() and not path.is_dir():
             path = datasets_root() / path
         return ImageFolderDataset(path, image_size=image_size, random_flip=random_flip)
-    raise ValueError(f"unknown DDPM dataset {name!r}; known: {list(DDPM_DATASETS)}")
+    hint = (
+        f"; for a folder of images write image_folder:{name}"
+        if Path(name).expanduser().is_dir()
+        else ""
+    )
+    raise ConfigError(f"unknown DDPM dataset {name!r}; known: {list(DDPM_DATASETS)}{hint}")
 
 
 def dataset_num_classes(dataset: Dataset) -> int:
