@@ -694,3 +694,34 @@ def test_ddpm_unknown_dataset_and_missing_cifar_are_one_line(tmp_path, capsys):
          *common, "OUTPUT_DIR", str(tmp_path / "b")]
     )  # fmt: skip
     one_line_error(capsys, status, "CIFAR-10 not found")
+
+
+# ------------------------------------- library ValueErrors while building = bad config values
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["MODEL.RESNETS.NORM", "foo"], "cannot build the DiffusionDet model from the config: "
+                                        "ResNet norm 'foo' is not one of"),
+        (["SOLVER.WARMUP_METHOD", "foo"], "cannot build the optimizer or LR schedule from the "
+                                          "config: Unknown warmup method 'foo'"),
+        (["INPUT.MIN_SIZE_TRAIN_SAMPLING", "foo"], "cannot build the training data from the "
+                                                   "config: sample_style must be"),
+        (["MODEL.DEVICE", "foo"], "MODEL.DEVICE 'foo' is not a device"),
+    ],
+)  # fmt: skip
+def test_bad_values_that_libraries_reject_are_one_line(toy_det, capsys, override, expected):
+    status = load_tool("train_net").cli(
+        ["--config", DET, *TINY_DET, *override, "SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0",
+         "OUTPUT_DIR", str(toy_det / "out")]
+    )  # fmt: skip
+    one_line_error(capsys, status, expected)
+
+
+def test_unknown_ddpm_sampler_stops_before_training(tmp_path, capsys):
+    """Sampling first runs at evaluation, so an unknown sampler used to fail after training."""
+    status = load_tool("train_net").cli(
+        ["--config", str(REPO / "configs/ddpm/toy_instant.yaml"), "MODEL.DDPM.SAMPLER.NAME",
+         "foo", "OUTPUT_DIR", str(tmp_path / "out")]
+    )  # fmt: skip
+    one_line_error(capsys, status, "MODEL.DDPM.SAMPLER.NAME must be one of")
+    assert not list((tmp_path / "out").glob("model_*.pth"))

@@ -105,6 +105,12 @@ def validate(cfg, args) -> None:
         build_batch_split(cfg, world)  # ConfigError when the global batch cannot be split
     task = get_task(cfg.MODEL.META_ARCHITECTURE)  # unknown task: ConfigError listing the known
     device = str(cfg.MODEL.DEVICE)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ConfigError(
+            f"MODEL.DEVICE {device!r} is not a device; expected cpu, cuda or cuda:N"
+        ) from None
     if device.startswith("cuda"):
         available = torch.cuda.device_count()
         if available == 0:

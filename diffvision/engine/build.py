@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -13,9 +15,10 @@ from diffvision.engine.ema import ModelEMA
 from diffvision.engine.lr_scheduler import make_lr_scheduler
 from diffvision.engine.optim import make_optimizer, make_param_groups
 from diffvision.engine.trainer import GradientClipping
-from diffvision.errors import ConfigError
+from diffvision.errors import ConfigError, InputFileNotFoundError, UserInputError
 
 __all__ = [
+    "building_from_config",
     "build_amp_dtype",
     "build_batch_split",
     "build_seed",
@@ -26,6 +29,28 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def building_from_config(what: str) -> Iterator[None]:
+    """Report a library's ``ValueError`` raised while ``what`` is built from the config as a
+    :class:`~diffvision.errors.ConfigError` (one ``error:`` line), and a missing file the config
+    names as :class:`~diffvision.errors.InputFileNotFoundError`.
+
+    Builders pass config values to library constructors, which check them and raise well-worded
+    ``ValueError`` s (``ResNet norm 'foo' is not one of ('FrozenBN', 'BN', 'GN')``); during
+    building such an error means a bad value, not a bug. ``--debug`` still shows the traceback
+    (the library error is chained). Only the building is wrapped, never training or inference.
+    """
+    try:
+        yield
+    except UserInputError:
+        raise
+    except FileNotFoundError as exc:
+        raise InputFileNotFoundError(f"{what}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{what} from the config: {exc}") from exc
+
 
 _SCHEDULER_NAMES = {
     "WarmupMultiStepLR": "multistep",

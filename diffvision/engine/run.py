@@ -27,6 +27,7 @@ from diffvision.engine.build import (
     build_lr_scheduler,
     build_optimizer,
     build_seed,
+    building_from_config,
 )
 from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.evaluation import inference_on_dataset
@@ -52,15 +53,14 @@ def evaluate_model(cfg: CfgNode, task: Task, model: nn.Module) -> dict[str, floa
     (:func:`~diffvision.engine.evaluation.inference_on_dataset`); metrics of several datasets are
     prefixed ``<name>/``. Runs on every rank; returns the metrics on the main process."""
     names = task.evaluation_names(cfg)
-    run = task.build_inference(cfg) if task.build_inference is not None else None
+    with building_from_config("cannot build the evaluation"):
+        run = task.build_inference(cfg) if task.build_inference is not None else None
     results: dict[str, float] = {}
     for name in names:
-        metrics = inference_on_dataset(
-            model,
-            task.build_test_loader(cfg, name),
-            task.build_evaluator(cfg, name),
-            run=run,
-        )
+        with building_from_config(f"cannot build the evaluation of {name!r}"):
+            loader = task.build_test_loader(cfg, name)
+            evaluator = task.build_evaluator(cfg, name)
+        metrics = inference_on_dataset(model, loader, evaluator, run=run)
         prefix = f"{name}/" if len(names) > 1 else ""
         results.update({prefix + k: v for k, v in metrics.items()})
     return results if comm.is_main_process() else {}
@@ -72,12 +72,16 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
     task = build_task(cfg)
     build_batch_split(cfg)  # a global batch the processes cannot share fails before any work
     seed = build_seed(cfg)
-    model = task.build_model(cfg)
+    with building_from_config(f"cannot build the {cfg.MODEL.META_ARCHITECTURE} model"):
+        model = task.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         load_weights(model, cfg.MODEL.WEIGHTS)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    ema = build_ema(cfg, model)
+    with building_from_config("cannot build the optimizer or LR schedule"):
+        optimizer = build_optimizer(cfg, model)
+        scheduler = build_lr_scheduler(cfg, optimizer)
+        ema = build_ema(cfg, model)
+        grad_clip = build_grad_clip(cfg)
+        amp_dtype = build_amp_dtype(cfg)
     checkpointer = Checkpointer(
         model,
         cfg.OUTPUT_DIR,
@@ -100,15 +104,17 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
         )
     train_model.train()
 
+    with building_from_config("cannot build the training data"):
+        data_loader = task.build_train_loader(cfg, start_iter=start_iter)
     trainer = Trainer(
         model=train_model,
         optimizer=optimizer,
-        data_loader=task.build_train_loader(cfg, start_iter=start_iter),
+        data_loader=data_loader,
         max_iter=cfg.SOLVER.MAX_ITER,
         start_iter=start_iter,
         scheduler=scheduler,
-        grad_clip=build_grad_clip(cfg),
-        amp_dtype=build_amp_dtype(cfg),
+        grad_clip=grad_clip,
+        amp_dtype=amp_dtype,
         seed=seed,
     )
     writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter=start_iter)
@@ -140,7 +146,8 @@ def evaluate(cfg: CfgNode) -> dict[str, float]:
         raise ConfigError(
             f"Task '{cfg.MODEL.META_ARCHITECTURE}' has nothing to evaluate: set DATASETS.TEST."
         )
-    model = task.build_model(cfg)
+    with building_from_config(f"cannot build the {cfg.MODEL.META_ARCHITECTURE} model"):
+        model = task.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         load_weights(model, cfg.MODEL.WEIGHTS, use_ema=cfg.MODEL_EMA.ENABLED)
     results = evaluate_model(cfg, task, model)

@@ -12,6 +12,7 @@ from diffvision.config.ranges import register_ranges
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 from diffvision.errors import ConfigError
 from diffvision.generation.model import DDPMModel
+from diffvision.generation.sampling import SAMPLERS
 from diffvision.modeling.unet import UNet
 
 __all__ = ["add_ddpm_config", "build_ddpm_model", "build_schedule", "build_unet"]
@@ -113,6 +114,10 @@ def build_ddpm_model(cfg: CfgNode, *, num_classes: int | None = None) -> DDPMMod
     if d.LOSS_WEIGHTING not in LOSS_WEIGHTINGS:
         raise ConfigError(
             f"MODEL.DDPM.LOSS_WEIGHTING must be one of {LOSS_WEIGHTINGS}, got {d.LOSS_WEIGHTING!r}"
+        )
+    if d.SAMPLER.NAME not in SAMPLERS:  # checked here: sampling first runs at evaluation
+        raise ConfigError(
+            f"MODEL.DDPM.SAMPLER.NAME must be one of {list(SAMPLERS)}, got {d.SAMPLER.NAME!r}"
         )
     return DDPMModel(
         unet=build_unet(cfg, num_classes=num_classes),
