@@ -165,6 +165,9 @@ def _batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float
     return nms(boxes + offsets[:, None], scores, threshold)
 
 
+MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes this graph at
+
+
 def export_onnx(
     model: DiffusionDet,
     path: str | os.PathLike,
@@ -185,10 +188,14 @@ def export_onnx(
         image_hw: (H, W) of the example image traced through the graph; with ``dynamic_image``
             the file takes any size, else exactly this one.
         dynamic_image: H and W of ``image`` are dynamic axes.
-        opset: ONNX opset (None: the exporter's default).
+        opset: ONNX opset (None: the exporter's default); at least :data:`MIN_OPSET`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path` after ``onnx.checker.check_model`` passed.
+
+    Raises:
+        ConfigError: N or S below 1, an empty image size, or an opset the exporter does not
+            write (it used to fall back to its default silently).
     """
     import onnx
 
@@ -197,6 +204,11 @@ def export_onnx(
     h, w = (int(v) for v in image_hw)
     if h < 1 or w < 1:
         raise ConfigError(f"image_hw must be positive, got {image_hw}")
+    if opset is not None and opset < MIN_OPSET:
+        raise ConfigError(
+            f"opset {opset}: torch.onnx writes this graph at opset {MIN_OPSET} or newer (it cannot "
+            "convert it to an older one)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = DetectorGraph(model, num_boxes=num_boxes, steps=steps)
@@ -241,6 +253,15 @@ def export_onnx(
         if fast_path:
             model.set_fast_path(True)
     program.save(str(path), external_data=False)
+    written = {
+        o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+    }
+    if opset is not None and written.get("", written.get("ai.onnx")) != opset:
+        path.unlink()
+        raise ConfigError(
+            f"opset {opset}: the exporter wrote opset {written.get('')} instead (it could not "
+            "convert the graph); nothing was kept"
+        )
     write_metadata(
         path,
         {
