@@ -725,3 +725,26 @@ def test_unknown_ddpm_sampler_stops_before_training(tmp_path, capsys):
     )  # fmt: skip
     one_line_error(capsys, status, "MODEL.DDPM.SAMPLER.NAME must be one of")
     assert not list((tmp_path / "out").glob("model_*.pth"))
+
+
+# ------------------------------------------------ --resume with another config
+def test_resume_with_another_model_or_optimizer_is_one_line(toy_det, capsys):
+    """A changed HIDDEN_DIM failed in load_state_dict with a traceback; a changed optimizer
+    loaded AdamW's state into SGD and failed at the first step (KeyError 'momentum'). The run's
+    config.yaml, the record of how its checkpoints were made, is kept in both cases."""
+    out = toy_det / "out"
+    base = ["--config", DET, *TINY_DET, "SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0",
+            "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]  # fmt: skip
+    assert load_tool("train_net").cli(base) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    started_with = (out / "config.yaml").read_text()
+    resume = ["--resume", *base, "SOLVER.MAX_ITER", "2"]
+    status = load_tool("train_net").cli([*resume, "MODEL.DiffusionDet.HIDDEN_DIM", "32"])
+    one_line_error(capsys, status, "does not fit the model this config builds")
+    status = load_tool("train_net").cli([*resume, "SOLVER.OPTIMIZER", "SGD"])
+    line = one_line_error(capsys, status, "the optimizer state in")
+    assert "does not fit this config's SGD" in line and "momentum" in line
+    assert (out / "config.yaml").read_text() == started_with
+    assert load_tool("train_net").cli(resume) == 0  # the same model and optimizer resume
+    assert (out / "config.yaml").read_text() == started_with
+    assert "MAX_ITER: 2" in (out / "config.resume3.yaml").read_text()

@@ -57,6 +57,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_TAG = "diffvision"
+RESUME_HINT = (
+    "resume with the config of that run (OUTPUT_DIR/config.yaml, also stored in every "
+    "checkpoint under 'config') or start a new OUTPUT_DIR"
+)
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 _CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth")
 
@@ -341,9 +345,29 @@ class Checkpointer:
                 "; ".join(notes + [f"skipped {p}" for p in problems]),
                 path,
             )
+        mismatch = _state_dict_mismatch(self.model, data["model"])
+        if mismatch:
+            raise WeightsError(
+                f"--resume: {path} does not fit the model this config builds ({mismatch}); "
+                f"{RESUME_HINT}"
+            )
         self.model.load_state_dict(data["model"])
         if self.optimizer is not None and "optimizer" in data:
-            self.optimizer.load_state_dict(data["optimizer"])
+            saved_groups = data["optimizer"].get("param_groups") or [{}]
+            saved, own = set(saved_groups[0]), set(self.optimizer.param_groups[0])
+            problem = ""
+            if saved != own:  # another optimizer (AdamW's betas vs SGD's momentum)
+                problem = f"its settings {sorted(saved - own)} vs {sorted(own - saved)}"
+            else:
+                try:
+                    self.optimizer.load_state_dict(data["optimizer"])
+                except ValueError as exc:  # another parameter grouping
+                    problem = str(exc)
+            if problem:
+                raise WeightsError(
+                    f"--resume: the optimizer state in {path} does not fit this config's "
+                    f"{type(self.optimizer).__name__} ({problem}); {RESUME_HINT}"
+                )
         if self.scheduler is not None and "scheduler" in data:
             self.scheduler.load_state_dict(data["scheduler"])
         if self.ema is not None and "ema" in data:
@@ -353,6 +377,31 @@ class Checkpointer:
         start = int(data["iteration"]) + 1
         logger.info("Resumed from %s: continuing at iteration %d.", path, start)
         return start
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict) -> str:
+    """What keeps ``state`` from loading strictly into ``model``: "" when it fits, else the
+    counts of missing, unexpected and differently shaped tensors with the first of each."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state
+        and hasattr(state[k], "shape")
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [
+        f"{len(items)} {what}, e.g. {items[0]}"
+        for what, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shapes differ", shapes),
+        )
+        if items
+    ]
+    return "; ".join(parts)
 
 
 def is_diffvision_checkpoint(data: Any) -> bool:

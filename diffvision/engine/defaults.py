@@ -119,8 +119,23 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
+def _config_file(output_dir: Path, text: str, *, resume: bool) -> Path:
+    """Where the run's config goes: ``config.yaml``, except that a resumed run whose config
+    differs from the one the run started with keeps that file (the record of how the
+    checkpoints were made) and writes ``config.resume<N>.yaml`` instead."""
+    first = output_dir / "config.yaml"
+    if not resume or not first.is_file() or first.read_text() == text:
+        return first
+    index = 1
+    while (output_dir / f"config.resume{index}.yaml").exists():
+        index += 1
+    logger.info("config.yaml keeps the config the run started with; this one differs")
+    return output_dir / f"config.resume{index}.yaml"
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
-    """Create ``OUTPUT_DIR``, set up logging, seed, save ``config.yaml``.
+    """Create ``OUTPUT_DIR``, set up logging, seed, save ``config.yaml`` (a ``--resume`` with a
+    changed config saves ``config.resume<N>.yaml`` and leaves ``config.yaml`` as it was).
 
     Every rank seeds its process RNGs with the same ``SEED`` (a negative SEED becomes one random
     seed shared by all ranks), so models are initialised identically whatever the process count;
@@ -143,8 +158,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if args is not None:
         logger.info("Command line: %s", " ".join(sys.argv))
     if comm.is_main_process():
-        (output_dir / "config.yaml").write_text(cfg.dump())
-        logger.info("Full config saved to %s", output_dir / "config.yaml")
+        config_file = _config_file(output_dir, cfg.dump(), resume=bool(getattr(args, "resume", 0)))
+        config_file.write_text(cfg.dump())
+        logger.info("Full config saved to %s", config_file)
     if cfg.CUDNN_BENCHMARK:
         torch.backends.cudnn.benchmark = True
     cfg.freeze()
