@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 import diffvision
+from diffvision.engine.weights import state_dict_differences
 from diffvision.errors import CLIError, WeightsError
 from diffvision.modeling.weight_files import safe_torch_load
 
@@ -382,26 +383,13 @@ class Checkpointer:
 def _state_dict_mismatch(model: nn.Module, state: dict) -> str:
     """What keeps ``state`` from loading strictly into ``model``: "" when it fits, else the
     counts of missing, unexpected and differently shaped tensors with the first of each."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state
-        and hasattr(state[k], "shape")
-        and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    parts = [
-        f"{len(items)} {what}, e.g. {items[0]}"
-        for what, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shapes differ", shapes),
-        )
+    differences = state_dict_differences(model.state_dict(), state)
+    labels = {"missing": "missing", "unexpected": "unexpected", "mismatched": "shapes differ"}
+    return "; ".join(
+        f"{len(items)} {labels[kind]}, e.g. {items[0]}"
+        for kind, items in differences.items()
         if items
-    ]
-    return "; ".join(parts)
+    )
 
 
 def is_diffvision_checkpoint(data: Any) -> bool:

@@ -32,7 +32,7 @@ from torch import nn
 from diffvision.errors import WeightsError
 from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict, safe_torch_load
 
-__all__ = ["load_weights", "read_weights", "register_weight_converter"]
+__all__ = ["load_weights", "read_weights", "register_weight_converter", "state_dict_differences"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,23 @@ def _best_placement(
     return best
 
 
+def state_dict_differences(
+    target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> dict[str, list[str]]:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``target``:
+    ``{"missing": [key], "unexpected": [key], "mismatched": ["key (file shape) vs (model
+    shape)"]}``, each empty when it fits."""
+    return {
+        "missing": [k for k in target if k not in state],
+        "unexpected": [k for k in state if k not in target],
+        "mismatched": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
+            for k in state
+            if k in target and tuple(state[k].shape) != tuple(target[k].shape)
+        ],
+    }
+
+
 def _load_checked(
     module: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -115,13 +132,9 @@ def _load_checked(
     reinit: tuple[str, ...],
 ) -> dict[str, list[str]]:
     target = module.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith(_REGENERATED)]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
-        for k in state
-        if k in target and tuple(state[k].shape) != tuple(target[k].shape)
-    ]
+    differences = state_dict_differences(target, state)
+    missing = [k for k in differences["missing"] if not k.endswith(_REGENERATED)]
+    unexpected, mismatched = differences["unexpected"], differences["mismatched"]
     hard_missing = [k for k in missing if k not in optional]
     hard_unexpected = [k for k in unexpected if k not in optional]
     hard_mismatched = [m for m in mismatched if not m.startswith(reinit)] if reinit else mismatched
