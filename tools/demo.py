@@ -130,10 +130,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 def run_images(model, paths, args, names) -> int:
     """Detect on every readable image of ``paths``; returns how many were skipped."""
-    out_dir = Path(args.output) if args.output else None
+    out_dir = Path(args.output) if args.output else None  # checked by main: not a file
     if out_dir is not None:
-        if out_dir.is_file():
-            raise CLIError(f"--output {out_dir} is a file; images need a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     skipped = 0
     for path in paths:

@@ -80,9 +80,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--strength must lie in (0, 1], got {args.strength}")
     if args.eta < 0:
         raise CLIError(f"--eta must be >= 0, got {args.eta}")
-    if Path(args.output).is_file():
-        raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
     out = Path(args.output)
+    if out.is_file():
+        raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
     refuse_to_replace([out / "samples.png", out / "samples.npz"], overwrite=args.overwrite)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} but no CUDA device is available; use --device cpu")

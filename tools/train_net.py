@@ -86,8 +86,9 @@ def validate(cfg, args) -> None:
             than devices, or (check_output_dir) an OUTPUT_DIR holding checkpoints without
             --resume or --overwrite.
         ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes, unknown
-            task, CUDA device without a GPU, OUTPUT_DIR that is a file, negative MAX_ITER, or
-            a malformed DATASETS.CUSTOM entry.
+            task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, OUTPUT_DIR
+            that is a file, or a malformed DATASETS.CUSTOM entry (values out of their range,
+            e.g. a negative MAX_ITER, stop earlier, in load_config).
         InputFileNotFoundError: MODEL.WEIGHTS or a dataset file that does not exist.
         WeightsError (from check_output_dir): --resume finds checkpoints, none of them intact.
     """
@@ -123,8 +124,6 @@ def validate(cfg, args) -> None:
     output_dir = Path(cfg.OUTPUT_DIR)
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, expected a folder")
-    if cfg.SOLVER.MAX_ITER < 0:
-        raise ConfigError(f"SOLVER.MAX_ITER must be >= 0, got {cfg.SOLVER.MAX_ITER}")
     _check_dataset_files(cfg)
     if task.check_inputs is not None:
         task.check_inputs(cfg)  # e.g. the segmentation dataset folders

@@ -158,8 +158,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if args is not None:
         logger.info("Command line: %s", " ".join(sys.argv))
     if comm.is_main_process():
-        config_file = _config_file(output_dir, cfg.dump(), resume=bool(getattr(args, "resume", 0)))
-        config_file.write_text(cfg.dump())
+        text = cfg.dump()
+        config_file = _config_file(output_dir, text, resume=bool(getattr(args, "resume", False)))
+        config_file.write_text(text)
         logger.info("Full config saved to %s", config_file)
     if cfg.CUDNN_BENCHMARK:
         torch.backends.cudnn.benchmark = True

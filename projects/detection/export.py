@@ -252,16 +252,13 @@ def export_onnx(
         model.train(was_training)
         if fast_path:
             model.set_fast_path(True)
-    program.save(str(path), external_data=False)
-    written = {
-        o.domain: o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-    }
+    written = {o.domain: o.version for o in program.model_proto.opset_import}
     if opset is not None and written.get("", written.get("ai.onnx")) != opset:
-        path.unlink()
         raise ConfigError(
-            f"opset {opset}: the exporter wrote opset {written.get('')} instead (it could not "
-            "convert the graph); nothing was kept"
+            f"opset {opset}: the exporter built opset {written.get('')} instead (it could not "
+            "convert the graph); nothing was written"
         )
+    program.save(str(path), external_data=False)
     write_metadata(
         path,
         {
