@@ -48,11 +48,12 @@ def _describe(spec: str) -> str:
     return "in " + spec.replace(",", ", ")
 
 
-def register_ranges(ranges: Mapping[str, str]) -> None:
-    """Add ``{full key: range}``; a key registered again gets the new range."""
+def register_ranges(ranges: Mapping[str, str], *, prefix: str = "") -> None:
+    """Add ``{key: range}``, each key under ``prefix`` (``"MODEL.DDPM."``: ``"NUM_TIMESTEPS"``
+    is ``MODEL.DDPM.NUM_TIMESTEPS``); a key registered again gets the new range."""
     for key, spec in ranges.items():
         _contains(spec, 0.0)  # ValueError now for a malformed range, not at load time
-        _RANGES[key] = spec
+        _RANGES[prefix + key] = spec
 
 
 def _lookup(cfg, key: str):

@@ -131,13 +131,12 @@ def build_ddpm_model(cfg: CfgNode, *, num_classes: int | None = None) -> DDPMMod
 
 register_ranges(
     {
-        "MODEL.DDPM.UNET.MODEL_CHANNELS": ">=1", "MODEL.DDPM.UNET.CHANNEL_MULT": ">=1",
-        "MODEL.DDPM.UNET.NUM_RES_BLOCKS": ">=1", "MODEL.DDPM.UNET.DROPOUT": "[0,1)",
-        "MODEL.DDPM.CLASS_DROPOUT_PROB": "[0,1]", "MODEL.DDPM.NUM_TIMESTEPS": ">=1",
-        "MODEL.DDPM.MIN_SNR_GAMMA": ">0", "MODEL.DDPM.VLB_WEIGHT": ">=0",
-        "MODEL.DDPM.SAMPLER.NUM_STEPS": ">=1", "MODEL.DDPM.SAMPLER.ETA": ">=0",
-        "MODEL.DDPM.SAMPLER.ORDER": "[1,3]", "MODEL.DDPM.SAMPLER.GUIDANCE_SCALE": ">=0",
-        "MODEL.DDPM.EVAL.NUM_GRID_SAMPLES": ">=0", "MODEL.DDPM.EVAL.FID_NUM_SAMPLES": ">=0",
-        "MODEL.DDPM.EVAL.FID_NUM_REAL": ">=1", "MODEL.DDPM.EVAL.FID_BATCH_SIZE": ">=1",
-    }
+        "UNET.MODEL_CHANNELS": ">=1", "UNET.CHANNEL_MULT": ">=1", "UNET.NUM_RES_BLOCKS": ">=1",
+        "UNET.DROPOUT": "[0,1)", "CLASS_DROPOUT_PROB": "[0,1]", "NUM_TIMESTEPS": ">=1",
+        "MIN_SNR_GAMMA": ">0", "VLB_WEIGHT": ">=0", "SAMPLER.NUM_STEPS": ">=1",
+        "SAMPLER.ETA": ">=0", "SAMPLER.ORDER": "[1,3]", "SAMPLER.GUIDANCE_SCALE": ">=0",
+        "EVAL.NUM_GRID_SAMPLES": ">=0", "EVAL.FID_NUM_SAMPLES": ">=0", "EVAL.FID_NUM_REAL": ">=1",
+        "EVAL.FID_BATCH_SIZE": ">=1",
+    },
+    prefix="MODEL.DDPM.",
 )  # fmt: skip

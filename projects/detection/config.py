@@ -106,21 +106,20 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
 
 register_ranges(
     {
-        f"MODEL.DiffusionDet.{key}": spec
-        for key, spec in {
-            "NUM_CLASSES": ">=1", "NUM_PROPOSALS": ">=1", "NHEADS": ">=1", "DROPOUT": "[0,1)",
-            "DIM_FEEDFORWARD": ">=1", "HIDDEN_DIM": ">=1", "NUM_CLS": ">=0", "NUM_REG": ">=0",
-            "NUM_HEADS": ">=1", "NUM_DYNAMIC": ">=1", "DIM_DYNAMIC": ">=1", "CLASS_WEIGHT": ">=0",
-            "GIOU_WEIGHT": ">=0", "L1_WEIGHT": ">=0", "ALPHA": "[0,1]", "GAMMA": ">=0",
-            "PRIOR_PROB": "(0,1)", "OTA_K": ">=1", "SNR_SCALE": ">0", "SAMPLE_STEP": ">=1",
-            "NUM_TIMESTEPS": ">=1", "DDIM_ETA": ">=0", "RENEWAL_THRESHOLD": "[0,1]",
-            "NMS_THRESH": "[0,1]",
-        }.items()
-    }
-    | {
-        "MODEL.ROI_HEADS.NMS_THRESH_TEST": "[0,1]",
-        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": ">=1",
-        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": ">=0",
-        "MODEL.FPN.OUT_CHANNELS": ">=1",
-    }
+        "NUM_CLASSES": ">=1", "NUM_PROPOSALS": ">=1", "NHEADS": ">=1", "DROPOUT": "[0,1)",
+        "DIM_FEEDFORWARD": ">=1", "HIDDEN_DIM": ">=1", "NUM_CLS": ">=0", "NUM_REG": ">=0",
+        "NUM_HEADS": ">=1", "NUM_DYNAMIC": ">=1", "DIM_DYNAMIC": ">=1", "CLASS_WEIGHT": ">=0",
+        "GIOU_WEIGHT": ">=0", "L1_WEIGHT": ">=0", "ALPHA": "[0,1]", "GAMMA": ">=0",
+        "PRIOR_PROB": "(0,1)", "OTA_K": ">=1", "SNR_SCALE": ">0", "SAMPLE_STEP": ">=1",
+        "NUM_TIMESTEPS": ">=1", "DDIM_ETA": ">=0", "RENEWAL_THRESHOLD": "[0,1]",
+        "NMS_THRESH": "[0,1]",
+    },
+    prefix="MODEL.DiffusionDet.",
+)  # fmt: skip
+register_ranges(
+    {
+        "ROI_HEADS.NMS_THRESH_TEST": "[0,1]", "ROI_BOX_HEAD.POOLER_RESOLUTION": ">=1",
+        "ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": ">=0", "FPN.OUT_CHANNELS": ">=1",
+    },
+    prefix="MODEL.",
 )  # fmt: skip

@@ -114,12 +114,17 @@ def add_pixel_mlp_config(cfg: CN) -> None:
 
 register_ranges(
     {
-        "MODEL.DDEP.DECODER_CHANNELS": ">=1", "MODEL.DDEP.NOISE_SIGMA": ">=0",
-        "MODEL.DDEP.NUM_TIMESTEPS": ">=1", "MODEL.DDEP.TRANSFORMER_LAYERS": ">=0",
-        "MODEL.PIXEL_MLP.STEPS": ">=0", "MODEL.PIXEL_MLP.IMAGE_SIZE": ">=1",
-        "MODEL.PIXEL_MLP.NUM_MODELS": ">=1", "MODEL.PIXEL_MLP.PIXELS_PER_IMAGE": ">=0",
-        "MODEL.PIXEL_MLP.BATCH_PIXELS": ">=1", "MODEL.PIXEL_MLP.CHUNK_PIXELS": ">=1",
-        "SEG.LABEL_COUNT": ">=0", "SEG.FLIP_PROB": "[0,1]", "SEG.CROP_SIZE": ">=1",
-        "SEG.NUM_VIS": ">=0", "SEG.TOY_IMAGE_SIZE": ">=1",
-    }
+        "DDEP.DECODER_CHANNELS": ">=1", "DDEP.NOISE_SIGMA": ">=0", "DDEP.NUM_TIMESTEPS": ">=1",
+        "DDEP.TRANSFORMER_LAYERS": ">=0", "PIXEL_MLP.STEPS": ">=0", "PIXEL_MLP.IMAGE_SIZE": ">=1",
+        "PIXEL_MLP.NUM_MODELS": ">=1", "PIXEL_MLP.PIXELS_PER_IMAGE": ">=0",
+        "PIXEL_MLP.BATCH_PIXELS": ">=1", "PIXEL_MLP.CHUNK_PIXELS": ">=1",
+    },
+    prefix="MODEL.",
+)  # fmt: skip
+register_ranges(
+    {
+        "LABEL_COUNT": ">=0", "FLIP_PROB": "[0,1]", "CROP_SIZE": ">=1", "NUM_VIS": ">=0",
+        "TOY_IMAGE_SIZE": ">=1",
+    },
+    prefix="SEG.",
 )  # fmt: skip

@@ -42,6 +42,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _toy_scene_split(name: str) -> str | None:
+    """``"train"`` for ``toy_scenes_train`` (a generated split), None for any other name."""
+    split = name.removeprefix("toy_scenes_")
+    return split if split != name and split in TOY_SCENE_SPLITS else None
+
+
 def get_sem_seg_dataset(
     name: str, *, toy_image_size: int = 64, require_masks: bool = True
 ) -> tuple[list[dict], dict]:
@@ -60,8 +66,9 @@ def get_sem_seg_dataset(
             "ignore_label": 255,
         }
         return get_cityscapes_sem_seg_records(name), meta
-    if name.startswith("toy_scenes_") and name[len("toy_scenes_") :] in TOY_SCENE_SPLITS:
-        folder = ensure_toy_scenes(name[len("toy_scenes_") :], image_size=toy_image_size)
+    toy_split = _toy_scene_split(name)
+    if toy_split is not None:
+        folder = ensure_toy_scenes(toy_split, image_size=toy_image_size)
     else:
         folder = Path(name)
         if not folder.is_dir():
@@ -81,9 +88,7 @@ def check_sem_seg_dataset_files(name: str) -> None:
     Raises:
         InputFileNotFoundError: an unknown name that is not an existing folder.
     """
-    if name in CITYSCAPES_SEM_SEG_SPLITS or (
-        name.startswith("toy_scenes_") and name[len("toy_scenes_") :] in TOY_SCENE_SPLITS
-    ):
+    if name in CITYSCAPES_SEM_SEG_SPLITS or _toy_scene_split(name) is not None:
         return
     if not Path(name).is_dir():
         what = "a file, expected a folder" if Path(name).exists() else "not a known name or folder"
