@@ -11,6 +11,7 @@ from diffvision.data.detection_transforms import (
     CropTransform,
     FlipTransform,
     RandomCrop,
+    RandomFlip,
     ResizeShortestEdge,
     ResizeTransform,
     apply_augmentations,
@@ -45,13 +46,15 @@ def test_resize_is_pil_bilinear_and_scales_boxes():
 
 
 def test_flip_and_crop_boxes():
-    boxes = np.array([[10.0, 5.0, 30.0, 15.0]], dtype=np.float32)
-    np.testing.assert_allclose(FlipTransform(20, 100).apply_boxes(boxes), [[70, 5, 90, 15]])
+    boxes = np.array([[10.0, 2.0, 30.0, 15.0]], dtype=np.float32)  # not centred on either axis
+    np.testing.assert_allclose(FlipTransform(20, 100).apply_boxes(boxes), [[70, 2, 90, 15]])
     np.testing.assert_allclose(
-        FlipTransform(20, 100, horizontal=False).apply_boxes(boxes), [[10, 5, 30, 15]]
+        FlipTransform(20, 100, horizontal=False).apply_boxes(boxes), [[10, 5, 30, 18]]
     )
     image = np.arange(20 * 100 * 3, dtype=np.uint8).reshape(20, 100, 3)
     np.testing.assert_array_equal(FlipTransform(20, 100).apply_image(image), image[:, ::-1])
+    vertical = FlipTransform(20, 100, horizontal=False).apply_image(image)
+    np.testing.assert_array_equal(vertical, image[::-1])
     crop = CropTransform(x0=20, y0=10, w=15, h=8)
     assert crop.apply_image(image).shape == (8, 15, 3)
     out = transform_boxes(boxes, [crop], image_size=(8, 15))
@@ -70,17 +73,22 @@ def test_absolute_range_crop_sizes():
 
 
 def test_image_and_boxes_stay_consistent_through_a_random_pipeline():
-    # A white box on black: after flip/resize/crop the transformed box must bound the white area.
+    # A white box on black, off-centre on both axes: after flips/resize/crop the transformed box
+    # must bound the white area.
     np.random.seed(3)
     image = np.zeros((120, 160, 3), dtype=np.uint8)
-    image[30:70, 50:110] = 255
-    box = np.array([[50.0, 30.0, 110.0, 70.0]])
+    image[20:50, 30:100] = 255
+    box = np.array([[30.0, 20.0, 100.0, 50.0]])
     augs = [
+        RandomFlip(prob=0.5, direction="horizontal"),
+        RandomFlip(prob=0.5, direction="vertical"),
         ResizeShortestEdge(short_edge_length=(90, 150)),
         RandomCrop(crop_type="absolute", crop_size=(100, 130)),
     ]
-    for _ in range(5):
+    flipped = set()
+    for _ in range(12):
         out, tfms = apply_augmentations(augs, image)
+        flipped |= {t.horizontal for t in tfms if isinstance(t, FlipTransform)}
         b = transform_boxes(box, tfms, image_size=out.shape[:2])[0]
         ys, xs = np.nonzero(out[..., 0] > 127)
         if len(xs) == 0:
@@ -88,6 +96,7 @@ def test_image_and_boxes_stay_consistent_through_a_random_pipeline():
             continue
         assert abs(xs.min() - b[0]) <= 1.5 and abs(xs.max() + 1 - b[2]) <= 1.5
         assert abs(ys.min() - b[1]) <= 1.5 and abs(ys.max() + 1 - b[3]) <= 1.5
+    assert flipped == {True, False}  # both flip directions were exercised
 
 
 def test_filter_empty_boxes():

@@ -160,13 +160,12 @@ def test_init_boxes_fix_the_one_step_result():
 
 
 def test_official_ensemble_drops_the_last_step():
-    # reference §7.1 item 2: with the official ensemble, 2 steps give exactly the 1-step result
+    # The official ``ddim_sample`` (DiffusionDet, diffusiondet/detector.py) ensembles every step
+    # but the last: 2 steps give exactly the 1-step result. The option that keeps the last step
+    # is checked against the written-out loop below.
     model = _model()
     images = _images(2)
     _assert_same(model.predict(images, steps=2, seed=5), model.predict(images, steps=1, seed=5))
-    model.ensemble_include_last_step = True
-    with_last = model.predict(images, steps=2, seed=5)
-    assert sum(len(r["scores"]) for r in with_last) > 0
 
 
 def test_predict_resizes_like_detectron2():
@@ -189,8 +188,9 @@ def test_predict_resizes_like_detectron2():
         model.predict(np.zeros((30, 20, 3), dtype=np.float32))
 
 
-def _official_ddim_sample(model, image, init, noise, refill, steps):
-    """The official ``ddim_sample`` loop written out (reference §2.4), batch 1, own draws.
+def _official_ddim_sample(model, image, init, noise, refill, steps, include_last=False):
+    """The official ``ddim_sample`` loop (DiffusionDet, diffusiondet/detector.py) written out,
+    batch 1, own draws; ``include_last`` also ensembles the last step's predictions.
 
     Returns the candidates (boxes, scores, labels) before NMS and the kept count per renewal."""
     from projects.detection.box_diffusion import boxes_to_diffusion, diffusion_to_boxes
@@ -203,7 +203,7 @@ def _official_ddim_sample(model, image, init, noise, refill, steps):
     for k, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True)):
         logits, boxes = model.head(features, diffusion_to_boxes(x, whwh), torch.tensor([t]))
         logits, boxes = logits[-1], boxes[-1]
-        if steps > 1 and t_next >= 0:  # the ensemble drops the last step (official)
+        if steps > 1 and (t_next >= 0 or include_last):  # official: the last step is dropped
             candidates.append(model._topk(logits, boxes, init.shape[0]))
         if t_next < 0:
             break
@@ -221,9 +221,11 @@ def _official_ddim_sample(model, image, init, noise, refill, steps):
     return (*(torch.cat([c[j] for c in candidates], dim=1) for j in range(3)), kept)
 
 
-@pytest.mark.parametrize("steps", [1, 3, 4])
-def test_sampling_through_the_core_loop_equals_the_official_loop(steps):
-    model = _model().eval()
+@pytest.mark.parametrize(
+    "steps, include_last", [(1, False), (3, False), (4, False), (3, True), (1, True)]
+)
+def test_sampling_through_the_core_loop_equals_the_official_loop(steps, include_last):
+    model = _model(ensemble_include_last_step=include_last).eval()
     with torch.no_grad():  # scores around 0.5: renewal keeps some boxes, replaces others
         model.head.head_series[-1].class_logits.bias.fill_(-0.9)
     g = torch.Generator().manual_seed(steps)
@@ -231,7 +233,7 @@ def test_sampling_through_the_core_loop_equals_the_official_loop(steps):
     init = torch.randn(12, 4, generator=g)
     noise, refill = torch.randn(2, max(steps - 1, 1), 12, 4, generator=g)
     with torch.no_grad():
-        want = _official_ddim_sample(model, image, init, noise, refill, steps)
+        want = _official_ddim_sample(model, image, init, noise, refill, steps, include_last)
         images, whwh = model.preprocess_image([{"image": image}])
         got = model.sample_boxes(
             model.extract_features(images),
@@ -242,6 +244,8 @@ def test_sampling_through_the_core_loop_equals_the_official_loop(steps):
         )
     if steps > 1:  # renewal kept some boxes and replaced others: both branches compared
         assert any(0 < k < 12 for k in want[3]), want[3]
+    ensembled = 1 if steps == 1 else steps - 1 + include_last
+    assert got[0].shape == (1, 12 * ensembled, 4)
     assert got[2].tolist() == want[2].tolist()
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
