@@ -108,9 +108,13 @@ def _replay(gt: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     noise = torch.randn(n, 4, generator=g)
     if len(gt) == 0:
         gt = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
-    pad = torch.randn(n - len(gt), 4, generator=g) / 6.0 + 0.5
-    pad[:, 2:] = pad[:, 2:].clamp(min=1e-4)
-    x0 = (torch.cat([gt, pad]) * 2 - 1) * 2.0
+    if len(gt) > n:  # a random subset of n ground truths, in their original order
+        x0 = gt[torch.randperm(len(gt), generator=g)[:n].sort().values]
+    else:
+        pad = torch.randn(n - len(gt), 4, generator=g) / 6.0 + 0.5
+        pad[:, 2:] = pad[:, 2:].clamp(min=1e-4)
+        x0 = torch.cat([gt, pad])
+    x0 = (x0 * 2 - 1) * 2.0
     ac = get_schedule("cosine", 1000).alphas_cumprod[t]
     x = (ac.sqrt() * x0.double() + (1 - ac).sqrt() * noise.double()).float()
     x = (x.clamp(-2, 2) / 2 + 1) / 2
@@ -129,6 +133,12 @@ def test_prepare_diffusion_concat_follows_the_official_recipe(num_gt):
 
 
 def test_prepare_diffusion_concat_subsamples_many_gt():
-    gt = torch.rand(20, 4) * 0.5 + 0.25
-    boxes, _, _ = prepare_diffusion_concat(gt, schedule=get_schedule("cosine"), num_proposals=8)
-    assert boxes.shape == (8, 4) and torch.isfinite(boxes).all()
+    """More ground truths than proposals: a random subset (not the first N) is corrupted."""
+    gt = torch.rand(20, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    schedule = get_schedule("cosine", 1000)
+    for seed in (3, 4):
+        g = torch.Generator().manual_seed(seed)
+        boxes, _, _ = prepare_diffusion_concat(gt, schedule=schedule, num_proposals=8, generator=g)
+        torch.testing.assert_close(boxes, _replay(gt, 8, seed), rtol=1e-6, atol=1e-6)
+    # the subset is not simply the first 8 ground truths
+    assert not torch.allclose(_replay(gt, 8, 3), _replay(gt[:8], 8, 3))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffvision.config import get_cfg
+from diffvision.data.samplers import RepeatFactorTrainingSampler
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
 from diffvision.evaluation.lvis_evaluation import LVISEvaluator
@@ -109,11 +110,30 @@ def test_crop_branch_and_empty_filter(toy_root):
 
 
 def test_repeat_factor_sampler_and_bad_names(toy_root):
+    """The loader draws images by LVIS repeat-factor sampling (arXiv:1908.03195):
+    r_i = max over the categories c in image i of max(1, sqrt(t / f_c)), f_c the fraction of
+    images that contain c, here computed from the annotation file."""
+    data = json.loads((toy_root / "annotations/instances_train.json").read_text())
+    cats_of = {im["id"]: set() for im in data["images"]}
+    for a in data["annotations"]:
+        cats_of[a["image_id"]].add(a["category_id"])
+    freq = {c["id"]: 0.0 for c in data["categories"]}
+    for cats in cats_of.values():
+        for c in cats:
+            freq[c] += 1 / len(cats_of)
+    factor = {i: max([1.0] + [(0.9 / freq[c]) ** 0.5 for c in cats]) for i, cats in cats_of.items()}
+    assert len({round(f, 6) for f in factor.values()}) > 2  # the factors differ between images
     cfg = make_cfg(
         "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-        "DATALOADER.REPEAT_THRESHOLD", "0.5",
+        "DATALOADER.REPEAT_THRESHOLD", "0.9",
     )  # fmt: skip
-    assert len(next(iter(build_detection_train_loader(cfg)))) == 4
+    ids = [im["id"] for im in data["images"]]  # the dataset's order
+    sampler = RepeatFactorTrainingSampler(
+        torch.tensor([factor[i] for i in ids]), seed=0, rank=0, world_size=1
+    )
+    expected = [ids[i] for i in sampler.indices(0, 12)]
+    batches = itertools.islice(build_detection_train_loader(cfg), 3)
+    assert [x["image_id"] for b in batches for x in b] == expected
     with pytest.raises(ValueError, match="SAMPLER_TRAIN"):
         build_detection_train_loader(make_cfg("DATALOADER.SAMPLER_TRAIN", "Nope"))
     with pytest.raises(ValueError, match="RGB"):
