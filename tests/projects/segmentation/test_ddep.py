@@ -56,12 +56,19 @@ def test_denoise_mode_freezes_encoder_in_eval_and_predicts_noise():
 
 
 def test_multilevel_draws_levels_from_core_schedule():
+    """The "full diffusion" variant draws t ~ U{0..999} per image from the DDPM linear schedule
+    (β from 1e-4 to 0.02, arXiv:2006.11239 §4): for x0 = 0 the input is √(1−ᾱ_t) ε."""
     model = DDeP(network=_net(), mode="denoise", noise_levels="schedule")
     assert model.schedule.num_timesteps == 1000
-    x0 = torch.zeros(64, 3, 2, 2)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    levels = (1 - alpha_bar).sqrt()
+    x0 = torch.zeros(256, 3, 2, 2)
     x_noisy, eps = model.corrupt(x0, generator=torch.Generator().manual_seed(0))
-    ratios = (x_noisy / eps)[:, 0, 0, 0]  # = sqrt(1 - alpha_bar_t) for x0 = 0
-    assert ratios.std() > 0.1  # several levels
+    ratios = (x_noisy / eps).double()  # (256, 3, 2, 2)
+    torch.testing.assert_close(ratios, ratios[:, :1, :1, :1].expand_as(ratios))  # one t per image
+    gap, t = (ratios[:, 0, 0, 0, None] - levels).abs().min(dim=1)
+    assert gap.max() < 1e-5  # every level is one of the schedule's
+    assert len(t.unique()) > 200 and 400 < t.double().mean() < 600  # uniform over 0..999
     with pytest.raises(ValueError, match="noise_levels"):
         DDeP(network=_net(), mode="denoise", noise_levels="uniform")
 
@@ -84,7 +91,19 @@ def test_segment_shapes_ignore_and_transformer_variant():
         transformer_dim=32,
         transformer_heads=2,
     )
-    assert trans(torch.randn(1, 3, 48, 64)).shape == (1, 4, 48, 64)
+    x = torch.randn(1, 3, 48, 64)
+    assert trans(x).shape == (1, 4, 48, 64)
+    # The Transformer replaces layer4: the encoder stops at stride 16, and every token of the
+    # bottleneck sees every other one (a change in one corner reaches the opposite corner,
+    # which the bottleneck's 3×3 output convolution alone could not do).
+    trans.eval()
+    deep = trans.encode(x)[-1]
+    assert deep.shape[-2:] == (3, 4) and "layer4" not in trans.backbone
+    moved = deep.clone()
+    moved[..., 0, 0] += 1.0
+    with torch.no_grad():
+        far = trans.bottleneck(moved)[..., -1, -1] - trans.bottleneck(deep)[..., -1, -1]
+    assert far.abs().max() > 1e-4
     with pytest.raises(ValueError, match="decoder_channels"):
         ResNetUNet(encoder="resnet18", decoder_channels=(8, 8))
 
