@@ -80,15 +80,21 @@ def test_pretrain_then_finetune_moves_the_decoder_only(tmp_path, monkeypatch):
     common = [
         "DATASETS.TRAIN", f"('{train_dir}',)", "SOLVER.IMS_PER_BATCH", "2",
         "SEG.CROP_SIZE", "(32, 32)", "MODEL.DDEP.DECODER_CHANNELS", "[16, 8, 8, 8, 8]",
-        "SOLVER.MAX_ITER", "2",
+        "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1",
     ]  # fmt: skip
     pre_cfg = _cfg("ddep_toy_pretrain_effnetlite0.yaml", *common, "OUTPUT_DIR", str(tmp_path / "p"))
     train(pre_cfg)
     ckpt = safe_torch_load(tmp_path / "p" / "model_final.pth")
-    start = build_ddep_model(pre_cfg).state_dict()  # same seed-free ImageNet encoder
+    after_one = safe_torch_load(tmp_path / "p" / "model_0000000.pth")["model"]
+    fresh = build_ddep_model(pre_cfg)
+    start = fresh.state_dict()  # same seed-free ImageNet encoder
     for key, value in ckpt["model"].items():
         if key.startswith("network.backbone."):
             assert torch.equal(value, start[key]), key  # frozen encoder unchanged
+    # the second step changed the decoder's and the head's parameters (not only BN statistics)
+    params = [k for k, _ in fresh.named_parameters() if not k.startswith("network.backbone.")]
+    moved = {k.split(".")[1] for k in params if not torch.equal(ckpt["model"][k], after_one[k])}
+    assert moved == {"decoder", "head"}
     fine = _cfg(
         "ddep_toy_finetune_effnetlite0.yaml", *common,
         "MODEL.WEIGHTS", str(tmp_path / "p" / "model_final.pth"),
@@ -100,7 +106,10 @@ def test_pretrain_then_finetune_moves_the_decoder_only(tmp_path, monkeypatch):
     decoder_key = "network.decoder.0.convs.0.weight"
     assert torch.equal(model.state_dict()[decoder_key], ckpt["model"][decoder_key])
     metrics = train(fine)
-    assert 0.0 <= metrics["sem_seg/mIoU"] <= 100.0
+    assert "sem_seg/mIoU" in metrics  # the fine-tuned model was evaluated
+    tuned = safe_torch_load(tmp_path / "f" / "model_final.pth")["model"]
+    encoder_key = "network.backbone.body.blocks.6.0.conv_pwl.weight"
+    assert not torch.equal(tuned[encoder_key], ckpt["model"][encoder_key])  # fine-tuning moves it
 
 
 @pytest.mark.parametrize(
