@@ -26,6 +26,10 @@ def test_seeded_selection_is_reproducible_and_nested_in_range():
     assert a == select_label_fraction(names, fraction="1/30", seed=3)
     assert len(a) == 3 and a == sorted(a) and all(0 <= i < 90 for i in a)
     assert a != select_label_fraction(names, fraction="1/30", seed=4)
+    # one permutation per seed: a smaller fraction is a subset of a larger one
+    eighth, quarter = (select_label_fraction(names, fraction=f, seed=3) for f in ("1/8", "1/4"))
+    assert (len(eighth), len(quarter)) == (12, 23)
+    assert set(a) < set(eighth) < set(quarter)
     assert select_label_fraction(names, fraction="full") == list(range(90))
 
 
