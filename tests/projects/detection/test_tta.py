@@ -68,7 +68,37 @@ def test_one_copy_at_the_test_size_is_the_plain_result():
             torch.testing.assert_close(got[key], plain[key])
 
 
-def test_tta_is_seeded_and_uses_every_copy():
+class _OneCopyOneBoxDetector:
+    """A stand-in detector whose copy j scores box B_j high and every other B_k low, all in the
+    copy's own frame (mirrored for a flipped copy): the merge keeps each B_k at the high score
+    only if copy k reached it and was mapped back."""
+
+    nms_threshold = 0.5
+
+    def inference(self, batched_inputs, *, seeds=None):
+        out, n = [], len(batched_inputs)
+        boxes = torch.tensor([[12.0 * k + 2, 2.0, 12.0 * k + 10, 10.0] for k in range(n)])
+        for j, x in enumerate(batched_inputs):
+            b = boxes.clone()
+            if x["flip"]:
+                b = torch.stack([x["width"] - b[:, 2], b[:, 1], x["width"] - b[:, 0], b[:, 3]], 1)
+            scores = torch.full((n,), 0.2)
+            scores[j] = 0.9
+            out.append({"boxes": b, "scores": scores, "labels": torch.ones(n, dtype=torch.int64)})
+        return out
+
+
+def test_every_copy_contributes_to_the_merge():
+    tta = DetectorWithTTA(_OneCopyOneBoxDetector(), min_sizes=(30, 60, 120), max_size=400,
+                          flip=True)  # fmt: skip
+    (out,) = tta([_square_image()])
+    torch.testing.assert_close(out["scores"], torch.full((6,), 0.9))
+    order = out["boxes"][:, 0].argsort()
+    expected = torch.tensor([[12.0 * k + 2, 2.0, 12.0 * k + 10, 10.0] for k in range(6)])
+    torch.testing.assert_close(out["boxes"][order], expected)
+
+
+def test_tta_is_seeded():
     model = _model(sample_step=2).eval()
     batch = _batch(train=False)[:1]
     tta = DetectorWithTTA(model, min_sizes=(48, 64), max_size=96, flip=True)
