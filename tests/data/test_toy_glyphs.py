@@ -42,7 +42,7 @@ def test_deterministic_in_the_seed(tmp_path, glyphs):
 def test_render_glyph_is_tight_and_of_the_asked_height(height, angle):
     mask = render_glyph("7", height=height, angle=angle, font=cv2.FONT_HERSHEY_SIMPLEX, thickness=2)
     assert mask.shape[0] == height and mask.dtype == np.float32
-    assert 0.0 <= mask.min() and mask.max() <= 1.0
+    assert mask.max() > 0.9 and (mask < 0.1).mean() > 0.2  # solid strokes on a clear background
     # tight: ink on every border row / column
     for edge in (mask[0], mask[-1], mask[:, 0], mask[:, -1]):
         assert edge.max() > 0.05
