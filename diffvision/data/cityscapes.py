@@ -8,9 +8,10 @@ Layout (``<root>`` = ``$DIFFVISION_DATASETS/cityscapes``)::
 
 Training uses trainIds 0..18 with 255 = ignore. ``*_labelTrainIds.png`` is used when present;
 otherwise ``*_labelIds.png`` is converted on the fly through a 256-entry lookup table built from
-the official label table in ``cityscapesscripts.helpers.labels`` (``shared/reference/
-segmentation.md`` §C.2): ``lut[label.id] = label.trainId`` for every label with ``id >= 0`` and
-``trainId`` not in {255, -1}; everything else maps to 255.
+the official label table in ``cityscapesscripts.helpers.labels``
+(github.com/mcordts/cityscapesScripts, ``cityscapesscripts/helpers/labels.py``):
+``lut[label.id] = label.trainId`` for every label with ``id >= 0`` and ``trainId`` not in
+{255, -1}; everything else maps to 255.
 
 Dataset names follow detectron2: ``cityscapes_fine_sem_seg_{train,val}``.
 """

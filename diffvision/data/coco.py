@@ -8,9 +8,9 @@ per image::
                       "category_id": int (contiguous, 0..K-1), "iscrowd": 0 | 1}, ...]}
 
 Contiguous class ids follow the category ids in increasing order (COCO 1..90 -> 0..79, LVIS v1
-1..1203 -> 0..1202, reference ``diffusiondet.md`` §4.5). LVIS images carry no ``file_name``: it is
-built from ``coco_url`` (``.../train2017/000000391895.jpg`` -> ``train2017/000000391895.jpg``)
-relative to the COCO image root.
+1..1203 -> 0..1202, as detectron2's dataset registration does). LVIS images carry no
+``file_name``: it is built from ``coco_url`` (``.../train2017/000000391895.jpg`` ->
+``train2017/000000391895.jpg``) relative to the COCO image root.
 """
 
 from __future__ import annotations

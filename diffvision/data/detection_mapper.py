@@ -8,8 +8,8 @@ Output, per image (detectron2's batch layout)::
      "instances": {"gt_boxes": float32 (n, 4) xyxy in resized pixels, "gt_classes": int64 (n,)}}
 
 ``instances`` only in training. Crowd boxes are dropped and boxes that are empty after
-clipping (width or height <= 1e-5) are removed, so ``n`` may be 0 (reference ``diffusiondet.md``
-§4.5).
+clipping (width or height <= 1e-5) are removed, so ``n`` may be 0 (as in DiffusionDet's
+``diffusiondet/dataset_mapper.py``).
 """
 
 from __future__ import annotations

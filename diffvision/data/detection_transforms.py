@@ -2,8 +2,8 @@
 
 An *augmentation* looks at an image and draws a deterministic *transform*; the transform is then
 applied to the image and to its boxes. This split (detectron2's ``Augmentation``/``Transform``)
-keeps images and boxes consistent. DiffusionDet's training pipeline (reference
-``diffusiondet.md`` §4.5)::
+keeps images and boxes consistent. DiffusionDet's training pipeline (official
+``diffusiondet/dataset_mapper.py``)::
 
     [RandomFlip, ResizeShortestEdge(MIN_SIZE_TRAIN, 1333)]                        p = 0.5
     [RandomFlip, ResizeShortestEdge([400, 500, 600], max=inf),

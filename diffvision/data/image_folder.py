@@ -1,9 +1,10 @@
 """Unlabelled (or folder-labelled) image datasets for generative training.
 
 Images are found recursively under a root folder (any depth, common formats), centre-cropped to a
-square, resized to ``image_size`` and scaled to [-1, 1] as in Ho et al. 2020 (§4: "data scaled
-linearly to [-1, 1]") and guided-diffusion's ``image_datasets.py``. Labels, when wanted, are the
-index of an image's top-level sub-folder in sorted order (torchvision ``ImageFolder`` convention).
+square, resized to ``image_size`` and scaled to [-1, 1] as in Ho et al. 2020 (arXiv:2006.11239,
+Sec. 3.3: "data scaled linearly to [-1, 1]") and guided-diffusion's ``image_datasets.py``.
+Labels, when wanted, are the index of an image's top-level sub-folder in sorted order
+(torchvision ``ImageFolder`` convention).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading images for detection: RGB uint8 with the EXIF orientation applied.
 
 Matches detectron2's ``read_image(..., format="RGB")`` (PIL decode, ``ImageOps.exif_transpose``),
-which is what DiffusionDet's mapper uses (reference ``diffusiondet.md`` §4.5).
+which is what DiffusionDet's mapper uses (``diffusiondet/dataset_mapper.py``).
 """
 
 from __future__ import annotations

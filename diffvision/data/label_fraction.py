@@ -2,8 +2,8 @@
 
 A fraction is written ``"full"``, ``"1/4"``, ``"1/8"``, ``"1/30"``, a float in (0, 1] such as
 ``"0.25"``, or an absolute image count such as ``"100"``. Fractions round *up*, which gives the
-usual Cityscapes subset sizes of the 2975 training images (``shared/reference/segmentation.md``
-§C.7): 1/4 → 744, 1/8 → 372, 1/30 → 100.
+usual Cityscapes subset sizes of the 2975 training images (as in the semi-supervised
+segmentation literature, e.g. the U2PL split lists): 1/4 → 744, 1/8 → 372, 1/30 → 100.
 
 The subset is drawn by a seeded permutation, or read from a split-list file (one image per line,
 e.g. ``leftImg8bit/train/ulm/ulm_000079_000019_leftImg8bit.png``, as in the public U2PL lists);

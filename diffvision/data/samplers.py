@@ -16,8 +16,9 @@ Samplers:
 - :class:`TrainingSampler`: an infinite stream of shuffled indices, epoch ``e`` a permutation
   seeded by ``(seed, e)``; iterating takes every ``world_size``-th index.
 - :class:`RepeatFactorTrainingSampler`: LVIS class-balanced repeats (Gupta et al., LVIS,
-  §"repeat factor sampling"): ``r(c) = max(1, sqrt(t / f(c)))`` with ``f(c)`` the fraction of
-  images containing class c, ``r(image) = max_c r(c)``, stochastically rounded every epoch.
+  arXiv:1908.03195, "repeat factor sampling"): ``r(c) = max(1, sqrt(t / f(c)))`` with ``f(c)``
+  the fraction of images containing class c, ``r(image) = max_c r(c)``, stochastically rounded
+  every epoch.
 - :class:`InferenceSampler`: contiguous shards covering every index exactly once.
 """
 

@@ -8,8 +8,8 @@ Every transform takes and returns ``(image, mask)`` where
 
 Images are resized bilinearly, masks with nearest neighbour only (interpolating class ids is
 meaningless), and padding fills masks with ``ignore_label`` so padded pixels never enter the loss
-— the conventions of mmsegmentation's Cityscapes pipeline (see
-``shared/reference/segmentation.md`` §C.5 and §C.8).
+— the conventions of mmsegmentation's Cityscapes pipeline
+(``configs/_base_/datasets/cityscapes.py``).
 """
 
 from __future__ import annotations

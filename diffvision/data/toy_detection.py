@@ -10,7 +10,7 @@ Classes (category ids 1..4): ``rectangle``, ``ellipse``, ``triangle``, ``cross``
 its shape and a loose hue family (red / green / blue / yellow, with jitter), so both shape and
 colour carry signal. Images are 128-192 px on each side (mixed aspect ratios), hold 0-4 objects
 of 16-64 px that overlap at most moderately; about 10% of the images are empty (the
-official DiffusionDet must handle those, reference ``diffusiondet.md`` §3.5, §4.5).
+matcher and the data pipeline must handle images without boxes).
 
 The set is a pure function of ``seed`` and the sizes. It is created on first use: written to a
 temporary folder next to the target and renamed into place, so concurrent processes (several

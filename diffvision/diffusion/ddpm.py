@@ -2,9 +2,9 @@
 
 Ho et al. 2020, "Denoising Diffusion Probabilistic Models": the reverse step uses the posterior
 mean μ̃ of eq. 7 with x̂_0 from the model (eq. 11 in the ε form) and a fixed variance, β̃_t
-(``fixed_small``) or β_t (``fixed_large``) (§3.2). Skipping timesteps (t' < t - 1) uses the step's
-α = ᾱ_t / ᾱ_{t'}, exactly like sampling a schedule respaced to the visited timesteps (Nichol &
-Dhariwal 2021, §4). ``analytic`` uses the optimal variance of Bao et al. 2022 (see
+(``fixed_small``) or β_t (``fixed_large``) (Sec. 3.2). Skipping timesteps (t' < t - 1) uses the
+step's α = ᾱ_t / ᾱ_{t'}, exactly like sampling a schedule respaced to the visited timesteps (Nichol
+& Dhariwal 2021, Sec. 4). ``analytic`` uses the optimal variance of Bao et al. 2022 (see
 :mod:`diffvision.diffusion.analytic`); ``learned`` the model's own interpolated variance
 Σ_θ = exp(v log β + (1 − v) log β̃) of the step (Nichol & Dhariwal 2021, eq. 15).
 """

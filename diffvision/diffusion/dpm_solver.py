@@ -83,7 +83,8 @@ def dpm_solver_pp_step(
             previous step's output; empty at the first step).
         order: Maximum solver order, 1, 2 or 3.
         prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
-        clip: If set, clamp x̂_0 to [-clip, clip] (the "thresholding" of Lu et al. §4).
+        clip: If set, clamp x̂_0 to [-clip, clip] (the "thresholding" of Lu et al.,
+            arXiv:2211.01095, Sec. 4).
 
     Returns:
         ``DPMSolverOutput(prev_sample, pred_x0, history)``.

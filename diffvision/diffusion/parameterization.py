@@ -1,7 +1,7 @@
 """Conversions between the three model parameterisations: ε (noise), x_0 (sample) and v.
 
 With x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε (Ho et al. 2020, eq. 4) and the velocity of Salimans & Ho 2022
-(§4, eq. 3-ish: v = √ᾱ_t ε - √(1 - ᾱ_t) x_0):
+(arXiv:2202.00512, Sec. 4: v = √ᾱ_t ε - √(1 - ᾱ_t) x_0):
 
     x_0 = (x_t - √(1 - ᾱ_t) ε) / √ᾱ_t          ε = (x_t - √ᾱ_t x_0) / √(1 - ᾱ_t)
     x_0 = √ᾱ_t x_t - √(1 - ᾱ_t) v              ε = √(1 - ᾱ_t) x_t + √ᾱ_t v

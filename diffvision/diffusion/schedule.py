@@ -6,14 +6,15 @@ build one (schedule ≠ sampler, unlike diffusers' per-scheduler ``beta_schedule
 
 Named schedules (:func:`get_schedule`):
 
-- ``linear``: Ho et al. 2020 (DDPM, §4): β linear from 1e-4 to 0.02 for T = 1000, with both ends
-  scaled by ``1000 / T`` as in improved-diffusion's ``get_named_beta_schedule``.
+- ``linear``: Ho et al. 2020 (DDPM, arXiv:2006.11239, Sec. 4): β linear from 1e-4 to 0.02 for
+  T = 1000, with both ends scaled by ``1000 / T`` as in improved-diffusion's
+  ``get_named_beta_schedule``.
 - ``scaled_linear``: linear in √β from √0.00085 to √0.012 (Latent/Stable Diffusion).
 - ``cosine``: Nichol & Dhariwal 2021, eq. 17, s = 0.008, β clipped at 0.999; evaluated exactly as
   DiffusionDet does (float64 grid ``linspace(0, T, T + 1)``).
 - ``sqrt``: Li et al. 2022 (Diffusion-LM, App. A): ᾱ(t) = 1 - √(t/T + 0.0001), β clipped at 0.999.
 
-Respacing (improved-diffusion ``respace.py``, Nichol & Dhariwal 2021 §4): keeping a subset of
+Respacing (improved-diffusion ``respace.py``, Nichol & Dhariwal 2021, Sec. 4): keeping a subset of
 timesteps τ_1 < ... < τ_S gives the schedule with β'_i = 1 - ᾱ_{τ_i} / ᾱ_{τ_{i-1}}, whose
 ``alphas_cumprod`` equals the original one at the kept steps; ``timestep_map`` maps its indices back
 to the original timesteps (what a model trained on the full chain expects).

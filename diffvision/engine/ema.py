@@ -1,5 +1,6 @@
 """Exponential moving average of model weights (Polyak averaging), as used for sampling in DDPM
-(Ho et al. 2020, §4: EMA decay 0.9999) and optionally by DiffusionDet (``MODEL_EMA``).
+(Ho et al. 2020, arXiv:2006.11239, Sec. 4: EMA decay 0.9999) and optionally by DiffusionDet
+(``MODEL_EMA``).
 
 ``ema ← decay · ema + (1 − decay) · θ`` for floating-point parameters and buffers; integer buffers
 are copied.

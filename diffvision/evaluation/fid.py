@@ -3,8 +3,8 @@
 - FID (Heusel et al. 2017, eq. 6): ``‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})`` between Gaussians
   fitted to the features of two image sets; the matrix square root by ``scipy.linalg.sqrtm`` with
   pytorch-fid's safeguards (ε-offset on a singular product, imaginary residue check).
-- KID (Bińkowski et al. 2018, "Demystifying MMD GANs", §3): the unbiased MMD² with the cubic
-  polynomial kernel ``k(x, y) = (xᵀy / d + 1)³``, averaged over random subsets.
+- KID (Bińkowski et al. 2018, "Demystifying MMD GANs", arXiv:1801.01401, Sec. 3): the unbiased
+  MMD² with the cubic polynomial kernel ``k(x, y) = (xᵀy / d + 1)³``, averaged over random subsets.
 
 Feature network. The standard FID network is the TF-Inception pool3 layer (2048-d). The PyPI
 packages that provide it (torch-fidelity, clean-fid, pytorch-fid) download their weights at run

@@ -2,7 +2,8 @@
 
 Same protocol and prediction format as :class:`~.coco_evaluation.COCOEvaluator`;
 results go to ``lvis_instances_results.json``. ``LVISResults(max_dets=300)`` keeps the top 300
-detections per image by score, as detectron2's LVIS evaluator (reference ``diffusiondet.md`` §6).
+detections per image by score, as detectron2's LVIS evaluator
+(``detectron2/evaluation/lvis_evaluation.py``).
 
 The ``lvis`` package (0.5.3) still uses ``np.float``, which NumPy 2 removed; evaluation runs
 inside :func:`numpy_float_alias`, which restores the alias (to the builtin ``float``, what it

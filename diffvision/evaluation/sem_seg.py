@@ -1,17 +1,17 @@
 """Semantic-segmentation evaluation: confusion matrix → per-class IoU, mIoU, pixel accuracy.
 
-Metric (Cityscapes official script / mmseg ``IoUMetric``, ``shared/reference/segmentation.md``
-§C.4–C.5): one confusion matrix ``M[g, p]`` (ground truth ``g``, prediction ``p``) accumulated
-over the *whole* evaluated set, not averaged per image. Pixels whose ground truth is
-``ignore_label`` are dropped before counting, so predictions on ignored pixels are never
-penalised. With ``TP_c = M[c, c]``, ``FN_c = Σ_p M[c, p] − TP_c``, ``FP_c = Σ_g M[g, c] − TP_c``::
+Metric (Cityscapes ``evalPixelLevelSemanticLabeling.py`` / mmseg ``IoUMetric``): one confusion
+matrix ``M[g, p]`` (ground truth ``g``, prediction ``p``) accumulated over the *whole* evaluated
+set, not averaged per image. Pixels whose ground truth is ``ignore_label`` are dropped before
+counting, so predictions on ignored pixels are never penalised. With ``TP_c = M[c, c]``,
+``FN_c = Σ_p M[c, p] − TP_c``, ``FP_c = Σ_g M[g, c] − TP_c``::
 
     IoU_c = TP_c / (TP_c + FP_c + FN_c)          (NaN when the denominator is 0)
     mIoU  = nanmean_c IoU_c                       (over the evaluated classes)
     pACC  = Σ_c TP_c / Σ_{g,p} M[g, p]
 
-Note the DDPM-segmentation repository instead scores absent classes as 0 (§B.7); we follow the
-Cityscapes nan-mean.
+Note the DDPM-segmentation repository instead scores absent classes as 0 (``src/utils.py``); we
+follow the Cityscapes nan-mean.
 
 Inference helpers run a ``logits_fn: (B, 3, h, w) -> (B, C, h, w)`` on a whole image or over a
 sliding window (overlapping logits averaged), and :func:`colorize` / :func:`overlay` write

@@ -1,7 +1,7 @@
 """Loss terms of DDPM training: the variational bound pieces and per-timestep weights.
 
 - :func:`normal_kl`, :func:`discretized_gaussian_log_likelihood`: the terms of the variational
-  lower bound L_vlb = L_0 + Σ_t L_{t-1} + L_T (Ho et al. 2020, eq. 5 and §3.3), with the decoder
+  lower bound L_vlb = L_0 + Σ_t L_{t-1} + L_T (Ho et al. 2020, eq. 5 and Sec. 3.3), with the decoder
   L_0 a Gaussian discretised to 256 bins on [-1, 1].
 - :func:`learned_log_variance` (the diffusion core's, re-exported): Nichol & Dhariwal 2021
   (improved DDPM), eq. 15: the network outputs v ∈ [-1, 1] (mapped from its raw output r as

@@ -171,7 +171,7 @@ class DDPMModel(nn.Module):
         t: Tensor,
         sched: NoiseSchedule,
     ) -> Tensor:
-        """Per-sample L_{t-1} (bits/dim) with the mean frozen (Nichol & Dhariwal 2021, §3.1)."""
+        """Per-sample L_{t-1} (bits/dim) with the mean frozen (Nichol & Dhariwal 2021, Sec. 3.1)."""
         x0_hat, _ = predict_x0_eps(sched, pred, x_t, t, self.prediction_type)
         model_mean, _ = posterior_mean_variance(sched, x0_hat, x_t, t, t - 1)
         true_mean, _ = posterior_mean_variance(sched, x0, x_t, t, t - 1)

@@ -6,9 +6,9 @@ modifications:
 - **Classifier-free guidance** (Ho & Salimans 2022, eq. 6): ``ε̃ = ε(x, ∅) + s (ε(x, y) − ε(x, ∅))``
   applied to the mean channels (any prediction type, as it is linear); learned variance channels
   are taken from the conditional branch (as GLIDE does). ``s = 1`` is plain conditional sampling.
-- **SDEdit** (Meng et al. 2022, §3, Alg. 1): start from the guide image noised to
-  ``t₀ = strength · T`` by q(x_{t₀}|x_0) and run only the sampler steps with ``t ≤ t₀`` (the
-  diffusers img2img convention for how many of ``num_steps`` are used), as a grid of their own
+- **SDEdit** (Meng et al. 2022, arXiv:2108.01073, Sec. 3, Alg. 1): start from the guide image
+  noised to ``t₀ = strength · T`` by q(x_{t₀}|x_0) and run only the sampler steps with ``t ≤ t₀``
+  (the diffusers img2img convention for how many of ``num_steps`` are used), as a grid of their own
   (DPM-Solver++ lowers its order on the last steps when that grid is shorter than 15).
 - **ILVR** (Choi et al. 2021, eq. 7 / Alg. 1): after each step, the final one included,
   ``x_{t-1} ← φ_N(y_{t-1}) + x_{t-1} − φ_N(x_{t-1})`` with ``y_{t-1} ~ q(y_{t-1}|y)`` of the

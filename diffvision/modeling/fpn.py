@@ -2,9 +2,9 @@
 
 Reproduces detectron2's ``FPN`` with ``NORM: ""`` (convs with bias), ``FUSE_TYPE: sum`` and
 ``LastLevelMaxPool``: keys are ``fpn_lateral{l}.{weight,bias}``, ``fpn_output{l}.{weight,bias}``
-and ``bottom_up.*`` (reference diffusiondet.md §1.2, §5.2), with ``l = log2(stride)`` of the
-input level.
-torchvision's ``FeaturePyramidNetwork`` computes the same maths under other names (§5.4).
+and ``bottom_up.*`` (the official DiffusionDet checkpoints' ``backbone.*`` keys), with
+``l = log2(stride)`` of the input level.
+torchvision's ``FeaturePyramidNetwork`` computes the same maths under other names.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def build_swin_fpn_backbone(
     drop_path_rate: float | None = None,
     use_checkpoint: bool = False,
 ) -> FPN:
-    """Swin-FPN as in DiffusionDet ``build_swintransformer_fpn_backbone`` (reference §1.2)."""
+    """Swin-FPN as in DiffusionDet's ``build_swintransformer_fpn_backbone``
+    (``diffusiondet/swintransformer.py``)."""
     from diffvision.modeling.swin import SwinTransformer, swin_config
 
     kwargs = swin_config(size)

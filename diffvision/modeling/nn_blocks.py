@@ -1,6 +1,6 @@
 """Building blocks of the ADM UNet (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs").
 
-Residual blocks with timestep embedding (optionally scale-shift norm, ADM §3 "AdaGN":
+Residual blocks with timestep embedding (optionally scale-shift norm, ADM Sec. 3 "AdaGN":
 ``GroupNorm(h)·(1 + s) + b`` with ``(s, b) = Linear(emb)``), multi-head self-attention over spatial
 positions, and nearest-upsampling / strided-conv downsampling. Module and attribute names follow
 openai guided-diffusion ``guided_diffusion/unet.py`` (and improved-diffusion, its parent) so that
@@ -139,7 +139,7 @@ class Downsample(nn.Module):
 
 
 class ResBlock(TimestepBlock):
-    """Residual block conditioned on the timestep embedding (Ho et al. 2020; ADM §3).
+    """Residual block conditioned on the timestep embedding (Ho et al. 2020; ADM Sec. 3).
 
     ``h = conv(SiLU(GN(x)))``; then either ``h = h + Linear(SiLU(emb))`` or, with scale-shift norm,
     ``h = GN(h)·(1 + s) + b`` with ``(s, b) = Linear(SiLU(emb))``; then

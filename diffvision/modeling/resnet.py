@@ -4,12 +4,12 @@ The module tree reproduces detectron2's ``ResNet`` (``detectron2/modeling/backbo
 so its state_dict keys are detectron2's: ``stem.conv1.weight``, ``stem.conv1.norm.{weight,bias,
 running_mean,running_var}``, ``res{2..5}.{i}.conv{1,2,3}.weight`` (+ ``.norm.*``) and
 ``res{2..5}.0.shortcut.*``.
-Official DiffusionDet checkpoints store these under ``backbone.bottom_up.`` (reference §5.2).
+Official DiffusionDet checkpoints store these under ``backbone.bottom_up.``.
 
 Differences from torchvision's ``resnet50``: key names only. Strides sit on the 3x3 conv
 (``STRIDE_IN_1X1: False``, torchvision style), every norm is a ``FrozenBatchNorm2d`` (eps 1e-5, no
 ``num_batches_tracked`` key), and :func:`convert_torchvision_resnet` maps torchvision key names to
-these (detectron2 ``tools/convert-torchvision-to-d2.py``, reference §5.4).
+these (detectron2 ``tools/convert-torchvision-to-d2.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class ConvNorm(nn.Conv2d):
     every call: ``conv(x, W * s) + (b - mean * s)`` with ``s = gamma / sqrt(var + eps)``. The
     folded weights are recomputed from the live parameters each call (cost O(#weights), no cache
     that could go stale after ``load_state_dict``), and the output equals ``norm(conv(x))`` up to
-    float rounding. Gradients flow to the conv weight as before.
+    float rounding. Gradients flow to the conv weight as without folding.
     """
 
     fold_norm: bool = False
@@ -323,7 +323,7 @@ def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[s
 
     ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``; ``layer{k}`` -> ``res{k+1}``;
     ``bn{j}`` -> ``conv{j}.norm``; ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``
-    (reference §5.4).
+    (detectron2 ``tools/convert-torchvision-to-d2.py``).
     ``fc.*`` and ``num_batches_tracked`` are dropped.
     """
     out = {}

@@ -5,7 +5,7 @@ itself Swin-Transformer-Object-Detection's backbone): windowed attention with pa
 block,
 shifted windows masked with -100, patch embedding padded to a multiple of 4, patch merging padded to
 even sizes, and one LayerNorm ``norm{i}`` per returned stage. State_dict keys equal the official
-``backbone.bottom_up.*`` Swin keys without the prefix (reference diffusiondet.md §5.3):
+``backbone.bottom_up.*`` Swin keys without the prefix (``diffdet_coco_swinbase.pth``):
 ``patch_embed.proj.*``, ``patch_embed.norm.*``, ``layers.{L}.blocks.{j}.{norm1, attn.qkv, attn.proj,
 attn.relative_position_bias_table, attn.relative_position_index, norm2, mlp.fc1, mlp.fc2}``,
 ``layers.{L}.downsample.{reduction, norm}`` and ``norm{i}``. No timm dependency.

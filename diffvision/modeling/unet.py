@@ -1,6 +1,7 @@
 """The image UNet of the DDPM / ADM family, checkpoint-compatible with openai guided-diffusion.
 
-Architecture (Ho et al. 2020 §B; Nichol & Dhariwal 2021; Dhariwal & Nichol 2021 "ADM" §3): a
+Architecture (Ho et al. 2020, arXiv:2006.11239, App. B; Nichol & Dhariwal 2021, arXiv:2102.09672;
+Dhariwal & Nichol 2021 "ADM", arXiv:2105.05233, Sec. 3): a
 conv stem, an encoder of ``num_res_blocks`` residual blocks per resolution level (channels
 ``model_channels · channel_mult[level]``) separated by ×2 downsampling, a middle block
 ``ResBlock → Attention → ResBlock``, a decoder of ``num_res_blocks + 1`` blocks per level, each

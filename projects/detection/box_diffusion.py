@@ -1,7 +1,7 @@
 """Diffusion over boxes: DiffusionDet's training corruption and DDIM sampling helpers.
 
-Chen et al., DiffusionDet, ICCV 2023, §4.2-4.3 (Algorithms 1-2); code
-github.com/ShoufaChen/DiffusionDet@1efb36d ``detector.py``; reference diffusiondet.md §2.
+Chen et al., DiffusionDet, arXiv:2211.09788, Algorithms 1-2; official code
+github.com/ShoufaChen/DiffusionDet (v0.1) ``diffusiondet/detector.py``.
 
 Boxes live in a "diffusion space": normalised (cx, cy, w, h) mapped from [0, 1] to [-scale, scale]
 (``scale = SNR_SCALE = 2.0``). The schedule, the forward process, the timestep grid
@@ -35,7 +35,8 @@ def prepare_diffusion_concat(
     scale: float = 2.0,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Corrupt one image's ground truth into N noisy boxes (reference §2.2, paper Alg. 1).
+    """Corrupt one image's ground truth into N noisy boxes (paper Alg. 1, official
+    ``prepare_diffusion_concat``).
 
     Steps: (1) one t ~ U{0..T-1}; (2) pad the n ground truths with Gaussian boxes
     N(0.5, 1/6) (w, h clipped at 1e-4) up to N, or keep a random subset of N, or use a whole-image
@@ -97,7 +98,8 @@ def diffusion_to_boxes(x: Tensor, images_whwh: Tensor, *, scale: float = 2.0) ->
 
 
 def boxes_to_diffusion(boxes_xyxy: Tensor, images_whwh: Tensor, *, scale: float = 2.0) -> Tensor:
-    """Absolute xyxy -> diffusion-space cxcywh in [-scale, scale] (the x̂_0 of §2.3).
+    """Absolute xyxy -> diffusion-space cxcywh in [-scale, scale] (the x̂_0 of the official
+    ``model_predictions``).
 
     Args:
         boxes_xyxy: (B, N, 4) absolute boxes.

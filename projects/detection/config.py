@@ -1,14 +1,16 @@
 """Config keys of the DiffusionDet task (``MODEL.DiffusionDet.*``, ``MODEL.SWIN.*``, ...).
 
 The ``MODEL.DiffusionDet`` keys and defaults are the official ``add_diffusiondet_config``
-(reference diffusiondet.md §4.1), so official YAML files merge unchanged. diffvision adds:
+(ShoufaChen/DiffusionDet, ``diffusiondet/config.py``), so official YAML files merge unchanged.
+diffvision adds:
 
 - ``NUM_TIMESTEPS`` (1000), ``DDIM_ETA`` (1.0), ``BOX_RENEWAL`` (True), ``RENEWAL_THRESHOLD``
   (0.5), ``USE_ENSEMBLE`` (True), ``NMS_THRESH`` (0.5): constants hard-coded in the official
   ``detector.py``, exposed with the official values as defaults.
 - ``ENSEMBLE_INCLUDE_LAST_STEP`` (False): the official sampler drops the last DDIM step's
-  predictions from the ensemble (so S=2 equals S=1, issue #56); False keeps that behaviour (the
-  README numbers were made with it), True appends the last step like MMDetection's port.
+  predictions from the ensemble (so S=2 equals S=1, ShoufaChen/DiffusionDet issue #56); False
+  keeps that behaviour (the official numbers were made with it), True appends the last step like
+  MMDetection's port.
 
 The detectron2 sections DiffusionDet reads (``MODEL.BACKBONE``, ``RESNETS``, ``FPN``, ``ROI_HEADS``,
 ``ROI_BOX_HEAD``) live in the default tree (:mod:`diffvision.config.defaults`) with DiffusionDet's

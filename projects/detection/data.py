@@ -80,7 +80,7 @@ def add_detection_data_config(cfg: CN) -> None:
     - ``DATASETS.CUSTOM``: list of ``"name:json_file:image_root"`` COCO-format datasets.
     - ``INPUT.CROP.PRE_RESIZE_MIN_SIZES``: the short-side choices of the resize before the
       random crop in DiffusionDet's crop branch; official hard-coded ``(400, 500, 600)``
-      (reference ``diffusiondet.md`` §4.5). Small-image configs (the toy set) lower it.
+      (DiffusionDet ``diffusiondet/dataset_mapper.py``). Small-image configs (the toy set) lower it.
     """
     if "CUSTOM" not in cfg.DATASETS:
         cfg.DATASETS.CUSTOM = []

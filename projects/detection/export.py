@@ -195,7 +195,7 @@ def export_onnx(
 
     Raises:
         ConfigError: N or S below 1, an empty image size, or an opset the exporter does not
-            write (it used to fall back to its default silently).
+            write (torch.onnx would write its default opset instead, without a word).
     """
     import onnx
 

@@ -6,8 +6,9 @@ Each box is pooled from one pyramid level (Lin et al., FPN, eq. 1; detectron2
     level = clamp(floor(k0 + log2(sqrt(area) / s0 + 1e-8)), min_level, max_level)
 
 with canonical size s0 = 224 at canonical level k0 = 4, then ``roi_align(aligned=True,
-sampling_ratio=2)`` at the level's scale (reference diffusiondet.md §1.3). torchvision's
-``MultiScaleRoIAlign`` is not equivalent (``aligned=False``, scales inferred from padded shapes).
+sampling_ratio=2)`` at the level's scale (DiffusionDet ``diffusiondet/head.py``, ``ROIPooler``).
+torchvision's ``MultiScaleRoIAlign`` is not equivalent (``aligned=False``, scales inferred from
+padded shapes).
 
 Two guarantees beyond the arithmetic:
 

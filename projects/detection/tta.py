@@ -10,8 +10,8 @@ Why NMS and not weighted box fusion: NMS is what DiffusionDet already uses to me
 step ensemble (same threshold, ``MODEL.DiffusionDet.NMS_THRESH``) and what detectron2's TTA does;
 it adds no hyper-parameter and keeps each kept box an actual prediction, so a TTA result with
 one augmentation equals the plain result. The official DiffusionDet TTA
-(``DiffusionDetWithTTA``) cannot run as shipped (reference diffusiondet.md §7); this is a
-rewrite, not a port.
+(``DiffusionDetWithTTA`` in ``diffusiondet/test_time_augmentation.py``) cannot run as shipped;
+this is a rewrite, not a port.
 
 Randomness: copy 0 of an image with seed s draws from s (so one un-flipped copy at the test size
 is exactly the plain result), copy k > 0 from ``(s · 1_000_003 + k) mod 2^62``: results depend

@@ -1,13 +1,13 @@
 """DDeP: decoder denoising pretraining for semantic segmentation.
 
 Brempong et al., "Decoder Denoising Pretraining for Semantic Segmentation", TMLR 2022
-(arXiv 2205.11423); ``shared/reference/segmentation.md`` §A.
+(arXiv:2205.11423).
 
-Three stages (§A.2): (1) a supervised ImageNet encoder, (2) *decoder-only* denoising pretraining
+Three stages: (1) a supervised ImageNet encoder, (2) *decoder-only* denoising pretraining
 on unlabeled images with the encoder frozen, (3) fine-tuning of the whole network with a fresh
 ``C``-class head on a labeled subset.
 
-Corruption (§A.3), with images x ∈ [-1, 1] and ε ~ N(0, I)::
+Corruption, with images x ∈ [-1, 1] and ε ~ N(0, I)::
 
     x̃ = √γ · x + √(1 − γ) · ε,      γ = 1 / (1 + σ²)   ⇔   x̃ = (x + σ ε) / √(1 + σ²)
 
@@ -15,9 +15,8 @@ with one fixed σ = 0.22 by default (γ = 0.9538, the DDPM linear schedule's ᾱ
 network predicts ε and is trained with L2. The corruption is the diffusion core's forward
 process :func:`diffvision.diffusion.forward.add_noise` on a one-step schedule whose ᾱ is γ
 (:func:`fixed_level_schedule`), so the formula lives in one place. The multi-level variant
-("full diffusion" ablation, §A.8) draws t uniformly from a named core schedule instead; the
-denoiser gets no level conditioning in either case (§A.3: "the denoiser needs no timestep
-conditioning").
+(the paper's "full diffusion" ablation) draws t uniformly from a named core schedule instead; the
+denoiser gets no level conditioning in either case (the paper's denoiser takes no timestep).
 """
 
 from __future__ import annotations
@@ -329,7 +328,7 @@ class DDeP(nn.Module):
         noise_levels: ``"fixed"`` (DDeP) or ``"schedule"`` (t ~ U{0..T−1} of ``schedule``).
         schedule: core schedule for ``"schedule"`` (default: linear, T = 1000).
         freeze_encoder: in ``"denoise"`` mode, freeze the encoder *and keep it in eval mode*
-            (the BN-statistics drift pitfall of §A.5).
+            (otherwise its BN statistics drift towards noisy inputs).
 
     Input batch: ``{"image": uint8 (B, 3, H, W), "sem_seg": int64 (B, H, W)}`` (``sem_seg``
     only for ``"segment"``). Images are mapped to x ∈ [-1, 1] (diffusion convention), corrupted

@@ -1,7 +1,7 @@
 """Per-pixel features from a frozen DDPM UNet (Baranchuk et al., ICLR 2022), memory-bounded.
 
 "Label-Efficient Semantic Segmentation with Diffusion Models", arXiv 2112.03126;
-``yandex-research/ddpm-segmentation``@9a13776 (``shared/reference/segmentation.md`` §B.3).
+official code ``yandex-research/ddpm-segmentation``, ``src/feature_extractors.py``.
 
 Notation: x ∈ [-1, 1]^{3×S×S} an image, ε one fixed noise map shared by every image and every
 step (``share_noise``), t ∈ ``steps`` (default 50, 150, 250), ``blocks`` decoder blocks
@@ -14,7 +14,7 @@ step (``share_noise``), t ∈ ``steps`` (default 50, 150, 250), ``blocks`` decod
    (``align_corners=False``) and read at (i, j): 8448 = 3 × (1024 + 512 + 512 + 512 + 256).
 
 Memory. The reference upsamples every map to 256² and keeps all pixels in float32: 2.06 GiB per
-image, ~110 GB for 50 images (§B.11). Here the low-resolution maps are kept as they are
+image, ~110 GB for 50 images. Here the low-resolution maps are kept as they are
 (≈ 30 MB per image for the default set) and only the *requested* pixels are interpolated,
 with ``grid_sample`` at the exact source coordinates F.interpolate uses (pixel centres,
 border-clamped): :func:`gather_pixel_features` equals upsample-then-index, for any subset of

@@ -1,6 +1,6 @@
-"""Ensemble of pixel MLPs on frozen per-pixel features (Baranchuk et al., ICLR 2022, §B.5–B.7).
+"""Ensemble of pixel MLPs on frozen per-pixel features (Baranchuk et al., arXiv:2112.03126).
 
-Classifier (``src/pixel_classifier.py`` of ``yandex-research/ddpm-segmentation``@9a13776)::
+Classifier (``src/pixel_classifier.py`` of ``yandex-research/ddpm-segmentation``)::
 
     C < 30:  Linear(D,128) → ReLU → BN(128) → Linear(128,32) → ReLU → BN(32) → Linear(32,C)
     C ≥ 30:  Linear(D,256) → ReLU → BN(256) → Linear(256,128) → ReLU → BN(128) → Linear(128,C)

@@ -39,7 +39,7 @@ def test_lut_matches_official_table():
             continue
         expected = lab.trainId if lab.trainId not in (255, -1) else 255
         assert lut[lab.id] == expected, lab.name
-    # A few hand-checked entries (reference §C.2).
+    # A few hand-checked entries of cityscapesscripts' ``helpers/labels.py``.
     assert (lut[7], lut[26], lut[33], lut[0], lut[6], lut[34]) == (0, 13, 18, 255, 255, 255)
     assert len(CITYSCAPES_CLASSES) == 19
     assert CITYSCAPES_CLASSES[0] == "road" and CITYSCAPES_CLASSES[18] == "bicycle"

@@ -12,7 +12,8 @@ from diffvision.modeling.resnet import ResNet, convert_torchvision_resnet
 
 
 def _r50_bottom_up_keys() -> set[str]:
-    """The 265 ``backbone.bottom_up`` keys of reference diffusiondet.md §5.2, without the prefix."""
+    """The 265 ``backbone.bottom_up`` keys of the released ``diffdet_coco_res50.pth``, without the
+    prefix."""
     norm = ("weight", "bias", "running_mean", "running_var")
     keys = {"stem.conv1.weight"} | {f"stem.conv1.norm.{n}" for n in norm}
     for stage, blocks in zip((2, 3, 4, 5), (3, 4, 6, 3), strict=True):

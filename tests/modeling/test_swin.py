@@ -1,4 +1,5 @@
-"""Swin backbone: official DiffusionDet key layout (reference §5.3), shapes, shifted-window mask."""
+"""Swin backbone: official DiffusionDet key layout (``diffdet_coco_swinbase.pth``), shapes,
+shifted-window mask."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from diffvision.modeling.unet import (
     parse_guided_diffusion_flags,
 )
 
-# segmentation.md B.2: the LSUN / FFHQ 256×256 models of Baranchuk et al. (use_fp16 off here).
+# ddpm-segmentation's README: the LSUN / FFHQ 256×256 guided-diffusion models of Baranchuk et al.
+# (use_fp16 off here).
 LSUN_FLAGS = (
     "--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --image_size 256 "
     "--learn_sigma True --noise_schedule linear --num_channels 256 --num_head_channels 64 "
@@ -171,7 +172,8 @@ def test_lsun_256_keys_and_shapes(lsun_unet):
 
 
 def test_lsun_256_decoder_blocks_match_baranchuk_table(lsun_unet):
-    """segmentation.md B.3: blocks 5,6,7,8,12 give 1024/512/512/512/256 ch at 32/32/32/64/128."""
+    """ddpm-segmentation's ``src/feature_extractors.py``: blocks 5,6,7,8,12 give
+    1024/512/512/512/256 ch at 32/32/32/64/128."""
     x = torch.empty(1, 3, 256, 256, device="meta")
     feats = lsun_unet.extract_features(
         x, torch.zeros(1, dtype=torch.long, device="meta"), [5, 6, 7, 8, 12]

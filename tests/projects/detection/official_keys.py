@@ -1,5 +1,5 @@
-"""The official DiffusionDet head key layout (reference diffusiondet.md §5.2), written once for
-the head and checkpoint tests."""
+"""The official DiffusionDet head key layout (as in the released ``diffdet_coco_res50.pth``),
+written once for the head and checkpoint tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Box diffusion on the shared core: schedule values, corruption, DDIM step (reference §2)."""
+"""Box diffusion on the shared core: schedule values, corruption, DDIM step (DiffusionDet's
+``detector.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from projects.detection.box_diffusion import (
     prepare_diffusion_concat,
 )
 
-# reference §2.1: t, ᾱ_t, √ᾱ, √(1−ᾱ), √(1/ᾱ), √(1/ᾱ−1)
+# the official float64 cosine buffers (``cosine_beta_schedule``, s = 0.008):
+# t, ᾱ_t, √ᾱ, √(1−ᾱ), √(1/ᾱ), √(1/ᾱ−1)
 TABLE = [
     (0, 0.99995872, 0.999979, 0.006425, 1.00002, 0.006425),
     (249, 0.84701216, 0.920333, 0.391137, 1.08656, 0.424995),
@@ -61,7 +63,7 @@ def test_core_ddim_step_on_x0_matches_official_closed_form(t, t_prev):
     z = torch.randn(2, 5, 4)
     ac = schedule.alphas_cumprod
     a, an = ac[t], ac[t_prev]
-    # reference §2.3-§2.4, float64 like the official buffers
+    # the official ``predict_noise_from_start`` + ``ddim_sample`` update, float64 like its buffers
     eps = ((1 / a).sqrt() * x_t.double() - x0.double()) / (1 / a - 1).sqrt()
     sigma = 1.0 * ((1 - a / an) * (1 - an) / (1 - a)).sqrt()
     c = (1 - an - sigma**2).sqrt()
@@ -81,7 +83,7 @@ def test_core_ddim_step_on_x0_matches_official_closed_form(t, t_prev):
 
 
 def test_coefficients_of_the_first_step():
-    # reference §2.4 table: at 999→749, c ≈ 1e-4 and σ ≈ 0.9251
+    # the first of 4 official DDIM steps, 999→749: c ≈ 1e-4 and σ ≈ 0.9251
     ac = get_schedule("cosine", 1000).alphas_cumprod
     a, an = ac[999], ac[749]
     sigma = ((1 - a / an) * (1 - an) / (1 - a)).sqrt()

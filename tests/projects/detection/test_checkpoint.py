@@ -20,7 +20,7 @@ from projects.detection.detector import SCHEDULE_BUFFERS
 
 
 def _official_r50_state_dict() -> dict[str, torch.Tensor]:
-    """A ``diffdet_coco_res50.pth`` lookalike: the 549 keys of reference §5.2, random values."""
+    """A ``diffdet_coco_res50.pth`` lookalike: the 549 keys of the released file, random values."""
     g = torch.Generator().manual_seed(0)
 
     def rnd(*shape):

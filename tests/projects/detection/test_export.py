@@ -178,7 +178,7 @@ def test_export_tool_rejects_bad_input(tmp_path):
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
     steps = run("--config", "projects/detection/diffdet_toy.yaml", "--steps", "0")
     assert steps.returncode == 2 and "--steps" in steps.stderr
-    # an opset below 18 used to be written silently at the exporter's default opset 18
+    # the exporter would write an opset below 18 silently at its default 18: refused instead
     old = run("--config", "projects/detection/diffdet_toy.yaml", "--opset", "13",
               "--output", str(tmp_path / "m.onnx"))  # fmt: skip
     assert old.returncode == 2 and "opset 13" in old.stderr and "Traceback" not in old.stderr

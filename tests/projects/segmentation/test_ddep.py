@@ -57,7 +57,7 @@ def test_denoise_mode_freezes_encoder_in_eval_and_predicts_noise():
 
 def test_multilevel_draws_levels_from_core_schedule():
     """The "full diffusion" variant draws t ~ U{0..999} per image from the DDPM linear schedule
-    (β from 1e-4 to 0.02, arXiv:2006.11239 §4): for x0 = 0 the input is √(1−ᾱ_t) ε."""
+    (β from 1e-4 to 0.02, arXiv:2006.11239, Sec. 4): for x0 = 0 the input is √(1−ᾱ_t) ε."""
     model = DDeP(network=_net(), mode="denoise", noise_levels="schedule")
     assert model.schedule.num_timesteps == 1000
     alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)

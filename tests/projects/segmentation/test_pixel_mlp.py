@@ -12,7 +12,7 @@ def test_reference_widths_and_init():
     small = make_pixel_mlp(in_features=8448, num_classes=15)
     assert [m.out_features for m in small if isinstance(m, torch.nn.Linear)] == [128, 32, 15]
     assert isinstance(small[1], torch.nn.ReLU) and isinstance(small[2], torch.nn.BatchNorm1d)
-    assert sum(p.numel() for p in small.parameters()) == 1_086_415  # reference §B.5
+    assert sum(p.numel() for p in small.parameters()) == 1_086_415  # ddpm-segmentation's MLP
     wide = make_pixel_mlp(in_features=8448, num_classes=34)
     assert [m.out_features for m in wide if isinstance(m, torch.nn.Linear)] == [256, 128, 34]
     assert float(small[0].bias.detach().abs().sum()) == 0.0
