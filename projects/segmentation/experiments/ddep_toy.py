@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         format="%(asctime)s %(name)s: %(message)s",
     )
     # One thread by default: on the shared 2-core machine two OpenMP threads competing with other
-    # jobs made a fine-tuning step ~20x slower (README); the caller's setting is restored after.
+    # jobs made a fine-tuning step ~20x slower (RESULTS.md); the caller's setting is restored after.
     threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
