@@ -122,3 +122,25 @@ def test_benchmark_quick_runs(toy_env):
     assert "| 10 | 1 |" in table and "ms/iter" in table and "| 10 | 3 |" in table
     raw = json.loads((toy_env / "bench.json").read_text())
     assert len(raw["inference"]) == 1 and raw["train"]["ms_per_iter"] > 0
+
+
+def test_demo_detect_keeps_exactly_the_scores_above_the_threshold(toy_env, checkpoint):
+    """The threshold is cut inside the score range, so ignoring it would keep too many boxes."""
+    import projects  # noqa: F401
+    from diffvision.engine.defaults import load_config
+    from diffvision.engine.weights import load_weights
+    from projects.detection.build import build_model
+
+    demo = load_tool("demo")
+    model = build_model(load_config(CONFIG, TINY), with_criterion=False).eval()
+    load_weights(model, checkpoint)
+    rgb = np.ascontiguousarray(
+        cv2.imread(str(toy_env / "datasets/toy_detection/val/000001.png"))[..., ::-1]
+    )
+    everything = demo.detect(model, rgb, 0.0, 0)
+    threshold = float(everything["scores"].median())
+    kept = demo.detect(model, rgb, threshold, 0)
+    above = everything["scores"] > threshold
+    assert 0 < int(above.sum()) < len(above)
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(kept[key], everything[key][above])

