@@ -31,7 +31,6 @@ import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
-from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.build import build_batch_split  # noqa: E402
 from diffvision.engine.checkpoint import (  # noqa: E402
     check_output_dir,
@@ -50,6 +49,7 @@ from diffvision.engine.run import evaluate, train  # noqa: E402
 from diffvision.engine.tasks import get_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
 from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
+from diffvision.utils import comm  # noqa: E402
 
 
 def main(args) -> dict:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from diffvision.config.config import CN, add_compat_key
+from diffvision.config.config import CN, CfgNode, add_compat_key, apply_config_extensions
 
-__all__ = ["build_default_config"]
+__all__ = ["build_default_config", "get_cfg"]
 
 # Accepted only so official files load (all of them set it to 2); diffvision has one format.
 add_compat_key("VERSION", 2)
@@ -176,3 +176,8 @@ def build_default_config() -> CN:
     # Iterations between progress lines / metric records.
     _C.LOG_PERIOD = 20
     return _C
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the default config, including every registered task's keys."""
+    return apply_config_extensions(build_default_config())

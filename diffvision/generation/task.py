@@ -25,8 +25,6 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from diffvision.config import CfgNode
-from diffvision.data.samplers import mix_seed
-from diffvision.engine import comm
 from diffvision.engine.build import build_seed
 from diffvision.engine.tasks import register_task
 from diffvision.evaluation.fid import (
@@ -44,6 +42,8 @@ from diffvision.generation.data import (
 from diffvision.generation.images import save_grid
 from diffvision.generation.model import DDPMModel
 from diffvision.generation.sampling import generate
+from diffvision.utils import comm
+from diffvision.utils.seeding import Stream, derive_seed, seeded_generator
 
 __all__ = ["DDPM_TASK", "DDPMSampleEvaluator", "ddpm_sample_requests"]
 
@@ -83,19 +83,24 @@ def ddpm_sample_requests(
 ) -> list[dict[str, Any]]:
     """This rank's sampling requests ``{"kind": "grid" | "fid", "num", "seed"}``.
 
-    The grid is one request on the main process seeded by ``seed`` (successive evaluations
-    compare like with like); the FID batches are dealt round-robin over the ranks, batch b
-    seeded by ``(seed, b)``, so the sample set does not depend on the process count.
+    The grid is one request on the main process seeded by the ``EVAL_GRID`` stream of ``seed``
+    (successive evaluations compare like with like); the FID batches are dealt round-robin over
+    the ranks, batch b seeded by the ``EVAL_BATCH`` stream at ``b``, so the sample set does not
+    depend on the process count.
     """
     requests = []
     if comm.is_main_process() and num_grid_samples > 0:
-        requests.append({"kind": "grid", "num": num_grid_samples, "seed": seed})
+        requests.append(
+            {"kind": "grid", "num": num_grid_samples, "seed": derive_seed(seed, Stream.EVAL_GRID)}
+        )
     rank, world = comm.get_rank(), comm.get_world_size()
     starts = range(0, fid_num_samples, fid_batch_size)
     for b, lo in enumerate(starts):
         if b % world == rank:
             n = min(fid_batch_size, fid_num_samples - lo)
-            requests.append({"kind": "fid", "num": n, "seed": mix_seed(seed, 1, b)})
+            requests.append(
+                {"kind": "fid", "num": n, "seed": derive_seed(seed, Stream.EVAL_BATCH, b)}
+            )
     return requests
 
 
@@ -122,7 +127,7 @@ def build_inference(cfg: CfgNode):
 
     def run(model: DDPMModel, request: dict[str, Any]) -> torch.Tensor:
         """Images ``(num, 3, S, S)`` in [-1, 1] for one request."""
-        g = torch.Generator().manual_seed(request["seed"])
+        g = seeded_generator(request["seed"])
         k, n = model.unet.num_classes, request["num"]
         labels = None
         if k is not None:

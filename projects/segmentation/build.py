@@ -26,13 +26,13 @@ from diffvision.config import CfgNode
 from diffvision.data.seg_folder import SemSegDataset
 from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.diffusion.schedule import get_schedule
-from diffvision.engine import comm
 from diffvision.engine.build import build_seed
 from diffvision.engine.sync_bn import convert_sync_batchnorm
 from diffvision.engine.tasks import register_task
 from diffvision.engine.weights import load_weights, register_weight_converter
 from diffvision.errors import ConfigError
 from diffvision.evaluation.sem_seg import SemSegEvaluator
+from diffvision.utils import comm
 from projects.segmentation.config import add_ddep_config
 from projects.segmentation.data import (
     SegTestBatches,

@@ -26,16 +26,16 @@ from PIL import Image
 from torch import nn
 
 from diffvision.config import CfgNode
-from diffvision.data.samplers import isolated_rng
 from diffvision.data.seg_folder import SemSegDataset
 from diffvision.data.seg_transforms import resize, to_unit_range
 from diffvision.diffusion.schedule import get_schedule
-from diffvision.engine import comm
 from diffvision.engine.build import build_seed
 from diffvision.engine.sync_bn import convert_sync_batchnorm
 from diffvision.engine.tasks import register_task
 from diffvision.errors import ConfigError, DataError
 from diffvision.evaluation.sem_seg import SemSegEvaluator
+from diffvision.utils import comm
+from diffvision.utils.seeding import isolated_rng
 from projects.segmentation.config import add_pixel_mlp_config
 from projects.segmentation.data import (
     SegTestBatches,

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from diffvision.data.seg_folder import SemSegDataset
 from diffvision.data.seg_transforms import to_unit_range
-from diffvision.engine import comm
 from diffvision.evaluation.sem_seg import (
     SemSegEvaluator,
     sliding_window_inference,
     whole_image_inference,
 )
+from diffvision.utils import comm
 
 __all__ = ["evaluate_sem_seg", "predict_sem_seg"]
 
