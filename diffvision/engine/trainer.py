@@ -193,7 +193,7 @@ class Trainer:
                 f"Loss became non-finite at iteration {self.iter}: {detail}. Training stopped; "
                 "the last checkpoint written before this iteration is intact. Try a lower "
                 "SOLVER.BASE_LR, gradient clipping (SOLVER.CLIP_GRADIENTS.ENABLED True), or check "
-                "the annotations for degenerate boxes."
+                "the training data."
             )
 
         lr = self.optimizer.param_groups[0]["lr"]
