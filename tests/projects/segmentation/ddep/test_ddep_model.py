@@ -9,7 +9,7 @@ import torchvision
 from diffvision.diffusion.forward import add_noise
 from diffvision.engine.weights import load_weights
 from diffvision.errors import WeightsError
-from projects.segmentation.ddep import DDeP, ResNetUNet, fixed_level_schedule
+from projects.segmentation.ddep.model import DDeP, ResNetUNet, fixed_level_schedule
 
 
 def _net(out_channels=3, **kw):
