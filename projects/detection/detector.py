@@ -169,37 +169,11 @@ class DiffusionDet(nn.Module):
         # not buffers: official checkpoints have no pixel_mean/pixel_std keys
         self._pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self._pixel_std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
+        #: run the backbone in channels-last memory format (faster for some CPUs and backbones)
         self.channels_last = False
-        self.set_fast_path(True)
-
-    # ------------------------------------------------------------------ fast path
-    def set_fast_path(self, enabled: bool = True) -> DiffusionDet:
-        """Switch the fast path on (the default) or off (the plain, official computation order).
-
-        On: FrozenBN (and eval-mode BN) folded into the preceding convolutions at every call,
-        the head's stages in :mod:`projects.detection.fast_path` order (one matmul for all
-        stages' time scale/shift, no permute copies, in-place activations without autograd,
-        optionally ``torch.compile``-d: ``head.compile_fast_path``), ``torch.inference_mode``
-        around eval-mode ``forward``, the backbone in channels-last memory format when
-        ``channels_last`` is set, and in training the criterion's batched matching and losses
-        of all stages at once. Weights, state_dict keys and results (up to float rounding) are
-        the same either way. Returns ``self``.
-
-        The fast-path ops trace with ``torch.onnx.export(..., dynamo=True)`` (scratch memory is
-        not used while tracing); ``set_fast_path(False)`` exports the official graph.
-        """
-        enabled = bool(enabled)
-        self._fast_path = enabled
-        set_norm_folding(self.backbone, enabled)
-        self.head.fast_path = enabled
-        if self.criterion is not None and hasattr(self.criterion, "batched"):
-            self.criterion.batched = enabled
-        return self
-
-    @property
-    def fast_path(self) -> bool:
-        """Whether :meth:`set_fast_path` switched the fast path on."""
-        return self._fast_path
+        # FrozenBN (and eval-mode BN) folded into the preceding convolutions: one conv per block
+        # instead of conv + norm, same outputs up to float rounding
+        set_norm_folding(self.backbone, True)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -235,7 +209,7 @@ class DiffusionDet(nn.Module):
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """(B, 3, H, W) normalised images -> the ``in_features`` maps, each (B, C, H_l, W_l)."""
         images = images.to(self.head.time_mlp[1].weight.dtype)  # float32, or float64 models
-        channels_last = self._fast_path and self.channels_last
+        channels_last = self.channels_last
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
@@ -255,10 +229,8 @@ class DiffusionDet(nn.Module):
         """
         if not self.training:
             seeds = [x.get("seed") for x in batched_inputs]
-            with torch.inference_mode(self._fast_path):
+            with torch.inference_mode():
                 results = self.inference(batched_inputs, seeds=None if None in seeds else seeds)
-            if not self._fast_path:
-                return results
             # normal tensors again (a few KB): callers may edit the outputs in place
             return [{k: v.clone() for k, v in r.items()} for r in results]
         return self.losses(batched_inputs)

@@ -225,11 +225,6 @@ def export_onnx(
         dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
         dynamic_shapes = {"image": dims, "init_boxes": None, **{name: None for name in draws}}
     was_training = model.training
-    # the plain computation order (speed's fast path uses inference_mode and in-place folding,
-    # which torch.export does not trace); onnxruntime applies its own graph fusions
-    fast_path = getattr(model, "fast_path", False)
-    if fast_path:
-        model.set_fast_path(False)
     model.eval()
     try:
         # strict (dynamo) tracing reads python ints and floats of the schedule as constants: the
@@ -250,8 +245,6 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
-        if fast_path:
-            model.set_fast_path(True)
     written = {o.domain: o.version for o in program.model_proto.opset_import}
     if opset is not None and written.get("", written.get("ai.onnx")) != opset:
         raise ConfigError(
