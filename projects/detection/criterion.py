@@ -3,11 +3,11 @@
 Focal classification loss (alpha 0.25, gamma 2), L1 on normalised xyxy boxes and GIoU, weighted
 2 / 5 / 2 on the last head stage and, with deep supervision, on each of the 5 earlier stages, each
 stage matched independently. Follows the official ``loss.py``
-(github.com/ShoufaChen/DiffusionDet@1efb36d, ``SetCriterionDynamicK``); see the project
-reference ``diffusiondet.md`` §3.1-§3.4 and, for LVIS, the federated loss of §3.6.
+(github.com/ShoufaChen/DiffusionDet v0.1, ``diffusiondet/loss.py``, ``SetCriterionDynamicK``)
+and, for LVIS, detectron2's federated loss (``get_fed_loss_classes``).
 
-Normalisation quirk kept on purpose (reference §3.2): every term is divided by the number of
-matched *queries* on this process (one-to-many, so usually more than the number of ground
+Normalisation quirk kept on purpose (as in the official ``loss.py``): every term is divided by the
+number of matched *queries* on this process (one-to-many, so usually more than the number of ground
 truths), not by the ground-truth count averaged over processes. The released hyper-parameters
 were tuned with it.
 
@@ -15,7 +15,7 @@ Differences from the official code:
 
 - A stage with a non-finite predicted box gets NaN losses without matching (NaN costs would
   break the assignment), instead of the bare ``assert`` inside ``generalized_box_iou``
-  (reference §7.1 item 7); the trainer's ``FloatingPointError`` then names the iteration and
+  of the official ``loss.py``; the trainer's ``FloatingPointError`` then names the iteration and
   every loss term, so the diverged stage shows as ``loss_*_{i}=nan``.
 - GIoU is computed pairwise on the matched pairs (``generalized_box_iou_loss``) instead of the
   diagonal of an M x M matrix: same value up to its 1e-7 epsilon, linear memory.
@@ -43,7 +43,8 @@ __all__ = ["SetCriterionDynamicK", "get_fed_loss_classes", "get_fed_loss_cls_wei
 def get_fed_loss_cls_weights(
     dataset: str | os.PathLike | dict | Sequence[dict[str, Any]], *, power: float = 0.5
 ) -> Tensor:
-    """Per-class federated-loss sampling weights ``image_count ** power`` (reference §3.6).
+    """Per-class federated-loss sampling weights ``image_count ** power`` (detectron2's
+    ``get_fed_loss_cls_weights``).
 
     Args:
         dataset: an LVIS-format json path or its loaded dict (categories carry
@@ -136,7 +137,7 @@ def _distributed() -> bool:
 
 
 class SetCriterionDynamicK(nn.Module):
-    """Set-prediction loss of DiffusionDet (reference §3).
+    """Set-prediction loss of DiffusionDet (official ``diffusiondet/loss.py``).
 
     Args:
         num_classes: K, number of foreground classes (sigmoid outputs, no background logit).
@@ -225,9 +226,9 @@ class SetCriterionDynamicK(nn.Module):
         :meth:`HungarianMatcherDynamicK.match_batched` (ground truths padded to the largest
         count), as the official code matches each stage separately; the losses are summed per
         stage with ``index_add`` and normalised by each stage's number of matched queries.
-        Classification (reference §3.3): focal loss over all B·N queries, matched queries
+        Classification: focal loss over all B·N queries, matched queries
         positive for their gt's class, every other query negative for every class. Boxes
-        (§3.4): L1 on normalised xyxy and GIoU on absolute xyxy over the matched queries.
+        L1 on normalised xyxy and GIoU on absolute xyxy over the matched queries.
 
         Args:
             stages: L dicts with ``pred_logits`` (B, N, K) and ``pred_boxes`` (B, N, 4).
@@ -321,7 +322,7 @@ class SetCriterionDynamicK(nn.Module):
         Args:
             outputs: ``pred_logits`` (B, N, K), ``pred_boxes`` (B, N, 4) absolute xyxy in
                 resized-image pixels, and ``aux_outputs``: a list of such dicts for stages 0..4.
-            targets: per image (official ``prepare_targets``, reference §2.2): ``labels`` (G,)
+            targets: per image (official ``prepare_targets``): ``labels`` (G,)
                 int64, ``boxes`` (G, 4) normalised cxcywh, ``boxes_xyxy`` (G, 4) absolute,
                 ``image_size_xyxy`` (4,), ``image_size_xyxy_tgt`` (G, 4). G may be 0.
 

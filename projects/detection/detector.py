@@ -1,8 +1,7 @@
 """DiffusionDet: object detection as denoising of random boxes.
 
 Chen et al., "DiffusionDet: Diffusion Model for Object Detection", ICCV 2023 (arXiv:2211.09788);
-official code github.com/ShoufaChen/DiffusionDet@1efb36d ``diffusiondet/detector.py``
-(reference diffusiondet.md §1.1, §2).
+official code github.com/ShoufaChen/DiffusionDet (v0.1) ``diffusiondet/detector.py``.
 
 - Training (paper Alg. 1): ground-truth boxes padded to N with Gaussian boxes, one timestep per
   image, corrupted with the core's ``add_noise``; the head predicts boxes and classes at all six
@@ -14,14 +13,15 @@ official code github.com/ShoufaChen/DiffusionDet@1efb36d ``diffusiondet/detector
 
 Differences from the official code (all deliberate, none changes a batch-1 result in distribution):
 
-- Batched inference with per-image renewal: the official sampler is batch-1 only (§7.1 item 1).
+- Batched inference with per-image renewal: the official ``ddim_sample`` is batch-1 only.
   Each image keeps exactly N boxes; renewed-away boxes are refilled in place with fresh N(0, I)
   draws (the official compacts the kept boxes and appends the refills: the same set of boxes).
 - Every random draw of image i comes from its own generator seeded by ``seeds[i]``, so a batch gives
   the same detections as each image run alone with the same seed (up to padding effects when
   images of different sizes are padded to a common size).
-- ``ensemble_include_last_step``: the official ensemble drops the last step's predictions (issue
-  #56: S=2 equals S=1). Default False = the official behaviour, which produced the README numbers;
+- ``ensemble_include_last_step``: the official ensemble drops the last step's predictions
+  (ShoufaChen/DiffusionDet issue #56: S=2 equals S=1). Default False = the official behaviour,
+  which produced the official numbers;
   True appends the last step as MMDetection does.
 - Non-finite boxes in training give NaN losses for their stage (the trainer then raises
   ``FloatingPointError`` naming the iteration and the loss terms) instead of the official
@@ -141,7 +141,7 @@ class DiffusionDet(nn.Module):
         self.size_divisibility = int(getattr(backbone, "size_divisibility", 32))
 
         # The schedule is the core's; the 12 float64 buffers only mirror it under the official
-        # names so that official checkpoints load strictly (reference §2.1).
+        # names so that official checkpoints load strictly.
         self.schedule = get_schedule("cosine", num_timesteps)
         betas = self.schedule.betas
         ac = self.schedule.alphas_cumprod
@@ -238,7 +238,7 @@ class DiffusionDet(nn.Module):
     def prepare_targets(
         self, batched_inputs: Sequence[dict], images_whwh: Tensor
     ) -> tuple[list[dict], Tensor, Tensor]:
-        """Targets in the official layout plus the corrupted boxes (reference §2.2).
+        """Targets in the official layout plus the corrupted boxes (official ``prepare_targets``).
 
         Returns:
             targets (list of dicts: ``labels``, ``boxes`` normalised cxcywh, ``boxes_xyxy``,
@@ -279,7 +279,7 @@ class DiffusionDet(nn.Module):
         return targets, torch.stack(boxes), torch.cat(ts)
 
     def losses(self, batched_inputs: Sequence[dict]) -> dict[str, Tensor]:
-        """Training forward (reference §1.1 "Train")."""
+        """Training forward (paper Alg. 1)."""
         if self.criterion is None:
             raise RuntimeError("this DiffusionDet was built without a criterion: cannot train")
         images, images_whwh = self.preprocess_image(batched_inputs)
@@ -321,13 +321,14 @@ class DiffusionDet(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The DDIM loop over boxes, through the core's loop :func:`diffvision.diffusion.sample`.
 
-        Reference §2.4: the head predicts x̂_0 (``prediction_type="sample"``) on the official
-        grid (``make_timesteps(T, S, "diffusiondet")``); after each step but the last, boxes
-        whose best class score is ≤ ``renewal_threshold`` are replaced (box renewal) and each
-        step's top-N predictions join the ensemble. The DDIM update runs in float64 and the state
-        is kept in float32 between steps, as before this loop moved to the core. Eager inference
-        and the ONNX export (:mod:`projects.detection.export`) both run this method; only where
-        the random draws come from differs.
+        As the official ``ddim_sample`` (paper Alg. 2): the head predicts x̂_0
+        (``prediction_type="sample"``) on the official grid
+        (``make_timesteps(T, S, "diffusiondet")``); after each step but the last, boxes whose best
+        class score is ≤ ``renewal_threshold`` are replaced (box renewal) and each step's top-N
+        predictions join the ensemble. The DDIM update runs in float64 (the official schedule
+        buffers are float64) and the state is kept in float32 between steps. Eager inference and
+        the ONNX export (:mod:`projects.detection.export`) both run this method; only where the
+        random draws come from differs.
 
         Args:
             features: the FPN maps of :meth:`extract_features`, each (B, D, H_l, W_l).
@@ -398,7 +399,8 @@ class DiffusionDet(nn.Module):
         step_noise: Tensor | None = None,
         renewal_boxes: Tensor | None = None,
     ) -> list[dict[str, Tensor]]:
-        """DDIM sampling over boxes for a batch (reference §2.4, batched with per-image renewal).
+        """DDIM sampling over boxes for a batch (official ``ddim_sample``, batched with per-image
+        renewal).
 
         Args:
             batched_inputs: dicts with ``image`` (3, H, W) uint8 already resized and optional

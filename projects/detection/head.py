@@ -1,10 +1,10 @@
 """DiffusionDet's dynamic head: six cascaded Sparse R-CNN-style stages conditioned on time.
 
 Chen et al., "DiffusionDet: Diffusion Model for Object Detection", ICCV 2023 (arXiv:2211.09788),
-§4.1 "detection decoder"; code: github.com/ShoufaChen/DiffusionDet@1efb36d ``diffusiondet/head.py``.
-Module names, ``nn.Sequential``/``nn.ModuleList`` index layouts and the maths follow the reference
-(diffusiondet.md §1.4-§1.8) so that official checkpoints load (``head.*`` keys, §5.2) and give the
-same outputs.
+the "detection decoder"; code: github.com/ShoufaChen/DiffusionDet (v0.1) ``diffusiondet/head.py``.
+Module names, ``nn.Sequential``/``nn.ModuleList`` index layouts and the maths follow that file
+(``DynamicHead``, ``RCNNHead``, ``DynamicConv``) so that official checkpoints load (``head.*``
+keys) and give the same outputs.
 
 Notation: B images, N boxes per image, M = B·N, D = 256 hidden, S = 7 pooler resolution, K classes.
 """
@@ -42,7 +42,8 @@ BBOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
 class SinusoidalPositionEmbeddings(nn.Module):
     """Transformer sinusoidal embedding of integer timesteps: (B,) -> (B, dim).
 
-    ``f_i = exp(-i · ln(10000) / (dim/2 - 1))``, ``emb = [sin(t f), cos(t f)]`` (reference §1.4).
+    ``f_i = exp(-i · ln(10000) / (dim/2 - 1))``, ``emb = [sin(t f), cos(t f)]`` (official
+    ``SinusoidalPositionEmbeddings``).
     """
 
     def __init__(self, dim: int) -> None:
@@ -64,7 +65,7 @@ def apply_deltas(
     weights: Sequence[float] = BBOX_WEIGHTS,
     scale_clamp: float = SCALE_CLAMP,
 ) -> Tensor:
-    """Decode (dx, dy, dw, dh) deltas (detectron2 ``Box2BoxTransform``, reference §1.7).
+    """Decode (dx, dy, dw, dh) deltas (detectron2 ``Box2BoxTransform``; official ``apply_deltas``).
 
     Args:
         deltas: (M, 4) raw regression outputs.
@@ -348,7 +349,7 @@ class RCNNHead(nn.Module):
 
 
 class DynamicHead(nn.Module):
-    """Time embedding + ``num_heads`` cascaded :class:`RCNNHead` stages (reference §1.4).
+    """Time embedding + ``num_heads`` cascaded :class:`RCNNHead` stages (official ``DynamicHead``).
 
     Args:
         num_classes: K.
@@ -358,9 +359,9 @@ class DynamicHead(nn.Module):
         pooler_scales, pooler_resolution, sampling_ratio: :class:`ROIPooler` arguments.
         **head_kwargs: forwarded to :class:`RCNNHead` (hidden_dim, dim_feedforward, nhead, ...).
 
-    Init (reference §1.8): xavier-uniform on every parameter with dim > 1, then the prior bias on
-    ``class_logits.bias`` of every stage. The official loop sets the prior on *every* head tensor
-    whose last dim is K or K+1, which for K = 80 (COCO) and 1203 (LVIS) is exactly
+    Init (official ``_reset_parameters``): xavier-uniform on every parameter with dim > 1, then the
+    prior bias on ``class_logits.bias`` of every stage. The official loop sets the prior on *every*
+    head tensor whose last dim is K or K+1, which for K = 80 (COCO) and 1203 (LVIS) is exactly
     ``class_logits.bias``, but for other K also hits unrelated tensors (K ∈ {3, 4} the box-delta
     bias, K = 256 every LayerNorm, ...). We deliberately set only ``class_logits.bias``: identical
     for the official K, and a fix for custom K.

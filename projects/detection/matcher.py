@@ -3,8 +3,8 @@
 DiffusionDet (Chen et al., arXiv:2211.09788) assigns ground truths to predicted boxes one-to-many:
 every ground truth takes its ``k`` cheapest predictions, where ``k`` is the truncated sum of its
 top-5 IoUs with the predictions. Behaviour follows the official ``loss.py``
-(github.com/ShoufaChen/DiffusionDet@1efb36d, ``HungarianMatcherDynamicK``); see the project
-reference ``diffusiondet.md`` §3.5.
+(github.com/ShoufaChen/DiffusionDet v0.1, ``diffusiondet/loss.py``,
+``HungarianMatcherDynamicK``).
 
 Notation (one image): ``N`` predictions (queries), ``G`` ground truths, ``K`` classes.
 
@@ -23,7 +23,7 @@ Deliberate differences from the official code:
 - Step 3 is one sort per image instead of a Python loop over ground truths (same selection up
   to the order of exact cost ties); step 5 handles all unmatched gts at once.
 - The official step-5 conflict resolution reuses the *stale* ``anchor_matching_gt`` computed
-  before the loop (reference §7.1 item 10), so a query newly claimed inside the loop can stay
+  before the loop, so a query newly claimed inside the loop can stay
   matched to two gts, and the final ``argmax`` silently gives it to the lower gt index - the
   other gt ends up without a positive after all. Here conflicts are recomputed from the current
   matching and the query goes to its cheapest *claimant*, so every gt owns at least one query
@@ -145,7 +145,7 @@ def dynamic_k_matching(cost: Tensor, ious: Tensor, *, ota_k: int = 5) -> tuple[T
 
 
 class HungarianMatcherDynamicK(nn.Module):
-    """One-to-many dynamic-k matcher of DiffusionDet (reference §3.5).
+    """One-to-many dynamic-k matcher of DiffusionDet (official ``HungarianMatcherDynamicK``).
 
     The name is the official one (it is not a Hungarian matcher). It has no parameters or
     buffers, so it adds no checkpoint keys.
@@ -302,7 +302,7 @@ class HungarianMatcherDynamicK(nn.Module):
         Args:
             outputs: ``pred_logits`` (B, N, K) and ``pred_boxes`` (B, N, 4) absolute xyxy in
                 resized-image pixels.
-            targets: per image, as the official ``prepare_targets`` (reference §2.2):
+            targets: per image, as the official ``prepare_targets``:
                 ``labels`` (G,) int64, ``boxes_xyxy`` (G, 4) absolute xyxy,
                 ``image_size_xyxy`` (4,) ``[w, h, w, h]``, ``image_size_xyxy_tgt`` (G, 4).
 

@@ -1,4 +1,4 @@
-"""SetCriterionDynamicK against closed forms (reference diffusiondet.md §3)."""
+"""SetCriterionDynamicK against closed forms (DiffusionDet's ``diffusiondet/loss.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dynamic head maths against reference diffusiondet.md §1.4-§1.8 and the §5.2 key layout."""
+"""Dynamic head maths against DiffusionDet's ``diffusiondet/head.py`` and its checkpoint keys."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_apply_deltas_weights_and_clamp():
     expected0 = torch.tensor([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2])
     torch.testing.assert_close(out[0], expected0)
     assert math.isclose(SCALE_CLAMP, 8.7403, abs_tol=1e-4)
-    # a zero-width box stays zero-width with an unmoved x centre (reference §1.7)
+    # a zero-width box stays zero-width with an unmoved x centre (``apply_deltas``)
     assert out[1, 0] == out[1, 2] == 0.0
 
 
@@ -132,7 +132,7 @@ def test_prior_bias_only_on_class_logits_for_custom_k():
     )
     for stage in head.head_series:
         assert torch.allclose(stage.class_logits.bias, torch.full((4,), PRIOR))
-        # the official rule would also set this size-4 bias to the prior (reference §1.8 quirk)
+        # the official rule would also set this size-4 bias to the prior (``_reset_parameters``)
         assert not torch.allclose(stage.bboxes_delta.bias, torch.full((4,), PRIOR))
     assert (head.head_series[0].self_attn.in_proj_bias == 0).all()
 

@@ -1,4 +1,4 @@
-"""Invariants of the dynamic-k matcher (reference diffusiondet.md §3.5)."""
+"""Invariants of the dynamic-k matcher (DiffusionDet's ``diffusiondet/loss.py``)."""
 
 from __future__ import annotations
 
