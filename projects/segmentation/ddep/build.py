@@ -84,6 +84,11 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
     d = cfg.MODEL.DDEP
     mode = d.MODE
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if d.TRANSFORMER_LAYERS and d.TRANSFORMER_DIM % d.TRANSFORMER_HEADS:
+        raise ConfigError(
+            f"MODEL.DDEP.TRANSFORMER_DIM ({d.TRANSFORMER_DIM}) must be divisible by "
+            f"TRANSFORMER_HEADS ({d.TRANSFORMER_HEADS})"
+        )
     if d.ENCODER.startswith("timm:"):
         network = _build_timm_unet(cfg, out_channels=3 if mode == "denoise" else num_classes)
     else:
