@@ -13,7 +13,10 @@ LOSS_WEIGHTINGS = ("simple", "min_snr")
 
 
 def add_ddpm_config(cfg: CfgNode) -> None:
-    """Add ``MODEL.DDPM`` (model, diffusion, loss, sampling, evaluation) to the default tree."""
+    """Add ``MODEL.DDPM`` (model, diffusion, loss, sampling, evaluation) and
+    ``INPUT.IMAGE_SIZE`` to the default tree."""
+    # Square side of the generated images; every DDPM config sets it (0: not set).
+    add_keys(cfg, "INPUT", {"IMAGE_SIZE": 0})
     add_keys(cfg, "MODEL.DDPM.UNET", {
         # every level's width is a multiple of it, normalised by GroupNorm with 32 groups
         "MODEL_CHANNELS": Ranged(128, ">=32 multiple of 32"),
