@@ -37,13 +37,15 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+def _imports(path: Path, module: str) -> list[list[str]]:
+    """Every import of ``path`` as its candidate module names, most specific first (relative
+    imports resolved): ``from a.b import c`` is ``["a.b.c", "a.b"]`` (the submodule ``c`` when it
+    is one, else ``a.b``)."""
     is_package = path.name == "__init__.py"
-    names = set()
+    found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            found += [[alias.name] for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".")
@@ -51,9 +53,8 @@ def _imports(path: Path, module: str) -> set[str]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module
-            names.add(prefix)
-            names.update(f"{prefix}.{alias.name}" for alias in node.names)
-    return names
+            found += [[f"{prefix}.{alias.name}", prefix] for alias in node.names]
+    return found
 
 
 def _graph() -> dict[str, set[str]]:
@@ -67,7 +68,8 @@ def _graph() -> dict[str, set[str]]:
     graph = {}
     for module, path in files.items():
         targets = set()
-        for name in _imports(path, module):
+        for candidates in _imports(path, module):
+            name = next((c for c in candidates if c in files), candidates[-1])
             while name and name not in files:
                 name = name.rpartition(".")[0]
             if name and name != module:

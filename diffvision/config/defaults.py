@@ -65,8 +65,6 @@ def build_default_config() -> CN:
         "MAX_SIZE_TEST": Ranged(1333, ">=1"),
         "RANDOM_FLIP": "horizontal",
         "FORMAT": "RGB",
-        # Square training/test size for image-generation and segmentation tasks (0 = unused).
-        "IMAGE_SIZE": 0,
     })  # fmt: skip
     add_keys(_C, "INPUT.CROP", {"ENABLED": False, "TYPE": "relative_range", "SIZE": [0.9, 0.9]})
 

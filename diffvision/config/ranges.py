@@ -13,8 +13,10 @@ Every key is declared once, with its default and (when numeric) its range, by
 first key out of range with a :class:`~diffvision.errors.ConfigError` naming it, so a value the
 range admits is one the builders and constructors accept.
 
-A range is ``>0``, ``>=0``, ``>=1`` or an interval ``[a,b]`` / ``(a,b)`` / ``[a,b)`` / ``(a,b]``;
-a list or tuple value is checked element by element, and a float must be finite.
+A range is ``>0``, ``>=0``, ``>=1`` or an interval ``[a,b]`` / ``(a,b)`` / ``[a,b)`` / ``(a,b]``,
+optionally followed by ``multiple of N`` (``">=32 multiple of 32"``); a list or tuple value is
+checked element by element, and a float must be finite. A rule between two keys (an attention
+width divisible by its head count) is checked by the builder that reads both.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ _RANGES: dict[str, str] = {}
 _INTERVAL = re.compile(r"([\[(])\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*([\])])")
 
 
+_MULTIPLE = re.compile(r"(.*\S)\s+multiple of (\d+)")
+
+
 def _contains(spec: str, x: float) -> bool:
+    multiple = _MULTIPLE.fullmatch(spec)
+    if multiple is not None:
+        spec, step = multiple.group(1), int(multiple.group(2))
+        return float(x).is_integer() and int(x) % step == 0 and _contains(spec, x)
     if spec.startswith(">="):
         return x >= float(spec[2:])
     if spec.startswith(">"):
@@ -48,7 +57,11 @@ def _contains(spec: str, x: float) -> bool:
 
 
 def _describe(spec: str) -> str:
-    """``">=1"`` -> ``">= 1"``, ``"[0,1)"`` -> ``"in [0, 1)"``."""
+    """``">=1"`` -> ``">= 1"``, ``"[0,1)"`` -> ``"in [0, 1)"``, ``">=32 multiple of 32"`` ->
+    ``">= 32 and a multiple of 32"``."""
+    multiple = _MULTIPLE.fullmatch(spec)
+    if multiple is not None:
+        return f"{_describe(multiple.group(1))} and a multiple of {multiple.group(2)}"
     if spec.startswith(">"):
         op = ">=" if spec.startswith(">=") else ">"
         return f"{op} {spec[len(op) :]}"

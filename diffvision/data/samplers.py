@@ -31,7 +31,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
 from diffvision.utils import comm
-from diffvision.utils.seeding import Stream, derive_seed, isolated_rng, sample_seeds
+from diffvision.utils.seeding import (
+    Stream,
+    derive_seed,
+    isolated_rng,
+    sample_seeds,
+    seeded_generator,
+)
 
 __all__ = [
     "GlobalBatchLoader",
@@ -88,7 +94,7 @@ class TrainingSampler(Sampler[int]):
             if len(self._epochs) > 4:
                 self._epochs.clear()
             if self._shuffle:
-                g = torch.Generator().manual_seed(derive_seed(self._seed, Stream.SHUFFLE, epoch))
+                g = seeded_generator(derive_seed(self._seed, Stream.SHUFFLE, epoch))
                 self._epochs[epoch] = torch.randperm(self._size, generator=g).tolist()
             else:
                 self._epochs[epoch] = list(range(self._size))
@@ -167,7 +173,7 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         if epoch not in self._epochs:
             if len(self._epochs) > 4:
                 self._epochs.clear()
-            g = torch.Generator().manual_seed(derive_seed(self._seed, Stream.SHUFFLE, epoch))
+            g = seeded_generator(derive_seed(self._seed, Stream.SHUFFLE, epoch))
             rands = torch.rand(len(self._frac_part), generator=g)
             reps = self._int_part + (rands < self._frac_part).float()
             indices = torch.repeat_interleave(torch.arange(len(reps)), reps.long())

@@ -13,9 +13,13 @@ LOSS_WEIGHTINGS = ("simple", "min_snr")
 
 
 def add_ddpm_config(cfg: CfgNode) -> None:
-    """Add ``MODEL.DDPM`` (model, diffusion, loss, sampling, evaluation) to the default tree."""
+    """Add ``MODEL.DDPM`` (model, diffusion, loss, sampling, evaluation) and
+    ``INPUT.IMAGE_SIZE`` to the default tree."""
+    # Square side of the generated images; every DDPM config sets it (0: not set).
+    add_keys(cfg, "INPUT", {"IMAGE_SIZE": 0})
     add_keys(cfg, "MODEL.DDPM.UNET", {
-        "MODEL_CHANNELS": Ranged(128, ">=1"),
+        # every level's width is a multiple of it, normalised by GroupNorm with 32 groups
+        "MODEL_CHANNELS": Ranged(128, ">=32 multiple of 32"),
         "CHANNEL_MULT": Ranged([1, 2, 2, 2], ">=1"),
         "NUM_RES_BLOCKS": Ranged(2, ">=1"),
         # Feature-map sizes (pixels) that get self-attention.
@@ -37,7 +41,7 @@ def add_ddpm_config(cfg: CfgNode) -> None:
         # > 0 adds a null class and drops labels with this probability (classifier-free guidance).
         "CLASS_DROPOUT_PROB": Ranged(0.0, "[0,1]"),
         "NOISE_SCHEDULE": "linear",
-        "NUM_TIMESTEPS": Ranged(1000, ">=1"),
+        "NUM_TIMESTEPS": Ranged(1000, ">=21"),  # the linear schedule needs more than 20
         "PREDICTION_TYPE": "epsilon",  # epsilon | sample | v_prediction
         "LOSS_WEIGHTING": "simple",  # simple | min_snr
         "MIN_SNR_GAMMA": Ranged(5.0, ">0"),

@@ -10,8 +10,14 @@ W/s)}`` and which exposes ``out_channels`` / ``out_strides`` dicts keyed by the 
 A new backbone is one registered function of the config::
 
     @register_backbone("my_net")
-    def build_my_net(cfg, *, out_features):
+    def build_my_net(cfg, *, out_features=None):
         return MyNet(width=cfg.MODEL.MY_NET.WIDTH, out_features=out_features)
+
+``out_features`` ``None`` asks for every level the backbone has. A task may pass keyword options
+that stand in for config keys (DDeP's ``MODEL.DDEP.ENCODER: resnet50`` gives ``depth=50``).
+
+Registered: ``resnet`` (detectron2's layout, ``MODEL.RESNETS``), ``torchvision_resnet``
+(torchvision's layout), ``swin`` (``MODEL.SWIN``), ``timm`` (any timm CNN, ``MODEL.TIMM``).
 
 The backbone sections of the config (``MODEL.BACKBONE``, ``RESNETS``, ``FPN``, ``SWIN``,
 ``TIMM``), with their ranges, are added by :func:`add_backbone_config`.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -40,7 +47,8 @@ _BACKBONES: dict[str, BackboneBuilder] = {}
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Decorator registering ``fn(cfg, *, out_features) -> backbone`` under ``name``."""
+    """Decorator registering ``fn(cfg, *, out_features=None, **options) -> backbone`` under
+    ``name``."""
 
     def register(fn: BackboneBuilder) -> BackboneBuilder:
         existing = _BACKBONES.get(name)
@@ -58,9 +66,16 @@ def registered_backbones() -> list[str]:
 
 
 def build_backbone(
-    cfg: CfgNode, name: str, *, out_features: Sequence[str], what: str = "MODEL.BACKBONE.NAME"
+    cfg: CfgNode,
+    name: str,
+    /,
+    *,
+    out_features: Sequence[str] | None = None,
+    what: str = "MODEL.BACKBONE.NAME",
+    **options: Any,
 ) -> nn.Module:
-    """The backbone ``name`` returning ``out_features``, built from ``cfg``.
+    """The backbone ``name`` returning ``out_features`` (``None``: all its levels), built from
+    ``cfg`` and ``options``.
 
     Raises:
         UnknownNameError: ``name`` is not registered (``what`` names the key that chose it).
@@ -72,7 +87,8 @@ def build_backbone(
             f"{what} {name!r} is not a registered backbone{hint} (registered: "
             f"{', '.join(registered_backbones())})"
         )
-    return _BACKBONES[name](cfg, out_features=tuple(out_features))
+    features = None if out_features is None else tuple(out_features)
+    return _BACKBONES[name](cfg, out_features=features, **options)
 
 
 def add_backbone_config(cfg: CfgNode) -> None:
@@ -121,7 +137,7 @@ def add_backbone_config(cfg: CfgNode) -> None:
 
 
 @register_backbone("resnet")
-def build_resnet(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
+def build_resnet(cfg: CfgNode, *, out_features: tuple[str, ...] | None = None) -> nn.Module:
     """detectron2's ResNet (``MODEL.RESNETS``): ``stem`` (stride 2), ``res2`` .. ``res5``.
     ``NORM: SyncBN`` builds trainable BN; the task converts it (it needs the process group)."""
     from diffvision.modeling.resnet import ResNet
@@ -138,7 +154,7 @@ def build_resnet(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
     return ResNet(
         depth=r.DEPTH,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        out_features=out_features,
+        out_features=out_features or ("stem", "res2", "res3", "res4", "res5"),
         stride_in_1x1=r.STRIDE_IN_1X1,
         stem_channels=r.STEM_OUT_CHANNELS,
         res2_channels=r.RES2_OUT_CHANNELS,
@@ -146,13 +162,28 @@ def build_resnet(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
     )
 
 
+@register_backbone("torchvision_resnet")
+def build_torchvision_resnet(
+    cfg: CfgNode, *, out_features: tuple[str, ...] | None = None, depth: int | None = None
+) -> nn.Module:
+    """torchvision's ResNet (``depth``, default ``MODEL.RESNETS.DEPTH``): ``stem``, ``layer1``
+    .. ``layer4`` (strides 2 .. 32), torchvision's parameter names."""
+    from diffvision.modeling.torchvision_resnet import TorchvisionResNet
+
+    depth = cfg.MODEL.RESNETS.DEPTH if depth is None else depth
+    if out_features is None:
+        return TorchvisionResNet(depth=depth)
+    return TorchvisionResNet(depth=depth, out_features=out_features)
+
+
 @register_backbone("swin")
-def build_swin(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
+def build_swin(cfg: CfgNode, *, out_features: tuple[str, ...] | None = None) -> nn.Module:
     """Swin Transformer (``MODEL.SWIN``): ``swin0`` .. ``swin3`` (strides 4 .. 32)."""
     from diffvision.modeling.swin import SwinTransformer, swin_config
 
     s = cfg.MODEL.SWIN
     names = ("swin0", "swin1", "swin2", "swin3")
+    out_features = out_features or names
     unknown = [f for f in out_features if f not in names]
     if unknown:
         raise ConfigError(f"Swin features {unknown} are not among {list(names)}")
@@ -163,17 +194,27 @@ def build_swin(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
 
 
 @register_backbone("timm")
-def build_timm(cfg: CfgNode, *, out_features: tuple[str, ...]) -> nn.Module:
-    """Any timm CNN (``MODEL.TIMM``): ``c<l>`` at stride ``2**l`` for each ``OUT_INDICES``."""
+def build_timm(
+    cfg: CfgNode,
+    *,
+    out_features: tuple[str, ...] | None = None,
+    name: str | None = None,
+    out_indices: Sequence[int] | None = None,
+) -> nn.Module:
+    """Any timm CNN (``name``, default ``MODEL.TIMM.NAME``; weights, freezing and norm from
+    ``MODEL.TIMM`` and ``MODEL.BACKBONE.FREEZE_AT``): ``c<l>`` at stride ``2**l`` for each of
+    ``out_indices`` (default ``MODEL.TIMM.OUT_INDICES``)."""
     from diffvision.modeling.timm_backbone import TimmBackbone, create_timm_features
 
     t = cfg.MODEL.TIMM
-    body = create_timm_features(t.NAME, pretrained=t.PRETRAINED, out_indices=tuple(t.OUT_INDICES))
+    name = t.NAME if name is None else name
+    out_indices = tuple(t.OUT_INDICES if out_indices is None else out_indices)
+    body = create_timm_features(name, pretrained=t.PRETRAINED, out_indices=out_indices)
     backbone = TimmBackbone(model=body, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, norm=t.NORM)
-    unknown = [f for f in out_features if f not in backbone.out_strides]
+    unknown = [f for f in out_features or () if f not in backbone.out_strides]
     if unknown:
         raise ConfigError(
-            f"{unknown} are not outputs of timm {t.NAME!r} with MODEL.TIMM.OUT_INDICES "
-            f"{list(t.OUT_INDICES)} (it gives {list(backbone.out_features)})"
+            f"{unknown} are not outputs of timm {name!r} with MODEL.TIMM.OUT_INDICES "
+            f"{list(out_indices)} (it gives {list(backbone.out_features)})"
         )
     return backbone

@@ -196,12 +196,20 @@ class TimmBackbone(nn.Module):
         norm: ``"FrozenBN"`` (every batch norm frozen) or ``"BN"``.
 
     ``forward((B, 3, H, W))`` returns ``{"c<l>": (B, out_channels["c<l>"], H / 2**l, W / 2**l)}``.
+
+    Attributes:
+        pixel_mean, pixel_std: the RGB statistics (in [0, 1]) the timm model expects, when its
+            ``pretrained_cfg`` names them.
     """
 
     def __init__(self, *, model: nn.Module, freeze_at: int = 0, norm: str = "FrozenBN") -> None:
         super().__init__()
         if norm not in TIMM_NORMS:
             raise ConfigError(f"MODEL.TIMM.NORM {norm!r} is not one of {TIMM_NORMS}")
+        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        if "mean" in pretrained_cfg and "std" in pretrained_cfg:
+            self.pixel_mean = tuple(pretrained_cfg["mean"])
+            self.pixel_std = tuple(pretrained_cfg["std"])
         self.frozen_modules = freeze_timm_stages(model, freeze_at)
         if norm == "FrozenBN":
             from timm.layers import freeze_batch_norm_2d

@@ -18,6 +18,8 @@ stream               derived from                   seeds
 ``EVAL_BATCH``       (SEED, batch index)            one batch of DDPM's FID samples
 ``EVAL_GRID``        (SEED,)                        DDPM's sample grid
 ``ENSEMBLE_MEMBER``  (SEED, member)                 one pixel MLP's order of training pixels
+``TRAIN_PIXELS``     (SEED,)                        which labeled pixels the pixel MLPs train on
+``FEATURE_NOISE``    (NOISE_SEED,)                  the fixed noise of DDPM pixel features
 ===================  =============================  ===============================================
 
 Position j is the place of a sample in the *global* batch, so a run on W processes draws what
@@ -69,6 +71,8 @@ class Stream(IntEnum):
     EVAL_BATCH = 0xEB
     EVAL_GRID = 0xE6
     ENSEMBLE_MEMBER = 0x3E
+    TRAIN_PIXELS = 0x7A
+    FEATURE_NOISE = 0xF7
 
 
 def _splitmix64(x: int) -> int:

@@ -96,6 +96,11 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
         raise ConfigError("MODEL.DiffusionDet needs USE_FOCAL or USE_FED_LOSS (sigmoid scores)")
+    if d.HIDDEN_DIM % d.NHEADS:
+        raise ConfigError(
+            f"MODEL.DiffusionDet.HIDDEN_DIM ({d.HIDDEN_DIM}) must be divisible by NHEADS "
+            f"({d.NHEADS}): each attention head gets HIDDEN_DIM / NHEADS channels"
+        )
     box_head = cfg.MODEL.ROI_BOX_HEAD
     if box_head.POOLER_TYPE != "ROIAlignV2":
         raise ConfigError(f"ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE!r} != 'ROIAlignV2'")

@@ -2,7 +2,7 @@
 semantic-segmentation fine-tuning. Importing this package registers the ``DDeP`` task."""
 
 from .build import build_ddep_model
-from .model import DDeP, ResNetUNet, TimmUNet
+from .model import DDeP, EncoderUNet
 from .task import DDEP_TASK
 
-__all__ = ["DDEP_TASK", "DDeP", "ResNetUNet", "TimmUNet", "build_ddep_model"]
+__all__ = ["DDEP_TASK", "DDeP", "EncoderUNet", "build_ddep_model"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from diffvision.config import CfgNode
 from diffvision.data.seg_transforms import to_unit_range
@@ -25,11 +26,18 @@ from diffvision.engine.sync_bn import convert_sync_batchnorm
 from diffvision.engine.weights import load_weights, register_weight_converter
 from diffvision.errors import ConfigError
 from diffvision.evaluation.sem_seg import sliding_window_inference, whole_image_inference
+from diffvision.modeling.backbones import build_backbone
 from diffvision.utils.seeding import eval_image_seed
 
-from .model import DDeP, ResNetUNet, TimmUNet, describe
+from .model import DDeP, EncoderUNet, describe
 
-__all__ = ["build_ddep_model", "build_inference", "predict_sem_seg", "torchvision_to_ddep_encoder"]
+__all__ = [
+    "build_ddep_model",
+    "build_encoder",
+    "build_inference",
+    "predict_sem_seg",
+    "torchvision_to_ddep_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,24 +66,37 @@ def torchvision_to_ddep_encoder(state: Mapping[str, torch.Tensor]):
     return "torchvision-resnet (DDeP encoder)", mapped
 
 
-def _build_timm_unet(cfg: CfgNode, *, out_channels: int) -> TimmUNet:
-    """``MODEL.DDEP.ENCODER: timm:<name>``: weights from ``MODEL.TIMM.PRETRAINED``, freezing
-    from ``MODEL.BACKBONE.FREEZE_AT`` and ``MODEL.TIMM.NORM``."""
+_TORCHVISION_ENCODERS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+
+
+def build_encoder(cfg: CfgNode) -> nn.Module:
+    """The UNet encoder of ``MODEL.DDEP.ENCODER``, from the backbone registry:
+
+    - ``resnet18/34/50/101``: torchvision's ResNet (``torchvision_resnet``), maps at strides 2 ..
+      32 (2 .. 16 with a Transformer bottleneck, which then takes the place of ``layer4``);
+    - ``timm:<name>``: that timm model (``timm``; weights ``MODEL.TIMM.PRETRAINED``, freezing
+      ``MODEL.BACKBONE.FREEZE_AT``, norm ``MODEL.TIMM.NORM``), its five maps (four with the
+      Transformer);
+    - any other registered backbone name, every level it has.
+    """
     d = cfg.MODEL.DDEP
-    if d.ENCODER_WEIGHTS or d.TRANSFORMER_LAYERS:
-        raise ConfigError(
-            f"MODEL.DDEP.ENCODER {d.ENCODER!r}: set the weights with MODEL.TIMM.PRETRAINED "
-            "(MODEL.DDEP.ENCODER_WEIGHTS is for torchvision ResNets) and keep "
-            "MODEL.DDEP.TRANSFORMER_LAYERS 0"
+    deepest = 5 if d.TRANSFORMER_LAYERS == 0 else 4  # maps at strides 2 .. 2**deepest
+    what = "MODEL.DDEP.ENCODER"
+    if d.ENCODER in _TORCHVISION_ENCODERS:
+        levels = ("stem", "layer1", "layer2", "layer3", "layer4")[:deepest]
+        depth = _TORCHVISION_ENCODERS[d.ENCODER]
+        return build_backbone(
+            cfg, "torchvision_resnet", out_features=levels, depth=depth, what=what
         )
-    return TimmUNet(
-        name=d.ENCODER.removeprefix("timm:"),
-        pretrained=cfg.MODEL.TIMM.PRETRAINED,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        norm=cfg.MODEL.TIMM.NORM,
-        out_channels=out_channels,
-        decoder_channels=tuple(d.DECODER_CHANNELS),
-    )
+    if d.ENCODER.startswith("timm:"):
+        if d.ENCODER_WEIGHTS:
+            raise ConfigError(
+                f"MODEL.DDEP.ENCODER {d.ENCODER!r}: set the weights with MODEL.TIMM.PRETRAINED "
+                "(MODEL.DDEP.ENCODER_WEIGHTS is for torchvision ResNets)"
+            )
+        name = d.ENCODER.removeprefix("timm:")
+        return build_backbone(cfg, "timm", name=name, out_indices=range(deepest), what=what)
+    return build_backbone(cfg, d.ENCODER, what=what)
 
 
 def build_ddep_model(cfg: CfgNode) -> DDeP:
@@ -84,17 +105,20 @@ def build_ddep_model(cfg: CfgNode) -> DDeP:
     d = cfg.MODEL.DDEP
     mode = d.MODE
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    if d.ENCODER.startswith("timm:"):
-        network = _build_timm_unet(cfg, out_channels=3 if mode == "denoise" else num_classes)
-    else:
-        network = ResNetUNet(
-            encoder=d.ENCODER,
-            out_channels=3 if mode == "denoise" else num_classes,
-            decoder_channels=tuple(d.DECODER_CHANNELS),
-            transformer_layers=d.TRANSFORMER_LAYERS,
-            transformer_dim=d.TRANSFORMER_DIM,
-            transformer_heads=d.TRANSFORMER_HEADS,
+    if d.TRANSFORMER_LAYERS and d.TRANSFORMER_DIM % d.TRANSFORMER_HEADS:
+        raise ConfigError(
+            f"MODEL.DDEP.TRANSFORMER_DIM ({d.TRANSFORMER_DIM}) must be divisible by "
+            f"TRANSFORMER_HEADS ({d.TRANSFORMER_HEADS})"
         )
+    network = EncoderUNet(
+        encoder=build_encoder(cfg),
+        out_channels=3 if mode == "denoise" else num_classes,
+        decoder_channels=tuple(d.DECODER_CHANNELS),
+        transformer_layers=d.TRANSFORMER_LAYERS,
+        transformer_dim=d.TRANSFORMER_DIM,
+        transformer_heads=d.TRANSFORMER_HEADS,
+        encoder_name=d.ENCODER,
+    )
     if d.ENCODER_WEIGHTS:
         # An initialisation of the architecture (like torchvision's pretrained=True), read by
         # the one loader; the encoder must be complete.

@@ -34,7 +34,7 @@ def add_ddep_config(cfg: CfgNode) -> None:
         "NOISE_LEVELS": "fixed",
         "NOISE_SIGMA": Ranged(0.22, ">0"),
         "NOISE_SCHEDULE": "linear",
-        "NUM_TIMESTEPS": Ranged(1000, ">=1"),
+        "NUM_TIMESTEPS": Ranged(1000, ">=21"),  # the linear schedule needs more than 20
         # Denoise mode: encoder frozen and kept in eval mode.
         "FREEZE_ENCODER": True,
         # "BN", or "SyncBN": batch statistics over the global batch of all processes.

@@ -29,7 +29,7 @@ from diffvision.modeling.unet import (
     load_guided_diffusion_checkpoint,
     parse_guided_diffusion_flags,
 )
-from diffvision.utils.seeding import isolated_rng
+from diffvision.utils.seeding import Stream, derive_seed, isolated_rng
 
 from .features import DDPMFeatureExtractor, RawPixelExtractor, gather_pixel_features, pixel_grid
 from .model import PixelMLPEnsemble
@@ -98,7 +98,7 @@ def build_feature_extractor(cfg: CfgNode) -> nn.Module:
         steps=tuple(p.STEPS),
         blocks=tuple(p.BLOCKS),
         image_size=image_size,
-        noise_seed=p.NOISE_SEED,
+        noise_seed=derive_seed(p.NOISE_SEED, Stream.FEATURE_NOISE),
     )
     return extractor.to(cfg.MODEL.DEVICE)
 

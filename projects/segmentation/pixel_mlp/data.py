@@ -25,6 +25,7 @@ from diffvision.engine.build import build_seed
 from diffvision.errors import DataError
 from diffvision.evaluation.sem_seg import SemSegEvaluator
 from diffvision.utils import comm
+from diffvision.utils.seeding import Stream, derive_seed
 from projects.segmentation.data import (
     SegTestBatches,
     get_sem_seg_dataset,
@@ -113,7 +114,7 @@ def training_pixel_store(cfg: CfgNode) -> tuple[torch.Tensor, torch.Tensor]:
         pixels_per_image=p.PIXELS_PER_IMAGE,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         dtype=FEATURE_DTYPES[p.FEATURE_DTYPE],
-        seed=build_seed(cfg),
+        seed=derive_seed(build_seed(cfg), Stream.TRAIN_PIXELS),
     )
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if int(labels.max()) >= num_classes:
