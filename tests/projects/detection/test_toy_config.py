@@ -18,8 +18,10 @@ from diffvision.modeling.weight_files import safe_torch_load
 from diffvision.utils.seeding import seed_process_rngs
 
 CONFIG = Path(__file__).resolve().parents[3] / "projects" / "detection" / "diffdet_toy.yaml"
-# measured at SEED 0, one thread: AP50 10.8, AP 2.1 after 200 iterations
-FLOOR_AP50, FLOOR_AP = 5.0, 1.0
+# Measured at SEED 0 with one thread: AP50 8.4, AP 1.8 after 200 iterations (a run without
+# optimizer steps: AP50 0.002). Early training is volatile (AP50 1.2 at 100 iterations, 0.6 at
+# 150), so the floor leaves room for another CPU's float rounding.
+FLOOR_AP50, FLOOR_AP = 3.0, 0.5
 
 
 @pytest.fixture()
