@@ -206,6 +206,10 @@ def _load_checked(
     counts = None
     if class_mismatched and len(class_mismatched) == len(shared_class_keys):
         counts = _class_change(target, state, class_mismatched)
+    if counts is not None and not allow_class_change and reinit:
+        # keys the model lets differ anyway (e.g. a denoising head loaded into a segmenter)
+        if all(k.startswith(reinit) for k in class_mismatched):
+            counts = None
     if counts is None:  # not a class-count change: those keys are ordinary mismatches
         class_mismatched = []
     mismatched = [
