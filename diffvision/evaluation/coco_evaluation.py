@@ -15,6 +15,10 @@ with :func:`diffvision.engine.comm.all_gather`, written to ``coco_instances_resu
 scored with ``COCOeval`` (``maxDets`` 1/10/100, as detectron2's evaluator; every prediction is
 submitted). AP values are percentages; a metric without ground truth (e.g. APl when there are
 no large objects) is NaN.
+
+After scoring, a per-class table (AP and AP50) goes to the log and, with ``output_dir``, to
+``<dataset>_per_class.csv``, and the precision-recall curves (all classes, worst classes) to
+``<dataset>_pr_curves.png`` (:mod:`diffvision.evaluation.reports`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ import torch
 
 from diffvision.data.catalog import get_detection_dataset, missing_data_hint
 from diffvision.engine import comm
+from diffvision.evaluation.reports import (
+    coco_per_class,
+    format_table,
+    plot_pr_curves,
+    report_file,
+    write_csv,
+)
 
 __all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file"]
 
@@ -197,6 +208,24 @@ class COCOEvaluator:
     def _sorted_category_ids(gt: Any) -> list[int]:
         return sorted(gt.getCatIds())
 
+    def _report(self, precision: np.ndarray, class_names: list[str]) -> None:
+        """Per-class AP / AP50 table to the log (and CSV), PR curves to a PNG (with
+        ``output_dir``), from the accumulated ``precision`` array."""
+        rows = coco_per_class(precision, class_names)
+        header = ("class", "AP", "AP50")
+        logger.info("%s per-class box AP:\n%s", self.dataset_name, format_table(header, rows))
+        if self.output_dir is None:
+            return
+        csv_path = write_csv(report_file(self.output_dir, self.dataset_name, "per_class.csv"),
+                             header, rows)  # fmt: skip
+        png_path = plot_pr_curves(
+            precision,
+            class_names,
+            report_file(self.output_dir, self.dataset_name, "pr_curves.png"),
+            title=f"{self.dataset_name} box precision-recall",
+        )
+        logger.info("Wrote %s and %s", csv_path, png_path)
+
     def _score(self, gt: Any, results: list[dict], image_ids: list[int]) -> dict[str, float]:
         from pycocotools.cocoeval import COCOeval
 
@@ -221,8 +250,7 @@ class COCOEvaluator:
         }
         # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
         precision = coco_eval.eval["precision"]
-        for k, name in enumerate(class_names):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            metrics[f"bbox/AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
+        for name, ap, _ in coco_per_class(precision, class_names):
+            metrics[f"bbox/AP-{name}"] = ap
+        self._report(precision, class_names)
         return metrics
