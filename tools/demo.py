@@ -10,18 +10,40 @@
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
-Without ``--output`` images and frames are shown in a window. ``--input`` takes files, glob
+Without ``--output`` (and ``--json``) images and frames are shown in a window. ``--input`` takes files, glob
 patterns and folders (every image inside, sorted); a file that cannot be read is skipped with a
 warning naming it and the batch goes on. Bad input ends with one line ``error: ...`` and exit
 status 2 (``--debug``: with the traceback).
 ``--onnx`` runs a file written by tools/export.py through onnxruntime instead (no config, no
 torch model; same resize, seeds, threshold and drawing, class names from the file).
+
+``--json PATH`` also writes every input's detections (above the threshold) into one JSON file::
+
+    {"categories": [{"id": 0, "name": "person"}, ...],
+     "images": [{"file_name": "photos/a.jpg", "height": 480, "width": 640,
+                 "detections": [{"bbox": [x, y, w, h], "score": 0.93, "category_id": 0,
+                                 "category_name": "person"}, ...]}, ...]}
+
+``bbox`` is in the original image's pixels, ``category_id`` the model's 0-based class index; a
+video frame adds ``"frame"`` (0-based), an unreadable image ``"error"`` instead of detections.
+``diffvision.evaluation.coco_evaluation.demo_json_to_coco_results`` turns it into COCO results
+for an annotation file (images matched by file name, categories by name).
+
+Segmentation configs (``MODEL.META_ARCHITECTURE`` DDeP in segment mode, or PixelMLP) write, per
+input image, ``<stem>_seg.png`` (the colourised prediction with a legend of class names) and
+``<stem>_label.png`` (the raw class indices, trainIds); ``--json`` holds each image's fraction of
+pixels per class::
+
+    python tools/demo.py --config projects/segmentation/configs/ddep_toy_finetune_r18.yaml \
+        --input scenes/ --output seg_out/ --json seg_out/fractions.json MODEL.WEIGHTS model.pth
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,6 +122,61 @@ def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
     return canvas
 
 
+def detection_entry(det: dict, names: list[str], **fields) -> dict:
+    """One input's ``--json`` record: ``fields`` (file name, size, frame) and its detections
+    with ``bbox`` [x, y, w, h] in original pixels, ``score``, ``category_id``, ``category_name``."""
+    detections = []
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                 det["labels"].tolist()):  # fmt: skip
+        x1, y1, x2, y2 = box
+        detections.append({
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": score,
+            "category_id": int(label),
+            "category_name": names[label] if label < len(names) else str(label),
+        })  # fmt: skip
+    return {**fields, "detections": detections}
+
+
+class JsonRecords:
+    """The ``--json`` file: records collected per input, written once at the end (via a
+    temporary file renamed into place, so an interrupted run leaves no partial file)."""
+
+    def __init__(self, path: str | None, names: list[str]) -> None:
+        self.path = Path(path) if path else None
+        self.names = names
+        self.images: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        if self.path is not None:
+            self.images.append(record)
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        categories = [{"id": i, "name": n} for i, n in enumerate(self.names)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"categories": categories, "images": self.images}, indent=1))
+        os.replace(tmp, self.path)
+        print(f"wrote {len(self.images)} records to {self.path}")
+
+
+def check_json_path(path: str, overwrite: bool) -> None:
+    """``--json``'s folder exists, the path is no folder, an existing file only with
+    ``--overwrite`` (checked before any work).
+
+    Raises:
+        CLIError: naming the path and what is wrong.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"--json {path} is a folder; expected a file name such as out.json")
+    parent = target.parent
+    if not parent.is_dir():
+        raise CLIError(f"--json {path}: folder {parent} does not exist; create it first")
+    refuse_to_replace([target], overwrite=overwrite, flag="--json")
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Image paths of ``--input``: files as given, glob patterns expanded, folders listed
     (images directly inside, sorted by name).
@@ -128,7 +205,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
-def run_images(model, paths, args, names) -> int:
+def run_images(model, paths, args, names, records: JsonRecords) -> int:
     """Detect on every readable image of ``paths``; returns how many were skipped."""
     out_dir = Path(args.output) if args.output else None  # checked by main: not a file
     if out_dir is not None:
@@ -139,15 +216,18 @@ def run_images(model, paths, args, names) -> int:
             rgb = read_image_rgb(path)
         except (DataError, InputFileNotFoundError) as exc:
             print(f"warning: skipped {path}: {exc}", file=sys.stderr)
+            records.add({"file_name": path, "error": str(exc)})
             skipped += 1
             continue
         start = time.perf_counter()
         det = detect(model, rgb, args.confidence_threshold, args.seed)
+        h, w = rgb.shape[:2]
+        records.add(detection_entry(det, names, file_name=path, height=h, width=w))
         print(f"{path}: {len(det['scores'])} detections in {time.perf_counter() - start:.2f}s")
         canvas = draw(np.ascontiguousarray(rgb[:, :, ::-1]), det, names)
         if out_dir is not None:
             cv2.imwrite(str(out_dir / (Path(path).stem + ".jpg")), canvas)
-        else:
+        elif records.path is None:  # neither --output nor --json: show it
             cv2.imshow("DiffusionDet", canvas)
             if cv2.waitKey(0) == 27:
                 break
@@ -156,7 +236,7 @@ def run_images(model, paths, args, names) -> int:
     return skipped
 
 
-def run_stream(model, source, args, names) -> None:
+def run_stream(model, source, args, names, records: JsonRecords) -> None:
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         kind = "camera" if isinstance(source, int) else "video file"
@@ -170,6 +250,9 @@ def run_stream(model, source, args, names) -> None:
                 break
             det = detect(model, np.ascontiguousarray(frame_bgr[:, :, ::-1]),
                          args.confidence_threshold, args.seed)  # fmt: skip
+            h, w = frame_bgr.shape[:2]
+            records.add(detection_entry(det, names, file_name=str(source), frame=frames,
+                                        height=h, width=w))  # fmt: skip
             canvas = draw(frame_bgr, det, names)
             frames += 1
             if args.output:
@@ -180,7 +263,7 @@ def run_stream(model, source, args, names) -> None:
                     h, w = canvas.shape[:2]
                     writer = cv2.VideoWriter(args.output, fourcc, fps, (w, h))
                 writer.write(canvas)
-            else:
+            elif records.path is None:
                 cv2.imshow("DiffusionDet", canvas)
                 if cv2.waitKey(1) == 27:
                     break
@@ -188,7 +271,7 @@ def run_stream(model, source, args, names) -> None:
         capture.release()
         if writer is not None:
             writer.release()
-        if not args.output:
+        if not args.output and records.path is None:
             cv2.destroyAllWindows()
     print(f"processed {frames} frames")
 
@@ -200,10 +283,12 @@ def run_onnx(args, paths: list[str] | None) -> int:
     model = OnnxDetector(args.onnx)
     n = int(model.metadata.get("num_classes", 0))
     names = model.metadata.get("class_names") or [str(i) for i in range(n)]
+    records = JsonRecords(args.json, names)
     if paths is not None:
-        run_images(model, paths, args, names)
+        run_images(model, paths, args, names, records)
     else:
-        run_stream(model, args.video_input if args.video_input else 0, args, names)
+        run_stream(model, args.video_input if args.video_input else 0, args, names, records)
+    records.write()
     return 0
 
 
@@ -216,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="camera 0")
     parser.add_argument("--output", help="folder for images; file (.mp4 or .avi) for video")
+    parser.add_argument("--json", help="also write every input's detections to this JSON file")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
     parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
@@ -245,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
         refuse_to_replace(targets, overwrite=args.overwrite)
+    if args.json:
+        check_json_path(args.json, args.overwrite)
     if args.onnx:
         if not Path(args.onnx).is_file():
             what = "is a folder" if Path(args.onnx).is_dir() else "does not exist"
@@ -256,13 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.opts)
     model = build_inference_model(cfg)
     names = class_names(cfg)
+    records = JsonRecords(args.json, names)
     with torch.no_grad():
         if paths is not None:
-            run_images(model, paths, args, names)
+            run_images(model, paths, args, names, records)
         elif args.video_input:
-            run_stream(model, args.video_input, args, names)
+            run_stream(model, args.video_input, args, names, records)
         else:
-            run_stream(model, 0, args, names)
+            run_stream(model, 0, args, names, records)
+    records.write()
     return 0
 
 

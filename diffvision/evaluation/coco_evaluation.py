@@ -37,6 +37,7 @@ import torch
 
 from diffvision.data.catalog import get_detection_dataset, missing_data_hint
 from diffvision.engine import comm
+from diffvision.errors import DataError
 from diffvision.evaluation.reports import (
     coco_per_class,
     format_table,
@@ -45,7 +46,12 @@ from diffvision.evaluation.reports import (
     write_csv,
 )
 
-__all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file"]
+__all__ = [
+    "COCOEvaluator",
+    "demo_json_to_coco_results",
+    "instances_to_coco_results",
+    "resolve_json_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +99,53 @@ def instances_to_coco_results(
     for box, score, label in zip(boxes.tolist(), scores, labels):
         category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
         results.append({"image_id": image_id, "category_id": category, "bbox": box, "score": score})
+    return results
+
+
+def demo_json_to_coco_results(
+    detections: dict[str, Any], annotations: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """COCO results (``loadRes`` / ``COCOeval`` input) from a ``tools/demo.py --json`` file.
+
+    Images are matched by file name (the base name, so ``--input photos/`` and a json listing
+    ``train2017/a.jpg`` agree), categories by name. Usage::
+
+        demo = json.load(open("detections.json"))
+        gt = json.load(open("instances_val.json"))
+        json.dump(demo_json_to_coco_results(demo, gt), open("results.json", "w"))
+
+    Args:
+        detections: the parsed ``--json`` file.
+        annotations: the parsed COCO annotation json (``images``, ``categories``).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+
+    Raises:
+        DataError: an image of the detections the annotation file does not hold, or a category
+            name it does not know.
+    """
+    image_ids = {Path(im["file_name"]).name: im["id"] for im in annotations["images"]}
+    category_ids = {c["name"]: c["id"] for c in annotations["categories"]}
+    results = []
+    for record in detections["images"]:
+        if "detections" not in record:
+            continue  # an input the demo could not read
+        name = Path(record["file_name"]).name
+        if name not in image_ids:
+            raise DataError(f"{record['file_name']}: no image of that file name in the annotations")
+        for det in record["detections"]:
+            if det["category_name"] not in category_ids:
+                raise DataError(
+                    f"{record['file_name']}: category {det['category_name']!r} is not among the "
+                    f"annotations' categories ({', '.join(list(category_ids)[:10])}, ...)"
+                )
+            results.append({
+                "image_id": image_ids[name],
+                "category_id": category_ids[det["category_name"]],
+                "bbox": list(det["bbox"]),
+                "score": det["score"],
+            })  # fmt: skip
     return results
 
 
