@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections.
+"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections
+(or a DDeP / pixel-MLP segmentation model on images).
 
     python tools/demo.py --config projects/detection/diffdet_r50.yaml \
         --input photos/*.jpg --output out/ MODEL.WEIGHTS diffdet_coco_res50.pth
@@ -10,10 +11,10 @@
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
-Without ``--output`` (and ``--json``) images and frames are shown in a window. ``--input`` takes files, glob
-patterns and folders (every image inside, sorted); a file that cannot be read is skipped with a
-warning naming it and the batch goes on. Bad input ends with one line ``error: ...`` and exit
-status 2 (``--debug``: with the traceback).
+Without ``--output`` (and ``--json``) images and frames are shown in a window. ``--input`` takes
+files, glob patterns and folders (every image inside, sorted); a file that cannot be read is
+skipped with a warning naming it and the batch goes on. Bad input ends with one line
+``error: ...`` and exit status 2 (``--debug``: with the traceback).
 ``--onnx`` runs a file written by tools/export.py through onnxruntime instead (no config, no
 torch model; same resize, seeds, threshold and drawing, class names from the file).
 
@@ -60,7 +61,7 @@ from diffvision.data.image_io import read_image_rgb  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
+from diffvision.errors import CLIError, ConfigError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 
 COCO_CLASSES = (
@@ -292,6 +293,156 @@ def run_onnx(args, paths: list[str] | None) -> int:
     return 0
 
 
+# -- segmentation configs -------------------------------------------------------------------
+
+SEGMENTATION_TASKS = ("DDeP", "PixelMLP")
+
+
+def segmentation_outputs(output_dir: str, path: str) -> list[Path]:
+    """The colourised prediction and the raw label PNG written for input ``path``."""
+    stem = Path(path).stem
+    return [Path(output_dir) / f"{stem}_seg.png", Path(output_dir) / f"{stem}_label.png"]
+
+
+def segmentation_classes(cfg) -> tuple[list[str], np.ndarray]:
+    """Class names and ``(C, 3)`` RGB palette of the config's dataset (test set, else training
+    set); ``class_<i>`` and a fixed palette when it is not on disk."""
+    from diffvision.errors import UserInputError
+    from diffvision.evaluation.sem_seg import default_palette
+    from projects.segmentation.data import get_sem_seg_dataset
+
+    num = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    names, palette = [f"class_{i}" for i in range(num)], default_palette(num)
+    datasets = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    if datasets:
+        try:
+            _, meta = get_sem_seg_dataset(
+                datasets[0], toy_image_size=cfg.SEG.TOY_IMAGE_SIZE, require_masks=False
+            )
+        except (UserInputError, FileNotFoundError):
+            return names, palette
+        if len(meta.get("classes") or []) == num:
+            names = list(meta["classes"])
+        if meta.get("palette") is not None and len(meta["palette"]) >= num:
+            palette = np.asarray(meta["palette"], dtype=np.uint8)[:num]
+    return names, palette
+
+
+def build_segmenter(cfg):
+    """``predict(rgb (H, W, 3) uint8) -> (H, W) int64`` class indices of the config's task,
+    through the task's own evaluation inference (the model loaded strictly from
+    ``MODEL.WEIGHTS``; a checkpoint of another class count is an error)."""
+    from diffvision.data.seg_transforms import resize
+    from diffvision.engine.tasks import build_task
+    from diffvision.engine.weights import load_weights
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "DDeP" and cfg.MODEL.DDEP.MODE != "segment":
+        raise ConfigError(
+            f"MODEL.DDEP.MODE is {cfg.MODEL.DDEP.MODE!r}: a denoising model predicts no "
+            "segmentation; give a segment-mode config and its fine-tuned MODEL.WEIGHTS"
+        )
+    task = build_task(cfg)
+    model = task.build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        print("warning: MODEL.WEIGHTS is empty: the model keeps its random initialisation",
+              file=sys.stderr)  # fmt: skip
+    model.eval()
+    run = task.build_inference(cfg)
+    # the pixel MLPs classify features of a fixed-size image (their test loader's resize)
+    size = int(cfg.MODEL.PIXEL_MLP.IMAGE_SIZE) if arch == "PixelMLP" else 0
+
+    @torch.no_grad()
+    def predict(rgb: np.ndarray) -> torch.Tensor:
+        h, w = rgb.shape[:2]
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        if size:
+            image, _ = resize(image, None, size=(size, size))
+        label_size = tuple(image.shape[-2:])
+        inputs = [{"image": image, "sem_seg": torch.zeros(label_size, dtype=torch.int64),
+                   "file_name": "demo"}]  # fmt: skip
+        pred = run(model, inputs)[0]["sem_seg"]
+        pred = pred.argmax(0) if pred.ndim == 3 else pred
+        if tuple(pred.shape) != (h, w):
+            pred = torch.nn.functional.interpolate(pred[None, None].float(), size=(h, w),
+                                                   mode="nearest")[0, 0]  # fmt: skip
+        return pred.long().cpu()
+
+    return predict
+
+
+def legend(names: list[str], palette: np.ndarray, height: int) -> np.ndarray:
+    """A white RGB panel at least ``height`` tall: one colour swatch and name per class."""
+    row = 16
+    width = 24 + 7 * max(len(n) for n in names)
+    panel = np.full((max(height, row * len(names) + 4), width, 3), 255, np.uint8)
+    for k, name in enumerate(names):
+        y = 4 + k * row
+        color = tuple(int(c) for c in palette[k])
+        cv2.rectangle(panel, (4, y), (16, y + 11), color, -1)
+        cv2.rectangle(panel, (4, y), (16, y + 11), (0, 0, 0), 1)
+        cv2.putText(panel, name, (21, y + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return panel
+
+
+def colour_with_legend(label: np.ndarray, names: list[str], palette: np.ndarray) -> np.ndarray:
+    """RGB: the label map in the palette's colours, the legend to its right."""
+    from diffvision.evaluation.sem_seg import colorize
+
+    colour = np.asarray(colorize(label, palette))
+    key = legend(names, palette, colour.shape[0])
+    canvas = np.full((key.shape[0], colour.shape[1] + key.shape[1], 3), 255, np.uint8)
+    canvas[: colour.shape[0], : colour.shape[1]] = colour
+    canvas[:, colour.shape[1] :] = key
+    return canvas
+
+
+def run_segmentation(cfg, paths: list[str], args) -> int:
+    """The segmentation demo: per readable image the colourised prediction with a legend and
+    the raw label PNG (with ``--output``), its class pixel fractions in ``--json``; unreadable
+    images are skipped with a warning. Returns 0."""
+    from PIL import Image
+
+    predict = build_segmenter(cfg)
+    names, palette = segmentation_classes(cfg)
+    records = JsonRecords(args.json, names)
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = 0
+    for path in paths:
+        try:
+            rgb = read_image_rgb(path)
+        except (DataError, InputFileNotFoundError) as exc:
+            print(f"warning: skipped {path}: {exc}", file=sys.stderr)
+            records.add({"file_name": path, "error": str(exc)})
+            skipped += 1
+            continue
+        start = time.perf_counter()
+        label = predict(rgb).numpy()
+        counts = np.bincount(label.ravel(), minlength=len(names))
+        fractions = {n: float(c) / label.size for n, c in zip(names, counts)}
+        records.add({"file_name": path, "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
+                     "class_fractions": fractions})  # fmt: skip
+        print(f"{path}: segmented in {time.perf_counter() - start:.2f}s")
+        picture = colour_with_legend(label, names, palette)
+        if out_dir is not None:
+            seg_png, label_png = segmentation_outputs(args.output, path)
+            Image.fromarray(picture).save(seg_png)
+            Image.fromarray(label.astype(np.uint8), mode="L").save(label_png)
+        elif records.path is None:
+            cv2.imshow("segmentation", np.ascontiguousarray(picture[:, :, ::-1]))
+            if cv2.waitKey(0) == 27:
+                break
+    if skipped:
+        print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
+    records.write()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config")
@@ -323,11 +474,17 @@ def main(argv: list[str] | None = None) -> int:
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
     if (args.onnx is None) == (args.config is None):
         raise CLIError("give exactly one of --config and --onnx")
+    cfg = load_config(args.config, args.opts) if args.config else None
+    segmentation = cfg is not None and cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_TASKS
+    if segmentation and paths is None:
+        raise CLIError(f"{cfg.MODEL.META_ARCHITECTURE} configs take --input images, not video")
     if args.output:
         if paths is None:
             targets = [Path(args.output)]
         elif Path(args.output).is_file():
             raise CLIError(f"--output {args.output} is a file; images need a folder")
+        elif segmentation:
+            targets = [t for path in paths for t in segmentation_outputs(args.output, path)]
         else:
             targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
         refuse_to_replace(targets, overwrite=args.overwrite)
@@ -341,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--onnx takes no config overrides, got {' '.join(args.opts)}")
         return run_onnx(args, paths)
 
-    cfg = load_config(args.config, args.opts)
+    if segmentation:
+        return run_segmentation(cfg, paths, args)
     model = build_inference_model(cfg)
     names = class_names(cfg)
     records = JsonRecords(args.json, names)
