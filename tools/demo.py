@@ -206,20 +206,31 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
-def run_images(model, paths, args, names, records: JsonRecords) -> int:
-    """Detect on every readable image of ``paths``; returns how many were skipped."""
-    out_dir = Path(args.output) if args.output else None  # checked by main: not a file
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = 0
+def readable_images(paths: list[str], records: JsonRecords, skipped: list[str]):
+    """``(path, RGB array)`` of every input that can be read; the others are named in a
+    warning, recorded with their error in ``records`` and appended to ``skipped`` (a count
+    follows the last input)."""
     for path in paths:
         try:
             rgb = read_image_rgb(path)
         except (DataError, InputFileNotFoundError) as exc:
             print(f"warning: skipped {path}: {exc}", file=sys.stderr)
             records.add({"file_name": path, "error": str(exc)})
-            skipped += 1
+            skipped.append(path)
             continue
+        yield path, rgb
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(paths)} inputs that could not be read",
+              file=sys.stderr)  # fmt: skip
+
+
+def run_images(model, paths, args, names, records: JsonRecords) -> int:
+    """Detect on every readable image of ``paths``; returns how many were skipped."""
+    out_dir = Path(args.output) if args.output else None  # checked by main: not a file
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    for path, rgb in readable_images(paths, records, skipped):
         start = time.perf_counter()
         det = detect(model, rgb, args.confidence_threshold, args.seed)
         h, w = rgb.shape[:2]
@@ -232,9 +243,7 @@ def run_images(model, paths, args, names, records: JsonRecords) -> int:
             cv2.imshow("DiffusionDet", canvas)
             if cv2.waitKey(0) == 27:
                 break
-    if skipped:
-        print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
-    return skipped
+    return len(skipped)
 
 
 def run_stream(model, source, args, names, records: JsonRecords) -> None:
@@ -412,15 +421,7 @@ def run_segmentation(cfg, paths: list[str], args) -> int:
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = 0
-    for path in paths:
-        try:
-            rgb = read_image_rgb(path)
-        except (DataError, InputFileNotFoundError) as exc:
-            print(f"warning: skipped {path}: {exc}", file=sys.stderr)
-            records.add({"file_name": path, "error": str(exc)})
-            skipped += 1
-            continue
+    for path, rgb in readable_images(paths, records, []):
         start = time.perf_counter()
         label = predict(rgb).numpy()
         counts = np.bincount(label.ravel(), minlength=len(names))
@@ -437,8 +438,6 @@ def run_segmentation(cfg, paths: list[str], args) -> int:
             cv2.imshow("segmentation", np.ascontiguousarray(picture[:, :, ::-1]))
             if cv2.waitKey(0) == 27:
                 break
-    if skipped:
-        print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
     records.write()
     return 0
 

@@ -25,25 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from diffvision.data.toy_detection import ensure_toy_detection  # noqa: E402
+from projects.detection.experiments.backbone_comparison import _mean_std, _run  # noqa: E402
 
 CONFIG = "projects/detection/diffdet_effnetlite0_finetune.yaml"
 PRETRAIN_CONFIG = "projects/detection/diffdet_effnetlite0_toy.yaml"
-
-
-def _run(cmd: list[str], log: Path) -> float:
-    start = time.time()
-    with open(log, "w") as f:
-        subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
-    return time.time() - start
 
 
 def _final_metrics(run_dir: Path) -> dict[str, float]:
@@ -52,15 +44,6 @@ def _final_metrics(run_dir: Path) -> dict[str, float]:
     evals = [r for r in rows if any(k.endswith("bbox/AP") for k in r)]
     row = evals[-1]
     return {k.rsplit("/", 1)[-1]: v for k, v in row.items() if "/bbox/" in f"/{k}"}
-
-
-def _mean_std(values: list[float]) -> str:
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return f"{mean:.1f}"
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return f"{mean:.1f} ± {std:.1f}"
 
 
 def main() -> None:
@@ -118,8 +101,8 @@ def main() -> None:
     print("| start | seeds | AP | AP50 |\n|---|---|---|---|")
     for start, entry in results.items():
         print(
-            f"| {start} | {','.join(entry['seeds'])} | {_mean_std(entry['AP'])} | "
-            f"{_mean_std(entry['AP50'])} |"
+            f"| {start} | {','.join(entry['seeds'])} | {_mean_std(entry['AP'], 1)} | "
+            f"{_mean_std(entry['AP50'], 1)} |"
         )
 
 
