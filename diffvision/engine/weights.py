@@ -48,7 +48,8 @@ from diffvision.errors import (
     UnknownNameError,
     WeightsError,
 )
-from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict, safe_torch_load
+from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict
+from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = [
     "ClassCountError",

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffvision.engine import comm
 from diffvision.evaluation.reports import format_table, report_file, write_csv
+from diffvision.utils import comm
 
 __all__ = [
     "SemSegEvaluator",
