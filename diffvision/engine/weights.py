@@ -53,7 +53,6 @@ from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = [
     "ClassCountError",
-    "checkpoint_num_classes",
     "load_weights",
     "read_weights",
     "register_weight_converter",
@@ -108,16 +107,6 @@ def _class_keys(model: nn.Module, keys) -> list[str]:
     """The names among ``keys`` that match the model's ``weights_class_keys`` patterns."""
     patterns = tuple(getattr(model, "weights_class_keys", ()))
     return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
-
-
-def checkpoint_num_classes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
-    """The class count of ``state`` as seen through ``model``'s class tensors (the first
-    dimension of the first class tensor the file holds), None when it holds none."""
-    target = getattr(model, "module", model).state_dict()
-    for key in _class_keys(model, [k for k in state if k in target]):
-        if state[key].ndim >= 1:
-            return int(state[key].shape[0])
-    return None
 
 
 def _class_change(
