@@ -139,7 +139,8 @@ def plot_pr_curves(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:  # a class-less panel has no legend
+            ax.legend(fontsize=8, loc="lower left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
