@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections.
+"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections
+(or a DDeP / pixel-MLP segmentation model on images).
 
     python tools/demo.py --config projects/detection/diffdet_r50.yaml \
         --input photos/*.jpg --output out/ MODEL.WEIGHTS diffdet_coco_res50.pth
@@ -10,18 +11,40 @@
 
 ``--confidence-threshold`` (default 0.5) filters every path - images, video and webcam (the
 official demo ignores it for videos and draws every box, ShoufaChen/DiffusionDet #81/#87/#115).
-Without ``--output`` images and frames are shown in a window. ``--input`` takes files, glob
-patterns and folders (every image inside, sorted); a file that cannot be read is skipped with a
-warning naming it and the batch goes on. Bad input ends with one line ``error: ...`` and exit
-status 2 (``--debug``: with the traceback).
+Without ``--output`` (and ``--json``) images and frames are shown in a window. ``--input`` takes
+files, glob patterns and folders (every image inside, sorted); a file that cannot be read is
+skipped with a warning naming it and the batch goes on. Bad input ends with one line
+``error: ...`` and exit status 2 (``--debug``: with the traceback).
 ``--onnx`` runs a file written by tools/export.py through onnxruntime instead (no config, no
 torch model; same resize, seeds, threshold and drawing, class names from the file).
+
+``--json PATH`` also writes every input's detections (above the threshold) into one JSON file::
+
+    {"categories": [{"id": 0, "name": "person"}, ...],
+     "images": [{"file_name": "photos/a.jpg", "height": 480, "width": 640,
+                 "detections": [{"bbox": [x, y, w, h], "score": 0.93, "category_id": 0,
+                                 "category_name": "person"}, ...]}, ...]}
+
+``bbox`` is in the original image's pixels, ``category_id`` the model's 0-based class index; a
+video frame adds ``"frame"`` (0-based), an unreadable image ``"error"`` instead of detections.
+``diffvision.evaluation.coco_evaluation.demo_json_to_coco_results`` turns it into COCO results
+for an annotation file (images matched by file name, categories by name).
+
+Segmentation configs (``MODEL.META_ARCHITECTURE`` DDeP in segment mode, or PixelMLP) write, per
+input image, ``<stem>_seg.png`` (the colourised prediction with a legend of class names) and
+``<stem>_label.png`` (the raw class indices, trainIds); ``--json`` holds each image's fraction of
+pixels per class::
+
+    python tools/demo.py --config projects/segmentation/configs/ddep_toy_finetune_r18.yaml \
+        --input scenes/ --output seg_out/ --json seg_out/fractions.json MODEL.WEIGHTS model.pth
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +61,7 @@ from diffvision.data.image_io import read_image_rgb  # noqa: E402
 from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config  # noqa: E402
 from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
+from diffvision.errors import CLIError, ConfigError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 
 COCO_CLASSES = (
@@ -100,6 +123,61 @@ def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
     return canvas
 
 
+def detection_entry(det: dict, names: list[str], **fields) -> dict:
+    """One input's ``--json`` record: ``fields`` (file name, size, frame) and its detections
+    with ``bbox`` [x, y, w, h] in original pixels, ``score``, ``category_id``, ``category_name``."""
+    detections = []
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                 det["labels"].tolist()):  # fmt: skip
+        x1, y1, x2, y2 = box
+        detections.append({
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": score,
+            "category_id": int(label),
+            "category_name": names[label] if label < len(names) else str(label),
+        })  # fmt: skip
+    return {**fields, "detections": detections}
+
+
+class JsonRecords:
+    """The ``--json`` file: records collected per input, written once at the end (via a
+    temporary file renamed into place, so an interrupted run leaves no partial file)."""
+
+    def __init__(self, path: str | None, names: list[str]) -> None:
+        self.path = Path(path) if path else None
+        self.names = names
+        self.images: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        if self.path is not None:
+            self.images.append(record)
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        categories = [{"id": i, "name": n} for i, n in enumerate(self.names)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"categories": categories, "images": self.images}, indent=1))
+        os.replace(tmp, self.path)
+        print(f"wrote {len(self.images)} records to {self.path}")
+
+
+def check_json_path(path: str, overwrite: bool) -> None:
+    """``--json``'s folder exists, the path is no folder, an existing file only with
+    ``--overwrite`` (checked before any work).
+
+    Raises:
+        CLIError: naming the path and what is wrong.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"--json {path} is a folder; expected a file name such as out.json")
+    parent = target.parent
+    if not parent.is_dir():
+        raise CLIError(f"--json {path}: folder {parent} does not exist; create it first")
+    refuse_to_replace([target], overwrite=overwrite, flag="--json")
+
+
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Image paths of ``--input``: files as given, glob patterns expanded, folders listed
     (images directly inside, sorted by name).
@@ -128,35 +206,47 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
-def run_images(model, paths, args, names) -> int:
-    """Detect on every readable image of ``paths``; returns how many were skipped."""
-    out_dir = Path(args.output) if args.output else None  # checked by main: not a file
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = 0
+def readable_images(paths: list[str], records: JsonRecords, skipped: list[str]):
+    """``(path, RGB array)`` of every input that can be read; the others are named in a
+    warning, recorded with their error in ``records`` and appended to ``skipped`` (a count
+    follows the last input)."""
     for path in paths:
         try:
             rgb = read_image_rgb(path)
         except (DataError, InputFileNotFoundError) as exc:
             print(f"warning: skipped {path}: {exc}", file=sys.stderr)
-            skipped += 1
+            records.add({"file_name": path, "error": str(exc)})
+            skipped.append(path)
             continue
+        yield path, rgb
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(paths)} inputs that could not be read",
+              file=sys.stderr)  # fmt: skip
+
+
+def run_images(model, paths, args, names, records: JsonRecords) -> int:
+    """Detect on every readable image of ``paths``; returns how many were skipped."""
+    out_dir = Path(args.output) if args.output else None  # checked by main: not a file
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    for path, rgb in readable_images(paths, records, skipped):
         start = time.perf_counter()
         det = detect(model, rgb, args.confidence_threshold, args.seed)
+        h, w = rgb.shape[:2]
+        records.add(detection_entry(det, names, file_name=path, height=h, width=w))
         print(f"{path}: {len(det['scores'])} detections in {time.perf_counter() - start:.2f}s")
         canvas = draw(np.ascontiguousarray(rgb[:, :, ::-1]), det, names)
         if out_dir is not None:
             cv2.imwrite(str(out_dir / (Path(path).stem + ".jpg")), canvas)
-        else:
+        elif records.path is None:  # neither --output nor --json: show it
             cv2.imshow("DiffusionDet", canvas)
             if cv2.waitKey(0) == 27:
                 break
-    if skipped:
-        print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
-    return skipped
+    return len(skipped)
 
 
-def run_stream(model, source, args, names) -> None:
+def run_stream(model, source, args, names, records: JsonRecords) -> None:
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         kind = "camera" if isinstance(source, int) else "video file"
@@ -170,6 +260,9 @@ def run_stream(model, source, args, names) -> None:
                 break
             det = detect(model, np.ascontiguousarray(frame_bgr[:, :, ::-1]),
                          args.confidence_threshold, args.seed)  # fmt: skip
+            h, w = frame_bgr.shape[:2]
+            records.add(detection_entry(det, names, file_name=str(source), frame=frames,
+                                        height=h, width=w))  # fmt: skip
             canvas = draw(frame_bgr, det, names)
             frames += 1
             if args.output:
@@ -180,7 +273,7 @@ def run_stream(model, source, args, names) -> None:
                     h, w = canvas.shape[:2]
                     writer = cv2.VideoWriter(args.output, fourcc, fps, (w, h))
                 writer.write(canvas)
-            else:
+            elif records.path is None:
                 cv2.imshow("DiffusionDet", canvas)
                 if cv2.waitKey(1) == 27:
                     break
@@ -188,7 +281,7 @@ def run_stream(model, source, args, names) -> None:
         capture.release()
         if writer is not None:
             writer.release()
-        if not args.output:
+        if not args.output and records.path is None:
             cv2.destroyAllWindows()
     print(f"processed {frames} frames")
 
@@ -200,10 +293,152 @@ def run_onnx(args, paths: list[str] | None) -> int:
     model = OnnxDetector(args.onnx)
     n = int(model.metadata.get("num_classes", 0))
     names = model.metadata.get("class_names") or [str(i) for i in range(n)]
+    records = JsonRecords(args.json, names)
     if paths is not None:
-        run_images(model, paths, args, names)
+        run_images(model, paths, args, names, records)
     else:
-        run_stream(model, args.video_input if args.video_input else 0, args, names)
+        run_stream(model, args.video_input if args.video_input else 0, args, names, records)
+    records.write()
+    return 0
+
+
+# -- segmentation configs -------------------------------------------------------------------
+
+SEGMENTATION_TASKS = ("DDeP", "PixelMLP")
+
+
+def segmentation_outputs(output_dir: str, path: str) -> list[Path]:
+    """The colourised prediction and the raw label PNG written for input ``path``."""
+    stem = Path(path).stem
+    return [Path(output_dir) / f"{stem}_seg.png", Path(output_dir) / f"{stem}_label.png"]
+
+
+def segmentation_classes(cfg) -> tuple[list[str], np.ndarray]:
+    """Class names and ``(C, 3)`` RGB palette of the config's dataset (test set, else training
+    set); ``class_<i>`` and a fixed palette when it is not on disk."""
+    from diffvision.errors import UserInputError
+    from diffvision.evaluation.sem_seg import default_palette
+    from projects.segmentation.data import get_sem_seg_dataset
+
+    num = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    names, palette = [f"class_{i}" for i in range(num)], default_palette(num)
+    datasets = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    if datasets:
+        try:
+            _, meta = get_sem_seg_dataset(
+                datasets[0], toy_image_size=cfg.SEG.TOY_IMAGE_SIZE, require_masks=False
+            )
+        except (UserInputError, FileNotFoundError):
+            return names, palette
+        if len(meta.get("classes") or []) == num:
+            names = list(meta["classes"])
+        if meta.get("palette") is not None and len(meta["palette"]) >= num:
+            palette = np.asarray(meta["palette"], dtype=np.uint8)[:num]
+    return names, palette
+
+
+def build_segmenter(cfg):
+    """``predict(rgb (H, W, 3) uint8) -> (H, W) int64`` class indices of the config's task,
+    through the task's own evaluation inference (the model loaded strictly from
+    ``MODEL.WEIGHTS``; a checkpoint of another class count is an error)."""
+    from diffvision.data.seg_transforms import resize
+    from diffvision.engine.tasks import build_task
+    from diffvision.engine.weights import load_weights
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "DDeP" and cfg.MODEL.DDEP.MODE != "segment":
+        raise ConfigError(
+            f"MODEL.DDEP.MODE is {cfg.MODEL.DDEP.MODE!r}: a denoising model predicts no "
+            "segmentation; give a segment-mode config and its fine-tuned MODEL.WEIGHTS"
+        )
+    task = build_task(cfg)
+    model = task.build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        print("warning: MODEL.WEIGHTS is empty: the model keeps its random initialisation",
+              file=sys.stderr)  # fmt: skip
+    model.eval()
+    run = task.build_inference(cfg)
+    # the pixel MLPs classify features of a fixed-size image (their test loader's resize)
+    size = int(cfg.MODEL.PIXEL_MLP.IMAGE_SIZE) if arch == "PixelMLP" else 0
+
+    @torch.no_grad()
+    def predict(rgb: np.ndarray) -> torch.Tensor:
+        h, w = rgb.shape[:2]
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        if size:
+            image, _ = resize(image, None, size=(size, size))
+        label_size = tuple(image.shape[-2:])
+        inputs = [{"image": image, "sem_seg": torch.zeros(label_size, dtype=torch.int64),
+                   "file_name": "demo"}]  # fmt: skip
+        pred = run(model, inputs)[0]["sem_seg"]
+        pred = pred.argmax(0) if pred.ndim == 3 else pred
+        if tuple(pred.shape) != (h, w):
+            pred = torch.nn.functional.interpolate(pred[None, None].float(), size=(h, w),
+                                                   mode="nearest")[0, 0]  # fmt: skip
+        return pred.long().cpu()
+
+    return predict
+
+
+def legend(names: list[str], palette: np.ndarray, height: int) -> np.ndarray:
+    """A white RGB panel at least ``height`` tall: one colour swatch and name per class."""
+    row = 16
+    width = 24 + 7 * max(len(n) for n in names)
+    panel = np.full((max(height, row * len(names) + 4), width, 3), 255, np.uint8)
+    for k, name in enumerate(names):
+        y = 4 + k * row
+        color = tuple(int(c) for c in palette[k])
+        cv2.rectangle(panel, (4, y), (16, y + 11), color, -1)
+        cv2.rectangle(panel, (4, y), (16, y + 11), (0, 0, 0), 1)
+        cv2.putText(panel, name, (21, y + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return panel
+
+
+def colour_with_legend(label: np.ndarray, names: list[str], palette: np.ndarray) -> np.ndarray:
+    """RGB: the label map in the palette's colours, the legend to its right."""
+    from diffvision.evaluation.sem_seg import colorize
+
+    colour = np.asarray(colorize(label, palette))
+    key = legend(names, palette, colour.shape[0])
+    canvas = np.full((key.shape[0], colour.shape[1] + key.shape[1], 3), 255, np.uint8)
+    canvas[: colour.shape[0], : colour.shape[1]] = colour
+    canvas[:, colour.shape[1] :] = key
+    return canvas
+
+
+def run_segmentation(cfg, paths: list[str], args) -> int:
+    """The segmentation demo: per readable image the colourised prediction with a legend and
+    the raw label PNG (with ``--output``), its class pixel fractions in ``--json``; unreadable
+    images are skipped with a warning. Returns 0."""
+    from PIL import Image
+
+    predict = build_segmenter(cfg)
+    names, palette = segmentation_classes(cfg)
+    records = JsonRecords(args.json, names)
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for path, rgb in readable_images(paths, records, []):
+        start = time.perf_counter()
+        label = predict(rgb).numpy()
+        counts = np.bincount(label.ravel(), minlength=len(names))
+        fractions = {n: float(c) / label.size for n, c in zip(names, counts)}
+        records.add({"file_name": path, "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
+                     "class_fractions": fractions})  # fmt: skip
+        print(f"{path}: segmented in {time.perf_counter() - start:.2f}s")
+        picture = colour_with_legend(label, names, palette)
+        if out_dir is not None:
+            seg_png, label_png = segmentation_outputs(args.output, path)
+            Image.fromarray(picture).save(seg_png)
+            Image.fromarray(label.astype(np.uint8), mode="L").save(label_png)
+        elif records.path is None:
+            cv2.imshow("segmentation", np.ascontiguousarray(picture[:, :, ::-1]))
+            if cv2.waitKey(0) == 27:
+                break
+    records.write()
     return 0
 
 
@@ -216,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="camera 0")
     parser.add_argument("--output", help="folder for images; file (.mp4 or .avi) for video")
+    parser.add_argument("--json", help="also write every input's detections to this JSON file")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
     parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
@@ -237,14 +473,22 @@ def main(argv: list[str] | None = None) -> int:
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
     if (args.onnx is None) == (args.config is None):
         raise CLIError("give exactly one of --config and --onnx")
+    cfg = load_config(args.config, args.opts) if args.config else None
+    segmentation = cfg is not None and cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_TASKS
+    if segmentation and paths is None:
+        raise CLIError(f"{cfg.MODEL.META_ARCHITECTURE} configs take --input images, not video")
     if args.output:
         if paths is None:
             targets = [Path(args.output)]
         elif Path(args.output).is_file():
             raise CLIError(f"--output {args.output} is a file; images need a folder")
+        elif segmentation:
+            targets = [t for path in paths for t in segmentation_outputs(args.output, path)]
         else:
             targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
         refuse_to_replace(targets, overwrite=args.overwrite)
+    if args.json:
+        check_json_path(args.json, args.overwrite)
     if args.onnx:
         if not Path(args.onnx).is_file():
             what = "is a folder" if Path(args.onnx).is_dir() else "does not exist"
@@ -253,16 +497,19 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--onnx takes no config overrides, got {' '.join(args.opts)}")
         return run_onnx(args, paths)
 
-    cfg = load_config(args.config, args.opts)
+    if segmentation:
+        return run_segmentation(cfg, paths, args)
     model = build_inference_model(cfg)
     names = class_names(cfg)
+    records = JsonRecords(args.json, names)
     with torch.no_grad():
         if paths is not None:
-            run_images(model, paths, args, names)
+            run_images(model, paths, args, names, records)
         elif args.video_input:
-            run_stream(model, args.video_input, args, names)
+            run_stream(model, args.video_input, args, names, records)
         else:
-            run_stream(model, 0, args, names)
+            run_stream(model, 0, args, names, records)
+    records.write()
     return 0
 
 

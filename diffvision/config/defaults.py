@@ -40,6 +40,10 @@ def build_default_config() -> CN:
         "DEVICE": "cuda" if torch.cuda.is_available() else "cpu",
         # Path or URL of weights to initialise from ("" = none). detectron2:// URLs are understood.
         "WEIGHTS": "",
+        # Training from MODEL.WEIGHTS of another class count: the checkpoint's class names in its
+        # class order, or one COCO json / detection dataset name whose categories are they. The
+        # rows of classes the training set shares by name are kept (the others start fresh).
+        "WEIGHTS_CLASS_MAP": [],
         # RGB, 0-255 scale (detectron2's torchvision-style statistics).
         "PIXEL_MEAN": [123.675, 116.280, 103.530],
         "PIXEL_STD": Ranged([58.395, 57.120, 57.375], ">0"),

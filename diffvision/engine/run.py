@@ -39,7 +39,7 @@ from diffvision.engine.hooks import (
 )
 from diffvision.engine.tasks import Task, build_task
 from diffvision.engine.trainer import Trainer
-from diffvision.engine.weights import load_weights
+from diffvision.engine.weights import load_weights, weights_class_names
 from diffvision.errors import ConfigError
 from diffvision.utils import comm
 
@@ -74,8 +74,13 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, float]:
     seed = build_seed(cfg)
     with building_from_config(f"cannot build the {cfg.MODEL.META_ARCHITECTURE} model"):
         model = task.build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:  # another class count: a fine-tune, its class layers start fresh
+        load_weights(
+            model,
+            cfg.MODEL.WEIGHTS,
+            allow_class_change=True,
+            class_names=weights_class_names(cfg),
+        )
     with building_from_config("cannot build the optimizer or LR schedule"):
         optimizer = build_optimizer(cfg, model)
         scheduler = build_lr_scheduler(cfg, optimizer)

@@ -15,6 +15,10 @@ with :func:`diffvision.utils.comm.all_gather`, written to ``coco_instances_resul
 scored with ``COCOeval`` (``maxDets`` 1/10/100, as detectron2's evaluator; every prediction is
 submitted). AP values are percentages; a metric without ground truth (e.g. APl when there are
 no large objects) is NaN.
+
+After scoring, a per-class table (AP and AP50) goes to the log and, with ``output_dir``, to
+``<dataset>_per_class.csv``, and the precision-recall curves (all classes, worst classes) to
+``<dataset>_pr_curves.png`` (:mod:`diffvision.evaluation.reports`).
 """
 
 from __future__ import annotations
@@ -32,9 +36,22 @@ import numpy as np
 import torch
 
 from diffvision.data.catalog import get_detection_dataset, missing_data_hint
+from diffvision.errors import DataError
+from diffvision.evaluation.reports import (
+    coco_per_class,
+    format_table,
+    plot_pr_curves,
+    report_file,
+    write_csv,
+)
 from diffvision.utils import comm
 
-__all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file"]
+__all__ = [
+    "COCOEvaluator",
+    "demo_json_to_coco_results",
+    "instances_to_coco_results",
+    "resolve_json_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +99,53 @@ def instances_to_coco_results(
     for box, score, label in zip(boxes.tolist(), scores, labels):
         category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
         results.append({"image_id": image_id, "category_id": category, "bbox": box, "score": score})
+    return results
+
+
+def demo_json_to_coco_results(
+    detections: dict[str, Any], annotations: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """COCO results (``loadRes`` / ``COCOeval`` input) from a ``tools/demo.py --json`` file.
+
+    Images are matched by file name (the base name, so ``--input photos/`` and a json listing
+    ``train2017/a.jpg`` agree), categories by name. Usage::
+
+        demo = json.load(open("detections.json"))
+        gt = json.load(open("instances_val.json"))
+        json.dump(demo_json_to_coco_results(demo, gt), open("results.json", "w"))
+
+    Args:
+        detections: the parsed ``--json`` file.
+        annotations: the parsed COCO annotation json (``images``, ``categories``).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+
+    Raises:
+        DataError: an image of the detections the annotation file does not hold, or a category
+            name it does not know.
+    """
+    image_ids = {Path(im["file_name"]).name: im["id"] for im in annotations["images"]}
+    category_ids = {c["name"]: c["id"] for c in annotations["categories"]}
+    results = []
+    for record in detections["images"]:
+        if "detections" not in record:
+            continue  # an input the demo could not read
+        name = Path(record["file_name"]).name
+        if name not in image_ids:
+            raise DataError(f"{record['file_name']}: no image of that file name in the annotations")
+        for det in record["detections"]:
+            if det["category_name"] not in category_ids:
+                raise DataError(
+                    f"{record['file_name']}: category {det['category_name']!r} is not among the "
+                    f"annotations' categories ({', '.join(list(category_ids)[:10])}, ...)"
+                )
+            results.append({
+                "image_id": image_ids[name],
+                "category_id": category_ids[det["category_name"]],
+                "bbox": list(det["bbox"]),
+                "score": det["score"],
+            })  # fmt: skip
     return results
 
 
@@ -197,6 +261,24 @@ class COCOEvaluator:
     def _sorted_category_ids(gt: Any) -> list[int]:
         return sorted(gt.getCatIds())
 
+    def _report(self, precision: np.ndarray, class_names: list[str]) -> None:
+        """Per-class AP / AP50 table to the log (and CSV), PR curves to a PNG (with
+        ``output_dir``), from the accumulated ``precision`` array."""
+        rows = coco_per_class(precision, class_names)
+        header = ("class", "AP", "AP50")
+        logger.info("%s per-class box AP:\n%s", self.dataset_name, format_table(header, rows))
+        if self.output_dir is None:
+            return
+        csv_path = write_csv(report_file(self.output_dir, self.dataset_name, "per_class.csv"),
+                             header, rows)  # fmt: skip
+        png_path = plot_pr_curves(
+            precision,
+            class_names,
+            report_file(self.output_dir, self.dataset_name, "pr_curves.png"),
+            title=f"{self.dataset_name} box precision-recall",
+        )
+        logger.info("Wrote %s and %s", csv_path, png_path)
+
     def _score(self, gt: Any, results: list[dict], image_ids: list[int]) -> dict[str, float]:
         from pycocotools.cocoeval import COCOeval
 
@@ -221,8 +303,7 @@ class COCOEvaluator:
         }
         # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
         precision = coco_eval.eval["precision"]
-        for k, name in enumerate(class_names):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            metrics[f"bbox/AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
+        for name, ap, _ in coco_per_class(precision, class_names):
+            metrics[f"bbox/AP-{name}"] = ap
+        self._report(precision, class_names)
         return metrics

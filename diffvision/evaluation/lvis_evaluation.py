@@ -1,9 +1,9 @@
 """LVIS box AP (with APr / APc / APf) using the ``lvis`` package.
 
-Same protocol and prediction format as :class:`~.coco_evaluation.COCOEvaluator`;
-results go to ``lvis_instances_results.json``. ``LVISResults(max_dets=300)`` keeps the top 300
-detections per image by score, as detectron2's LVIS evaluator
-(``detectron2/evaluation/lvis_evaluation.py``).
+Same protocol and prediction format as :class:`~.coco_evaluation.COCOEvaluator`; results go to
+``lvis_instances_results.json``, the per-class table and precision-recall curves as for COCO.
+``LVISResults(max_dets=300)`` keeps the top 300 detections per image by score, as detectron2's
+LVIS evaluator (``detectron2/evaluation/lvis_evaluation.py``).
 
 The ``lvis`` package (0.5.3) still uses ``np.float``, which NumPy 2 removed; evaluation runs
 inside :func:`numpy_float_alias`, which restores the alias (to the builtin ``float``, what it
@@ -87,6 +87,8 @@ class LVISEvaluator(COCOEvaluator):
             lvis_eval.print_results()
         logger.info("LVISEval:\n%s", buf.getvalue())
         stats = lvis_eval.get_results()
+        ids = self._sorted_category_ids(gt)
+        self._report(lvis_eval.eval["precision"], [gt.cats[c]["name"] for c in ids])
         return {
             f"bbox/{m}": float(stats[m] * 100) if stats[m] >= 0 else float("nan")
             for m in _LVIS_METRICS

@@ -1,17 +1,19 @@
 """Semantic-segmentation evaluation: confusion matrix → per-class IoU, mIoU, pixel accuracy.
 
-Metric (Cityscapes ``evalPixelLevelSemanticLabeling.py`` / mmseg ``IoUMetric``): one confusion
-matrix ``M[g, p]`` (ground truth ``g``, prediction ``p``) accumulated over the *whole* evaluated
-set, not averaged per image. Pixels whose ground truth is ``ignore_label`` are dropped before
-counting, so predictions on ignored pixels are never penalised. With ``TP_c = M[c, c]``,
-``FN_c = Σ_p M[c, p] − TP_c``, ``FP_c = Σ_g M[g, c] − TP_c``::
+Metric (the Cityscapes official script, ``cityscapesscripts`` ``evalPixelLevelSemanticLabeling``,
+and mmsegmentation's ``IoUMetric``): one confusion matrix ``M[g, p]`` (ground truth ``g``,
+prediction ``p``) accumulated over the *whole* evaluated set, not averaged per image. Pixels
+whose ground truth is ``ignore_label`` are dropped before counting, so predictions on ignored
+pixels are never penalised. With ``TP_c = M[c, c]``, ``FN_c = Σ_p M[c, p] − TP_c``,
+``FP_c = Σ_g M[g, c] − TP_c``::
 
     IoU_c = TP_c / (TP_c + FP_c + FN_c)          (NaN when the denominator is 0)
     mIoU  = nanmean_c IoU_c                       (over the evaluated classes)
     pACC  = Σ_c TP_c / Σ_{g,p} M[g, p]
 
-Note the DDPM-segmentation repository instead scores absent classes as 0 (``src/utils.py``); we
-follow the Cityscapes nan-mean.
+Note the DDPM-segmentation repository (``yandex-research/ddpm-segmentation``) instead scores
+absent classes as 0; we follow the Cityscapes nan-mean. After every evaluation the per-class IoU
+table goes to the log and, with ``report_dir``, to ``<dataset>_per_class.csv``.
 
 Inference helpers run a ``logits_fn: (B, 3, h, w) -> (B, C, h, w)`` on a whole image or over a
 sliding window (overlapping logits averaged), and :func:`colorize` / :func:`overlay` write
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffvision.evaluation.reports import format_table, report_file, write_csv
 from diffvision.utils import comm
 
 __all__ = [
@@ -185,6 +188,9 @@ class SemSegEvaluator:
         palette: ``(C, 3)`` colours for visualisations; default :func:`default_palette`.
         output_dir: where to write overlays (``<output_dir>/<name>.png``); ``None`` writes none.
         num_visualizations: overlays for the first this-many processed images.
+        report_dir: where the per-class IoU table is written as ``<dataset_name>_per_class.csv``
+            (``None``: the log only).
+        dataset_name: names the table and its file.
     """
 
     def __init__(
@@ -196,6 +202,8 @@ class SemSegEvaluator:
         palette: Sequence[Sequence[int]] | None = None,
         output_dir: str | Path | None = None,
         num_visualizations: int = 4,
+        report_dir: str | Path | None = None,
+        dataset_name: str = "sem_seg",
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -207,6 +215,8 @@ class SemSegEvaluator:
         self.palette = np.asarray(palette if palette is not None else default_palette(num_classes))
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.num_visualizations = num_visualizations
+        self.report_dir = Path(report_dir) if report_dir is not None else None
+        self.dataset_name = str(dataset_name)
         self.reset()
 
     def reset(self) -> None:
@@ -288,6 +298,13 @@ class SemSegEvaluator:
             "sem_seg/mIoU": 100.0 * result["miou"],
             "sem_seg/pACC": 100.0 * result["pacc"],
         }
-        for name, iou in zip(self.class_names, result["iou"]):
+        rows = []
+        for name, iou, acc in zip(self.class_names, result["iou"], result["acc"]):
             metrics[f"sem_seg/IoU-{name}"] = 100.0 * float(iou)
+            rows.append((name, 100.0 * float(iou), 100.0 * float(acc)))
+        header = ("class", "IoU", "Acc")
+        logger.info("%s per-class IoU:\n%s", self.dataset_name, format_table(header, rows))
+        if self.report_dir is not None:
+            path = report_file(self.report_dir, self.dataset_name, "per_class.csv")
+            logger.info("Wrote %s", write_csv(path, header, rows))
         return metrics

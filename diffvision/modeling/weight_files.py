@@ -96,7 +96,8 @@ def _to_tensors(obj: Mapping) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in obj.items():
         if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            # ascontiguousarray turns a 0-d array (a BN counter) into shape (1,): keep the shape
+            value = torch.from_numpy(np.ascontiguousarray(value).reshape(value.shape))
         elif not isinstance(value, torch.Tensor):
             continue  # e.g. scalar metadata
         out[str(key)] = value

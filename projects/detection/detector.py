@@ -93,6 +93,10 @@ class DiffusionDet(nn.Module):
         min_size_test, max_size_test: :meth:`predict`'s resize (detectron2 ``ResizeShortestEdge``).
     """
 
+    # load_weights: the tensors whose first dimension counts classes (a fine-tune to another
+    # class count re-initialises exactly these)
+    weights_class_keys = ("head.head_series.*.class_logits.*", "criterion.fed_loss_cls_weights")
+
     def __init__(
         self,
         *,

@@ -202,4 +202,6 @@ def sem_seg_evaluator_kwargs(cfg, dataset_name: str) -> dict:
         "palette": meta.get("palette"),
         "output_dir": vis_dir if comm.is_main_process() else None,
         "num_visualizations": cfg.SEG.NUM_VIS,
+        "report_dir": cfg.OUTPUT_DIR if comm.is_main_process() else None,
+        "dataset_name": Path(dataset_name).name,
     }

@@ -260,6 +260,8 @@ class DDeP(nn.Module):
 
     # load_weights: a denoising checkpoint (3-channel head) initialises a C-class segmenter.
     weights_reinit_on_mismatch = ("network.head.",)
+    # load_weights: the segmentation head's outputs are the classes
+    weights_class_keys = ("network.head.*",)
 
     def __init__(
         self,

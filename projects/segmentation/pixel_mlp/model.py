@@ -68,6 +68,9 @@ class PixelMLPEnsemble(nn.Module):
         eval: ``{"features": (N, D)}`` → ``[{"logits": (M, N, C)}]``.
     """
 
+    # load_weights: each MLP's last Linear (index 6 of make_pixel_mlp) outputs the classes
+    weights_class_keys = ("models.*.6.*",)
+
     def __init__(self, *, in_features: int, num_classes: int, num_models: int = 10) -> None:
         super().__init__()
         if num_models < 1:
