@@ -98,6 +98,10 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
     for key, value in defaults.items():
         _default(d, key, value)
 
+    # number format of inference convolutions/matmuls: fp32, bf16 or fp16 (fp16 refused on CPU);
+    # boxes, scores and outputs stay float32 (DiffusionDet.set_precision checks the value)
+    _default(cfg.TEST, "PRECISION", "fp32")
+
     swin = _node(cfg.MODEL, "SWIN")
     _default(swin, "SIZE", "B")  # T, S, B, B-22k
     _default(swin, "USE_CHECKPOINT", False)
