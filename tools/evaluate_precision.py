@@ -11,7 +11,7 @@ Variants (``--variants``): ``fp32`` (eager, the reference), ``bf16`` and ``fp16`
 normal use there), ``onnx-fp32`` (the ``tools/export.py`` graph in onnxruntime), ``onnx-int8``
 and ``onnx-int8-dynamic`` (``--quantize int8`` with static calibration on the first
 ``--calibration-images`` test images, or dynamic). For every number of steps and every seed
-(the per-image seeds are ``image_seed(seed, image_id)``, as in evaluation) each variant is
+(the per-image seeds are ``eval_image_seed(seed, image_id)``, as in evaluation) each variant is
 evaluated on ``DATASETS.TEST[0]``; reported: box AP and AP50 per variant (mean over the seeds),
 and the share of the fp32 detections with score >= ``--score-threshold`` that the variant
 reproduces (a detection of the same label with IoU >= 0.9). Writes ``precision.md`` and
@@ -129,7 +129,8 @@ def export_files(cfg, model, args, out: Path) -> dict[str, dict[int, Path]]:
 
 @torch.no_grad()
 def evaluate(args: argparse.Namespace) -> str:
-    from projects.detection.build import build_inference_model, image_seed
+    from diffvision.utils.seeding import eval_image_seed
+    from projects.detection.build import build_inference_model
     from projects.detection.data import build_detection_evaluator, build_detection_test_loader
 
     torch.set_num_threads(args.threads)
@@ -152,7 +153,7 @@ def evaluate(args: argparse.Namespace) -> str:
             counts = {v: [0, 0] for v in variants}
             seconds = {v: 0.0 for v in variants}
             for batch in build_detection_test_loader(cfg, dataset):
-                seeds = [image_seed(seed, x["image_id"]) for x in batch]
+                seeds = [eval_image_seed(seed, x["image_id"]) for x in batch]
                 reference = None
                 for v in variants:
                     start = time.process_time()

@@ -108,19 +108,18 @@ def export(args: argparse.Namespace) -> Path:
 def calibration_feeds(cfg, model, *, steps: int, count: int) -> list[dict]:
     """Graph inputs of the first ``count`` images of ``DATASETS.TEST[0]`` (at network
     resolution) with the draws of their evaluation seeds (``SEED``, image id)."""
-    from diffvision.engine.build import build_seed
     from projects.detection.data import build_detection_test_loader
     from projects.detection.export import graph_input_names, seeded_draws
 
     if not cfg.DATASETS.TEST:
         raise ConfigError("--quantize-method static calibrates on DATASETS.TEST[0]; it is empty")
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], batch_size=1,
-                                         seed=build_seed(cfg))  # fmt: skip
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], batch_size=1)
     names = graph_input_names(model, steps)
     boxes = cfg.MODEL.DiffusionDet.NUM_PROPOSALS
     feeds = []
-    for (item,) in loader:
-        draws = seeded_draws(item["seed"], num_boxes=boxes, steps=steps, names=names)
+    for i, (item,) in enumerate(loader):
+        seed = item.get("seed", i)  # the evaluation seed (absent when SEED < 0)
+        draws = seeded_draws(seed, num_boxes=boxes, steps=steps, names=names)
         feeds.append({"image": item["image"].numpy(), **draws})
         if len(feeds) == count:
             break

@@ -46,6 +46,7 @@ from torchvision.ops import nms
 
 from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
+from diffvision.utils.seeding import seeded_generator
 
 from .detector import DiffusionDet
 
@@ -85,7 +86,7 @@ def seeded_draws(
     Returns:
         ``{name: float32 array}`` for the draw inputs in ``names`` (not ``image``).
     """
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed)
     init = torch.randn(num_boxes, 4, generator=g)
     noise, refill = [], []
     for _ in range(steps - 1):
