@@ -474,7 +474,10 @@ def compare_report(meta: dict, results: dict, mm: dict) -> str:
     return "\n".join(parts)
 
 
-def main_compare(args, parser) -> str:
+def comparison_models(args, *, with_criterion: bool):
+    """Set the timing globals from ``args``, then yield ``(name, description, size, model,
+    device)`` for each of ``--models``, built with random weights (the work does not depend on
+    them) on ``MODEL.DEVICE``."""
     global WARMUP, CLOCK
     WARMUP = args.warmup
     if args.threads:
@@ -483,21 +486,26 @@ def main_compare(args, parser) -> str:
         "toy": ("projects/detection/diffdet_toy.yaml", args.toy_size),
         "R50": ("projects/detection/diffdet_r50.yaml", args.r50_size),
     }
-    device = None
-    results = {"inference": [], "train": [], "flops": [], "first_call_ms": []}
-    meta_models = []
     for name in args.models:
         config, size = configs[name]
         compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
         cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
-        model = build_model(cfg)  # random weights: the work does not depend on them
+        model = build_model(cfg, with_criterion=with_criterion)
         device = torch.device(cfg.MODEL.DEVICE)
         if args.clock == "cpu" and device.type == "cpu":
             CLOCK = time.process_time
-        model.channels_last = args.channels_last == "on"
-        meta_models.append(f"{name} (`{config}`, image {size[0]}x{size[1]})")
         print(f"{name} at {size[0]}x{size[1]}", flush=True)
-        part = compare_model(name, model, size=tuple(size), args=args, device=device)
+        yield name, f"{name} (`{config}`, image {size[0]}x{size[1]})", tuple(size), model, device
+
+
+def main_compare(args, parser) -> str:
+    device = None
+    results = {"inference": [], "train": [], "flops": [], "first_call_ms": []}
+    meta_models = []
+    for name, description, size, model, device in comparison_models(args, with_criterion=True):
+        model.channels_last = args.channels_last == "on"
+        meta_models.append(description)
+        part = compare_model(name, model, size=size, args=args, device=device)
         for k in results:
             results[k] += part[k]
         del model
@@ -599,26 +607,10 @@ def precision_report(meta: dict, rows: list[dict], precisions: list[str]) -> str
 def main_compare_precision(args) -> str:
     from diffvision.modeling.precision import cpu_native_bf16
 
-    global WARMUP, CLOCK
-    WARMUP = args.warmup
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    configs = {
-        "toy": ("projects/detection/diffdet_toy.yaml", args.toy_size),
-        "R50": ("projects/detection/diffdet_r50.yaml", args.r50_size),
-    }
     rows, meta_models, device = [], [], None
-    for name in args.models:
-        config, size = configs[name]
-        compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
-        cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
-        model = build_model(cfg, with_criterion=False)  # random weights: same work
-        device = torch.device(cfg.MODEL.DEVICE)
-        if args.clock == "cpu" and device.type == "cpu":
-            CLOCK = time.process_time
-        meta_models.append(f"{name} (`{config}`, image {size[0]}x{size[1]})")
-        print(f"{name} at {size[0]}x{size[1]}", flush=True)
-        rows += precision_cells(name, model, size=tuple(size), args=args, device=device)
+    for name, description, size, model, device in comparison_models(args, with_criterion=False):
+        meta_models.append(description)
+        rows += precision_cells(name, model, size=size, args=args, device=device)
         del model
     meta = {
         "models": ", ".join(meta_models),
