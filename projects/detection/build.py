@@ -152,7 +152,7 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
     # Present in LVIS checkpoints only; recomputed from the dataset when the model uses fed loss.
     model.weights_optional_keys = ("criterion.fed_loss_cls_weights",)
     model.head.use_compile = bool(d.COMPILE)
-    return model.to(torch.device(cfg.MODEL.DEVICE))
+    return model.to(torch.device(cfg.MODEL.DEVICE)).set_precision(cfg.TEST.PRECISION)
 
 
 def build_inference_model(cfg: CfgNode) -> DiffusionDet:

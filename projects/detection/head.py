@@ -74,9 +74,11 @@ def apply_deltas(
         scale_clamp: upper clamp of dw, dh before ``exp``.
 
     Returns:
-        (M, 4) absolute xyxy boxes, not clipped. A box of zero width stays zero-width.
+        (M, 4) absolute xyxy boxes in the wider dtype of the two inputs (reduced-precision
+        deltas decode in the boxes' float32), not clipped. A box of zero width stays zero-width.
     """
-    boxes = boxes_xyxy.to(deltas.dtype)
+    dtype = torch.promote_types(deltas.dtype, boxes_xyxy.dtype)  # float32 boxes stay float32
+    boxes, deltas = boxes_xyxy.to(dtype), deltas.to(dtype)
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     ctr_x = boxes[:, 0] + 0.5 * widths
@@ -317,11 +319,13 @@ class RCNNHead(nn.Module):
                 (:meth:`DynamicHead.scale_shifts` computes every stage's at once).
 
         Returns:
-            class_logits (B, N, K), boxes (B, N, 4) absolute xyxy, object features (M, D).
+            class_logits (B, N, K) and boxes (B, N, 4) absolute xyxy, both in the dtype of
+            ``boxes_xyxy`` or of the weights, whichever is wider; object features (M, D).
         """
         b, n = boxes_xyxy.shape[:2]
         d = self.hidden_dim
-        roi = pooler(features, boxes_xyxy).flatten(2)  # (M, D, S²)
+        # pooled at the boxes' precision, then in the weights' dtype (bf16/fp16 copies)
+        roi = pooler(features, boxes_xyxy).flatten(2).to(self.norm1.weight.dtype)  # (M, D, S²)
         if pro_features is None:
             pro_features = roi.mean(-1)  # (M, D)
         # self-attention among the boxes of each image, sequence-first (N, B, D), post-norm
@@ -337,15 +341,16 @@ class RCNNHead(nn.Module):
         scale, shift = scale_shift[:, None, :].chunk(2, dim=-1)  # (B, 1, D) each
         fc = torch.addcmul(shift, obj.view(b, n, d), scale + 1).view(b * n, d)
         cls_feat, reg_feat = self.towers(fc)
-        logits = self.class_logits(cls_feat)
-        deltas = self.bboxes_delta(reg_feat)
+        # the output layers may hold float32 weights in a reduced-precision copy
+        logits = self.class_logits(cls_feat.to(self.class_logits.weight.dtype))
+        deltas = self.bboxes_delta(reg_feat.to(self.bboxes_delta.weight.dtype))
         boxes = apply_deltas(
             deltas,
             boxes_xyxy.reshape(-1, 4),
             weights=self.bbox_weights,
             scale_clamp=self.scale_clamp,
         )
-        return logits.view(b, n, -1), boxes.view(b, n, 4), obj
+        return logits.view(b, n, -1).to(boxes.dtype), boxes.view(b, n, 4), obj
 
 
 class DynamicHead(nn.Module):

@@ -144,3 +144,18 @@ def test_demo_detect_keeps_exactly_the_scores_above_the_threshold(toy_env, check
     assert 0 < int(above.sum()) < len(above)
     for key in ("boxes", "scores", "labels"):
         assert torch.equal(kept[key], everything[key][above])
+
+
+def test_benchmark_compare_precision_runs(toy_env):
+    bench = load_tool("benchmark_detection")
+    table = bench.main(
+        ["--compare-precision", "--models", "toy", "--toy-size", "64", "80", "--batches", "1",
+         "--boxes", "10",
+         "--steps", "1", "--repeats", "1", "--warmup", "0", "--precisions", "fp32", "bf16",
+         "--output", str(toy_env / "precision.md")]
+    )  # fmt: skip
+    assert "| toy | 1 | 10 | 1 |" in table and "bf16 ratio" in table
+    assert table.strip().splitlines()[-1].startswith("- toy, batch 1: bf16")  # geomean last
+    raw = json.loads((toy_env / "precision.json").read_text())
+    [cell] = raw["precision"]
+    assert cell["ratio"]["fp32"] == 1.0 and cell["ms"]["bf16"] > 0
