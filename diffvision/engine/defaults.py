@@ -15,6 +15,7 @@ import torch
 from diffvision.config import CfgNode, get_cfg
 from diffvision.config.ranges import check_ranges
 from diffvision.engine import comm
+from diffvision.engine.outputs import run_config_path
 
 __all__ = [
     "default_argument_parser",
@@ -119,20 +120,6 @@ def seed_everything(seed: int) -> int:
     return seed
 
 
-def _config_file(output_dir: Path, text: str, *, resume: bool) -> Path:
-    """Where the run's config goes: ``config.yaml``, except that a resumed run whose config
-    differs from the one the run started with keeps that file (the record of how the
-    checkpoints were made) and writes ``config.resume<N>.yaml`` instead."""
-    first = output_dir / "config.yaml"
-    if not resume or not first.is_file() or first.read_text() == text:
-        return first
-    index = 1
-    while (output_dir / f"config.resume{index}.yaml").exists():
-        index += 1
-    logger.info("config.yaml keeps the config the run started with; this one differs")
-    return output_dir / f"config.resume{index}.yaml"
-
-
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Create ``OUTPUT_DIR``, set up logging, seed, save ``config.yaml`` (a ``--resume`` with a
     changed config saves ``config.resume<N>.yaml`` and leaves ``config.yaml`` as it was).
@@ -159,7 +146,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         logger.info("Command line: %s", " ".join(sys.argv))
     if comm.is_main_process():
         text = cfg.dump()
-        config_file = _config_file(output_dir, text, resume=bool(getattr(args, "resume", False)))
+        config_file = run_config_path(output_dir, text, resume=bool(getattr(args, "resume", False)))
         config_file.write_text(text)
         logger.info("Full config saved to %s", config_file)
     if cfg.CUDNN_BENCHMARK:
