@@ -14,69 +14,97 @@ SAMPLE_STEP; both are fixed in the file. Needs ``pip install -e .[export]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError, ConfigError  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Int,
+    ToolParser,
+    check_allocation,
+    load_tool_config,
+    run_main,
+)
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
+
+TOOL = "tools/export.py"
+DETECTION_ARCHITECTURES = ("DiffusionDet",)
+IGNORED_KEYS = {
+    "TEST.AUG.ENABLED": (
+        False,
+        "the file holds the plain detector (test-time augmentation runs only in evaluation)",
+    )
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
     parser.add_argument("--output", default="model.onnx", help="the .onnx file to write")
-    parser.add_argument("--boxes", type=int, default=None, help="N (default: NUM_PROPOSALS)")
-    parser.add_argument("--steps", type=int, default=None, help="S (default: SAMPLE_STEP)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
+    parser.add_argument("--boxes", type=Int(1, 2**31 - 1), default=None,
+                        help="N (default: NUM_PROPOSALS)")  # fmt: skip
+    parser.add_argument("--steps", type=Int(1, 1000), default=None,
+                        help="S (default: SAMPLE_STEP)")  # fmt: skip
+    parser.add_argument("--opset", type=Int(1, 100), default=None,
+                        help="ONNX opset (exporter default)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
 
 
-def export(args: argparse.Namespace) -> Path:
+def check_memory(cfg, boxes: int, steps: int) -> None:
+    """Refuse a box count whose pooled RoI features alone would not fit in memory."""
+    d = cfg.MODEL.DiffusionDet
+    side = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+    per_box = d.HIDDEN_DIM * side * side * 4 * d.NUM_HEADS  # float32 features of every head
+    check_allocation("--boxes", boxes * per_box, f"{boxes} boxes through {d.NUM_HEADS} heads")
+
+
+def export(args) -> Path:
     from projects.detection.build import build_inference_model
     from projects.detection.export import export_onnx, write_metadata
     from tools.demo import class_names
 
-    if not Path(args.config).is_file():
-        raise ConfigError(f"config file {args.config!r} does not exist")
-    cfg = load_config(args.config, args.opts)
-    if cfg.MODEL.META_ARCHITECTURE != "DiffusionDet":
-        raise ConfigError(
-            f"{args.config}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; "
-            "only DiffusionDet exports to ONNX"
-        )
+    out = check_output_path(args.output, "--output", kind="file", suffixes=(".onnx",))
+    refuse_to_replace([out], overwrite=args.overwrite)
+    cfg = load_tool_config(
+        args.config, args.opts, tool=TOOL, architectures=DETECTION_ARCHITECTURES,
+        ignored=IGNORED_KEYS,
+    )  # fmt: skip
     boxes = args.boxes if args.boxes is not None else cfg.MODEL.DiffusionDet.NUM_PROPOSALS
     steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
-    if boxes < 1 or steps < 1:
-        raise CLIError(f"--boxes and --steps must be >= 1, got {boxes} and {steps}")
-    refuse_to_replace([args.output], overwrite=args.overwrite)
+    check_memory(cfg, boxes, steps)
+    start = time.perf_counter()
     model = build_inference_model(cfg)
     size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-    path = export_onnx(model, args.output, num_boxes=boxes, steps=steps, image_hw=size,
+    print(
+        f"[1/3] model built ({time.perf_counter() - start:.1f}s); exporting {boxes} boxes x "
+        f"{steps} steps at {size[0]}x{size[1]} (one graph trace, the longest stage)",
+        flush=True,
+    )
+    path = export_onnx(model, out, num_boxes=boxes, steps=steps, image_hw=size,
                        opset=args.opset)  # fmt: skip
+    print(f"[2/3] exported ({time.perf_counter() - start:.1f}s); writing metadata", flush=True)
     write_metadata(path, {"class_names": class_names(cfg), "config": os.fspath(args.config)})
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {boxes} boxes, {steps} steps")
+    print(
+        f"[3/3] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {boxes} boxes, {steps} "
+        f"steps in {time.perf_counter() - start:.1f}s"
+    )
     return path
 
 
-def _main(argv: list[str]) -> int:
-    export(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    export(argument_parser().parse_args(argv))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
-    return run_main(_main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -69,10 +69,12 @@ __all__ = [
     "FlagType",
     "Float",
     "Int",
+    "IntList",
     "Seed",
     "ToolParser",
     "add_debug_flag",
     "check_allocation",
+    "load_tool_config",
     "debug_enabled",
     "format_error",
     "report_error",
@@ -173,6 +175,20 @@ class FlagType:
         return bad
 
 
+class IntList(FlagType):
+    """Integers separated by commas in one token (``1,4,8``), each checked like :class:`Int`;
+    with ``nargs="+"`` also ``1 4 8``. :class:`ToolParser` flattens the result to one list."""
+
+    def __init__(self, lo: int | None = None, hi: int | None = None, **kwargs):
+        super().__init__(int, lo, hi, **kwargs)
+
+    def __call__(self, text: str) -> list[int]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}")
+        return [super(IntList, self).__call__(part) for part in parts]
+
+
 def Int(lo: int | None = None, hi: int | None = None, **kwargs) -> FlagType:  # noqa: N802
     """An integer flag in ``[lo, hi]`` (``special={0: "default"}`` for values outside it)."""
     return FlagType(int, lo, hi, **kwargs)
@@ -241,11 +257,21 @@ class ToolParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)
-        if not any(action.dest == "opts" for action in self._actions):
-            return super().parse_args(argv, namespace)
-        flags, opts = self._split_overrides(argv)
-        parsed = super().parse_args(flags, namespace)
-        parsed.opts = opts
+        if any(action.dest == "opts" for action in self._actions):
+            flags, opts = self._split_overrides(argv)
+            parsed = super().parse_args(flags, namespace)
+            # tokens before the first config key that no flag took stay overrides (the config
+            # then names them as unknown keys, with suggestions)
+            parsed.opts = [*(parsed.opts or []), *opts]
+        else:
+            parsed = super().parse_args(argv, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if isinstance(action.type, IntList) and isinstance(value, list):
+                flat = []
+                for item in value:
+                    flat += item if isinstance(item, list) else [item]
+                setattr(parsed, action.dest, flat)
         return parsed
 
     def _split_overrides(self, argv: list[str]) -> tuple[list[str], list[str]]:
@@ -273,6 +299,49 @@ class ToolParser(argparse.ArgumentParser):
                     )
                 return flags, opts
         return argv, []
+
+
+def load_tool_config(
+    config_file: str,
+    opts: Sequence[str],
+    *,
+    tool: str,
+    architectures: Sequence[str],
+    ignored: dict[str, tuple[object, str]] | None = None,
+):
+    """The config of a tool that runs only some tasks, refused or warned before any work.
+
+    Args:
+        config_file: ``--config``.
+        opts: the ``KEY VALUE`` overrides.
+        tool: the tool's name for messages (``"tools/export.py"``).
+        architectures: the ``MODEL.META_ARCHITECTURE`` values the tool can run.
+        ignored: ``{key: (honoured value, why)}`` for keys the tool cannot honour: a config
+            that sets one to another value gets one ``warning:`` line on stderr.
+
+    Raises:
+        ConfigError: the file does not exist, does not load, or is for another task.
+    """
+    from diffvision.engine.defaults import load_config
+    from diffvision.errors import ConfigError
+
+    if not os.path.isfile(config_file):
+        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
+        raise ConfigError(f"config file {config_file!r} {what}")
+    cfg = load_config(config_file, list(opts))
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in architectures:
+        raise ConfigError(
+            f"{config_file}: MODEL.META_ARCHITECTURE is {arch!r}; {tool} runs only "
+            f"{' / '.join(architectures)} configs"
+        )
+    for key, (honoured, why) in (ignored or {}).items():
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is not None and node != honoured:
+            print(f"warning: {key} {node} is ignored by {tool}: {why}", file=sys.stderr)
+    return cfg
 
 
 def check_allocation(flag: str, nbytes: float, what: str, *, fraction: float = 0.8) -> None:

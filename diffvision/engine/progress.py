@@ -46,7 +46,7 @@ class Progress:
         """Seconds left if the rest goes at the average pace so far (inf before the first unit)."""
         if self.done == 0:
             return float("inf")
-        return self.elapsed() / self.done * (self.total - self.done)
+        return self.elapsed() / self.done * max(self.total - self.done, 0)
 
     def update(self, n: int = 1) -> None:
         self.done += n
