@@ -20,7 +20,6 @@ torch model; same resize, seeds, threshold and drawing, class names from the fil
 
 from __future__ import annotations
 
-import argparse
 import glob
 import sys
 import time
@@ -35,9 +34,20 @@ import torch  # noqa: E402
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.image_folder import IMAGE_EXTENSIONS  # noqa: E402
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Float,
+    Int,
+    Seed,
+    ToolParser,
+    load_tool_config,
+    run_main,
+)
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    VIDEO_SUFFIXES,
+    check_output_path,
+    refuse_to_replace,
+)
 from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 
@@ -151,6 +161,11 @@ def run_images(model, paths, args, names) -> int:
             cv2.imshow("DiffusionDet", canvas)
             if cv2.waitKey(0) == 27:
                 break
+    if skipped == len(paths):
+        raise DataError(
+            f"--input: none of the {len(paths)} images could be read (each is named in a "
+            "warning above)"
+        )
     if skipped:
         print(f"skipped {skipped} of {len(paths)} inputs that could not be read", file=sys.stderr)
     return skipped
@@ -175,10 +190,12 @@ def run_stream(model, source, args, names) -> None:
             if args.output:
                 if writer is None:
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4")
-                                                      else "MJPG"))  # fmt: skip
+                    mp4 = args.output.lower().endswith(".mp4")
+                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if mp4 else "MJPG"))
                     h, w = canvas.shape[:2]
                     writer = cv2.VideoWriter(args.output, fourcc, fps, (w, h))
+                    if not writer.isOpened():
+                        raise DataError(f"--output {args.output}: OpenCV cannot write this video")
                 writer.write(canvas)
             else:
                 cv2.imshow("DiffusionDet", canvas)
@@ -207,8 +224,19 @@ def run_onnx(args, paths: list[str] | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+TOOL = "tools/demo.py"
+DETECTION_ARCHITECTURES = ("DiffusionDet",)
+IGNORED_KEYS = {
+    "TEST.AUG.ENABLED": (
+        False,
+        "the drawing shows the plain model's detections (test-time augmentation runs only in "
+        "evaluation: tools/train_net.py --eval-only)",
+    )
+}
+
+
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config")
     parser.add_argument("--onnx", help="a tools/export.py .onnx file, instead of --config")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -216,35 +244,41 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="camera 0")
     parser.add_argument("--output", help="folder for images; file (.mp4 or .avi) for video")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
+    parser.add_argument("--confidence-threshold", type=Float(0, 1), default=0.5)
+    parser.add_argument("--seed", type=Seed(allow_random=True), default=0,
+                        help="box sampling seed (-1: random)")  # fmt: skip
+    parser.add_argument("--max-frames", type=Int(0, special={0: "all"}), default=0,
+                        help="stop video after N frames")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
+
+
+def check_output(args, paths: list[str] | None) -> None:
+    """``--output``: a writable folder for images, a writable .mp4/.avi file for a stream;
+    finished drawings are not replaced without ``--overwrite``."""
+    if not args.output:
+        return
+    if paths is None:
+        out = check_output_path(args.output, "--output", kind="file", suffixes=VIDEO_SUFFIXES)
+        targets = [out]
+    else:
+        out = check_output_path(args.output, "--output", kind="folder")
+        targets = [out / (Path(path).stem + ".jpg") for path in paths]
+    refuse_to_replace(targets, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     if args.seed is not None and args.seed < 0:
         args.seed = None
-    if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise CLIError(
-            f"--confidence-threshold must lie in [0, 1], got {args.confidence_threshold}"
-        )
-    if args.max_frames < 0:
-        raise CLIError(f"--max-frames must be >= 0, got {args.max_frames}")
     paths = expand_inputs(args.input) if args.input else None  # before building the model
     if args.video_input and not Path(args.video_input).is_file():
         what = "is a folder" if Path(args.video_input).is_dir() else "does not exist"
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
     if (args.onnx is None) == (args.config is None):
         raise CLIError("give exactly one of --config and --onnx")
-    if args.output:
-        if paths is None:
-            targets = [Path(args.output)]
-        elif Path(args.output).is_file():
-            raise CLIError(f"--output {args.output} is a file; images need a folder")
-        else:
-            targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
-        refuse_to_replace(targets, overwrite=args.overwrite)
+    check_output(args, paths)
     if args.onnx:
         if not Path(args.onnx).is_file():
             what = "is a folder" if Path(args.onnx).is_dir() else "does not exist"
@@ -253,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--onnx takes no config overrides, got {' '.join(args.opts)}")
         return run_onnx(args, paths)
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_tool_config(
+        args.config, args.opts, tool=TOOL, architectures=DETECTION_ARCHITECTURES,
+        ignored=IGNORED_KEYS,
+    )  # fmt: skip
     model = build_inference_model(cfg)
     names = class_names(cfg)
     with torch.no_grad():

@@ -15,6 +15,7 @@ import torch
 from diffvision.config import CfgNode, get_cfg
 from diffvision.config.ranges import check_ranges
 from diffvision.engine import comm
+from diffvision.engine.cli import Int, ToolParser
 from diffvision.engine.outputs import run_config_path
 
 __all__ = [
@@ -28,10 +29,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def default_argument_parser(description: str = "diffvision training") -> argparse.ArgumentParser:
-    """``--config/--config-file``, ``--eval-only``, ``--resume``, distributed flags and trailing
-    ``KEY VALUE`` overrides."""
-    parser = argparse.ArgumentParser(
+def default_argument_parser(description: str = "diffvision training") -> ToolParser:
+    """``--config/--config-file``, ``--eval-only``, ``--resume``, distributed flags, ``--debug``
+    and trailing ``KEY VALUE`` overrides (flags declared as in :mod:`diffvision.engine.cli`)."""
+    parser = ToolParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -58,19 +59,21 @@ def default_argument_parser(description: str = "diffvision training") -> argpars
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
     parser.add_argument(
         "--num-gpus",
-        type=int,
+        type=Int(1, 1024),
         default=1,
         help="processes per machine (CPU processes with gloo on MODEL.DEVICE cpu)",
     )
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
+    parser.add_argument("--num-machines", type=Int(1, 65536), default=1)
+    parser.add_argument(
+        "--machine-rank", type=Int(0, 65535), default=0, help="rank of this machine"
+    )
     parser.add_argument(
         "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 for multi-machine jobs"
     )
     parser.add_argument(
         "opts",
         default=None,
-        nargs=argparse.REMAINDER,
+        nargs="*",
         help="KEY VALUE pairs overriding the config, e.g. SOLVER.BASE_LR 0.1",
     )
     return parser
