@@ -25,7 +25,6 @@ import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.cli import (  # noqa: E402
     Int,
     ToolParser,
-    check_allocation,
     load_tool_config,
     run_main,
 )
@@ -60,17 +59,9 @@ def argument_parser() -> ToolParser:
     return parser
 
 
-def check_memory(cfg, boxes: int, steps: int) -> None:
-    """Refuse a box count whose pooled RoI features alone would not fit in memory."""
-    d = cfg.MODEL.DiffusionDet
-    side = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-    per_box = d.HIDDEN_DIM * side * side * 4 * d.NUM_HEADS  # float32 features of every head
-    check_allocation("--boxes", boxes * per_box, f"{boxes} boxes through {d.NUM_HEADS} heads")
-
-
 def export(args) -> Path:
     from projects.detection.build import build_inference_model
-    from projects.detection.export import export_onnx, write_metadata
+    from projects.detection.export import check_box_memory, export_onnx, write_metadata
     from tools.demo import class_names
 
     out = check_output_path(args.output, "--output", kind="file", suffixes=(".onnx",))
@@ -81,7 +72,7 @@ def export(args) -> Path:
     )  # fmt: skip
     boxes = args.boxes if args.boxes is not None else cfg.MODEL.DiffusionDet.NUM_PROPOSALS
     steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
-    check_memory(cfg, boxes, steps)
+    check_box_memory(cfg, boxes)
     start = time.perf_counter()
     model = build_inference_model(cfg)
     size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)

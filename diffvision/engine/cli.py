@@ -253,7 +253,7 @@ class ToolParser(argparse.ArgumentParser):
         add_debug_flag(self)
 
     def error(self, message: str):
-        raise CLIError(f"{message} (see {self.prog} --help)")
+        raise CLIError(message)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)

@@ -286,6 +286,21 @@ def write_metadata(path: str | os.PathLike, values: dict) -> None:
     onnx.save(proto, str(path))
 
 
+def check_box_memory(cfg, num_boxes: int, flag: str = "--boxes") -> None:
+    """Refuse a box count whose pooled RoI features alone (float32, ``HIDDEN_DIM x R x R`` per
+    box and head stage) would not fit in this machine's memory.
+
+    Raises:
+        CLIError: naming ``flag``, the estimate and the memory (:func:`check_allocation`).
+    """
+    from diffvision.engine.cli import check_allocation
+
+    d = cfg.MODEL.DiffusionDet
+    side = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+    per_box = d.HIDDEN_DIM * side * side * 4 * d.NUM_HEADS
+    check_allocation(flag, num_boxes * per_box, f"{num_boxes} boxes through {d.NUM_HEADS} heads")
+
+
 _METADATA_INTS = ("num_boxes", "steps", "min_size_test", "max_size_test")
 
 
