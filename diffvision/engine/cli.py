@@ -129,7 +129,7 @@ class FlagType:
         elif self.hi is not None:
             what += f" {'<' if self.hi_open else '<='} {self.hi}"
         for value, meaning in self.special.items():
-            what += f" (or {value}: {meaning})"
+            what += f" ({value}: {meaning})"
         return what
 
     def contains(self, value: float) -> bool:
