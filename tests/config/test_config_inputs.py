@@ -74,3 +74,39 @@ def test_unknown_ddpm_sampler_stops_before_training(tmp_path, capsys):
     )  # fmt: skip
     one_line_error(capsys, status, "MODEL.DDPM.SAMPLER.NAME must be one of")
     assert not list((tmp_path / "out").glob("model_*.pth"))
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    """Eight levels of nine aliases inside a valid key: 9**8 floats once expanded (without
+    the check the merge grew past 1.4 GB in 30 s); refused from the node graph at once."""
+    levels = ["&l0 [" + ", ".join(["1.0"] * 9) + "]"]
+    for i in range(1, 8):
+        levels.append(f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    config = tmp_path / "bomb.yaml"
+    config.write_text("MODEL:\n  PIXEL_MEAN: [" + ", ".join(levels) + "]\n")
+    status = load_tool("train_net").cli(["--config", str(config)])
+    one_line_error(capsys, status, "expands to more than 100,000 values through its YAML aliases")
+
+
+def test_a_config_with_a_few_aliases_still_loads(tmp_path):
+    from diffvision.config.config import load_yaml
+
+    config = tmp_path / "ok.yaml"
+    config.write_text("sizes: &s [1, 2, 3]\nA: {X: *s}\nB: {Y: *s}\n")
+    assert load_yaml(config)["B"]["Y"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_floats_are_refused_in_every_key(tmp_path, capsys, value):
+    """MODEL.PIXEL_MEAN has no range of its own; NaN in it ended as "loss became non-finite"."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"_BASE_: {DET}\nMODEL:\n  PIXEL_MEAN: [{value}, 116.28, 103.53]\n")
+    status = load_tool("train_net").cli(["--config", str(config)])
+    one_line_error(capsys, status, "MODEL.PIXEL_MEAN must be a finite number")
+
+
+def test_seed_beyond_what_torch_accepts_is_one_line(tmp_path, capsys):
+    status = load_tool("train_net").cli(
+        ["--config", DET, "SEED", str(2**70), "OUTPUT_DIR", str(tmp_path / "o")]
+    )
+    one_line_error(capsys, status, "SEED must be in [-1, 9223372036854775807]")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from diffvision.engine.cli import run_main
+from diffvision.engine.outputs import check_output_path
+from diffvision.errors import CLIError, ConfigError
 from tests.tool_helpers import DET, TINY_DET, finished_run, load_tool, one_line_error, snapshot
 
 pytestmark = pytest.mark.usefixtures("tool_env")
@@ -122,3 +124,68 @@ def test_demo_overwrite_replaces_and_same_named_inputs_are_refused(toy_det, caps
         ],
     )
     one_line_error(capsys, status, "two outputs of this run would both be written to")
+
+
+# ------------------------------------------------ the one output-path check, before the work
+def test_output_path_kinds_and_extensions(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(CLIError, match="a_file is a file; expected a folder"):
+        check_output_path(tmp_path / "a_file", "--output", kind="folder")
+    with pytest.raises(CLIError, match="a_folder is a folder; expected a file name"):
+        check_output_path(tmp_path / "a_folder", "--output", kind="file")
+    with pytest.raises(CLIError, match=r"out.png: expected a file ending in .mp4 or .avi"):
+        check_output_path(tmp_path / "out.png", "--output", kind="file", suffixes=(".mp4", ".avi"))
+    new = tmp_path / "new" / "deeper" / "clip.MP4"  # folders to create, upper-case suffix
+    assert check_output_path(new, "--output", kind="file", suffixes=(".mp4",)) == new
+    assert not (tmp_path / "new").exists()  # nothing is created by the check
+
+
+def test_output_path_below_a_file_names_the_file(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CLIError, match="lies below .*a_file, which is a file"):
+        check_output_path(tmp_path / "a_file" / "sub" / "m.onnx", "--output", kind="file")
+    with pytest.raises(ConfigError, match="OUTPUT_DIR .*lies below"):
+        check_output_path(tmp_path / "a_file" / "run", "OUTPUT_DIR", kind="folder")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_path_in_an_unwritable_place(tmp_path):
+    """Root passes os.access on /proc; creating a file there is the test that holds."""
+    with pytest.raises(ConfigError, match="OUTPUT_DIR /proc/diffvision_run: cannot write in /proc"):
+        check_output_path("/proc/diffvision_run", "OUTPUT_DIR", kind="folder")
+
+
+def test_train_net_output_dir_below_a_file_or_in_proc_is_one_line(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file" / "run", Path("/proc/diffvision_run")):
+        status = load_tool("train_net").cli(["--config", DET, "OUTPUT_DIR", str(out)])
+        one_line_error(capsys, status, f"OUTPUT_DIR {out}")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--output", "{tmp}/a_folder"], "a_folder is a folder; expected a file name"),
+        (["--output", "{tmp}/a_file/m.onnx"], "which is a file, not a folder"),
+        (["--output", "{tmp}/model.pt"], "expected a file ending in .onnx"),
+    ],
+)
+def test_export_checks_its_output_before_exporting(tmp_path, capsys, argv, expected):
+    """These used to fail with IsADirectoryError / FileExistsError after the whole export."""
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    status = run_main(load_tool("export").main, ["--config", DET, *argv, *TINY_DET])
+    one_line_error(capsys, status, expected)
+
+
+def test_demo_video_to_an_image_name_is_refused(tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00")
+    status = run_main(
+        load_tool("demo").main,
+        ["--config", DET, "--video-input", str(video), "--output", str(tmp_path / "out.png")],
+    )
+    one_line_error(capsys, status, "expected a file ending in .mp4 or .avi")
+    assert not (tmp_path / "out.png").exists()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffvision.errors import WeightsError
+from diffvision.errors import InputFileNotFoundError, WeightsError
 from diffvision.modeling.weight_files import read_state_dict
 from tests.tool_helpers import DET, TINY_DET, load_tool, one_line_error
 
@@ -74,3 +74,17 @@ def test_random_bytes_as_weights_is_one_line(tmp_path, capsys):
          "OUTPUT_DIR", str(tmp_path / "out")]
     )  # fmt: skip
     one_line_error(capsys, status, f"weight file {junk} is not a PyTorch file")
+
+
+def test_guided_diffusion_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """MODEL.PIXEL_MLP.GUIDED_DIFFUSION_CHECKPOINT was read by its own torch.load."""
+    from diffvision.modeling.unet import load_guided_diffusion_checkpoint
+
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(1), "x": _RunsCode(marker)}, evil)
+    with pytest.raises(WeightsError, match="guided-diffusion checkpoint .*evil.pt holds Python"):
+        load_guided_diffusion_checkpoint(evil)
+    with pytest.raises(InputFileNotFoundError, match="is a folder, expected a weight file"):
+        load_guided_diffusion_checkpoint(tmp_path)
+    assert not marker.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffvision.engine.cli import run_main
 from tests.tool_helpers import REPO, load_tool, one_line_error
@@ -100,3 +101,48 @@ def test_sample_interrupted_writes_what_is_finished(tmp_path, ddpm_checkpoint, m
             "2", "--num-samples", "6", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
     assert run_main(sample.main, argv) == 0
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape[0] == 2
+
+
+def test_sample_checkpoint_that_is_a_folder_says_so(tmp_path, capsys):
+    status = run_main(
+        load_tool("sample").main,
+        ["--checkpoint", str(tmp_path), "--output", str(tmp_path / "s")],
+    )
+    one_line_error(capsys, status, f"{tmp_path} is a folder, expected a weight file")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--steps", "100000"], "--steps 100000: the model has 1000 diffusion timesteps"),
+        (["--ilvr-reference", "{ref}", "--ilvr-factor", "3"], "--ilvr-factor 3 must divide"),
+        (["--num-samples", "1000000000"], "--num-samples: 1000000000 float32 samples"),
+    ],
+)
+def test_sample_limits_that_need_the_model_are_one_line(
+    tmp_path, ddpm_checkpoint, capsys, flags, expected
+):
+    """--steps 100000 and --ilvr-factor 64 reached the user as library tracebacks."""
+    ref = tmp_path / "ref.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(ref)
+    flags = [f.format(ref=ref) for f in flags]
+    argv = ["--checkpoint", str(ddpm_checkpoint), "--output", str(tmp_path / "s"), *flags]
+    status = run_main(load_tool("sample").main, [*argv, "--device", "cpu"])
+    one_line_error(capsys, status, expected)
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_reports_unet_calls_with_an_estimate(tmp_path, ddpm_checkpoint, capsys):
+    """Progress within a batch: one line per UNet call here (interval 0), the last at 4/4."""
+    sample = load_tool("sample")
+    argv = ["--checkpoint", str(ddpm_checkpoint), "--output", str(tmp_path / "s"), "--steps",
+            "2", "--num-samples", "2", "--batch-size", "1", "--device", "cpu"]  # fmt: skip
+    real = sample.Progress
+
+    def every_call(total, what, **kwargs):
+        return real(total, what, interval=0.0)
+
+    sample.Progress = every_call
+    assert run_main(sample.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "[1/4 UNet calls]" in out and "[4/4 UNet calls]" in out and "s left" in out

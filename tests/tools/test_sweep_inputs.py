@@ -70,3 +70,13 @@ def test_sweep_seed_resolution_is_always_said():
     assert resolve(None, -1, [])[0] == 0 and "random" in resolve(None, -1, [])[1]
     assert resolve(3, 0, []) == (3, "--seed 3 (overrides the config's SEED 0)")
     assert resolve(3, 3, ["SEED", "3"]) == (3, "--seed 3")
+
+
+def test_sweep_without_a_test_dataset_is_one_line(toy_det, capsys):
+    """An empty DATASETS.TEST and no --dataset gave IndexError."""
+    status = run_main(
+        load_tool("sweep_boxes_steps").main,
+        ["--config", DET, "--output-dir", str(toy_det / "s"), "DATASETS.TEST", "()"],
+    )
+    one_line_error(capsys, status, "DATASETS.TEST is empty; pass --dataset NAME")
+    assert not (toy_det / "s").exists()

@@ -50,3 +50,18 @@ def test_cuda_device_without_gpu_is_one_line(tmp_path, capsys):
         ["--config", DET, "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(tmp_path / "out")]
     )
     one_line_error(capsys, status, "no CUDA device is available; append MODEL.DEVICE cpu")
+
+
+def test_eval_only_without_weights_warns_in_one_line(toy_det, capsys):
+    """Demo and export said so; --eval-only evaluated a random model without a word."""
+    status = load_tool("train_net").cli(
+        ["--config", DET, "--eval-only", *TINY_DET, "MODEL.WEIGHTS", "",
+         "OUTPUT_DIR", str(toy_det / "out")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert (
+        len(warnings) == 1
+        and "empty MODEL.WEIGHTS evaluates a randomly initialised" in (warnings[0])
+    )
