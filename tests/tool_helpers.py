@@ -1,4 +1,10 @@
-"""Helpers for tests that call the ``tools/`` scripts in-process."""
+"""Helpers for tests that call the ``tools/`` scripts in-process.
+
+The bad-input tests (``test_*_inputs.py`` next to the module whose input they check) hold the
+promise of the error path: every user mistake ends with exit status 2 and ONE line
+``error: ...`` on stderr (:func:`one_line_error`), and the outputs stay as they were
+(:func:`snapshot`).
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Bad config files and overrides (config/), found before any process starts.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""Bad config files and overrides (config/), found before any process starts."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Bad datasets (data/): missing files, unusable annotations, stray mask labels, unknown names.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""Bad datasets (data/): missing files, unusable annotations, stray mask labels, unknown names."""
 
 from __future__ import annotations
 

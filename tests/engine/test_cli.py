@@ -1,8 +1,4 @@
-"""The one error path of the tools (engine/cli.py): one ``error:`` line, exit 2, ``--debug``.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""The one error path of the tools (engine/cli.py): one ``error:`` line, exit 2, ``--debug``."""
 
 from __future__ import annotations
 

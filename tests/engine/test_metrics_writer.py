@@ -1,8 +1,4 @@
-"""``metrics.jsonl`` (engine/hooks.py): strict JSON, truncated on resume.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""``metrics.jsonl`` (engine/hooks.py): strict JSON, truncated on resume."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""The output policy (engine/outputs.py): finished work is kept, outputs checked before the work.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""The output policy (engine/outputs.py): finished work is kept, outputs checked before the work."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Bad runs to ``--resume`` (engine/checkpoint.py): unreadable checkpoints, another config.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""Bad runs to ``--resume`` (engine/checkpoint.py): unreadable checkpoints, another config."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Weight files (modeling/weight_files.py): only plain data is unpickled; bad files are one line.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""Weight files (modeling/weight_files.py): only plain data is unpickled; bad files are one line."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""tools/demo.py: inputs it cannot read are skipped with a warning; nothing readable is one line.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""tools/demo.py: inputs it cannot read are skipped with a warning; nothing readable is one line."""
 
 from __future__ import annotations
 

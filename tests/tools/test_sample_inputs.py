@@ -1,8 +1,4 @@
-"""tools/sample.py: flags, files and progress.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""tools/sample.py: flags, files and progress."""
 
 from __future__ import annotations
 

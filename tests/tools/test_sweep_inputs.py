@@ -1,8 +1,4 @@
-"""tools/sweep_boxes_steps.py: documented commands, seeds.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""tools/sweep_boxes_steps.py: documented commands, seeds."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""tools/train_net.py: checks before spawning, errors inside workers.
-
-Every user mistake ends with exit status 2 and ONE line ``error: ...`` on stderr (no traceback)
-and leaves the outputs as they were; the tools' ``main`` functions are called in-process.
-"""
+"""tools/train_net.py: checks before spawning, errors inside workers."""
 
 from __future__ import annotations
 
