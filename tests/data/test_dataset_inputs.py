@@ -67,7 +67,8 @@ def test_no_usable_annotation_stops_instead_of_training_on_nothing(tmp_path, cap
          "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "('mine',)",
          "MODEL.DiffusionDet.NUM_CLASSES", "1", "OUTPUT_DIR", str(out)]
     )  # fmt: skip
-    one_line_error(capsys, status, "no usable annotation in 1 images, nothing to train on")
+    line = one_line_error(capsys, status, "no usable annotation in 1 images, nothing to train on")
+    assert str(tmp_path / "d.json") in line  # the file, not only the dataset's name
     assert not list(out.glob("model_*.pth"))
 
 
