@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from diffvision.data.image_io import image_size, read_image_rgb
-from diffvision.errors import DataError, InputFileNotFoundError
+from diffvision.data.image_io import read_image_rgb, readable_images
+from diffvision.errors import InputFileNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "load_image", "to_tensor"]
 
@@ -66,29 +66,6 @@ def load_image(path: str | Path, image_size: int) -> Image.Image:
     return img
 
 
-def _readable(paths: list[Path]) -> list[Path]:
-    """``paths`` without the files that cannot be read (header checks of
-    :func:`~diffvision.data.image_io.image_size`: undecodable, zero-size, too large), which are
-    logged by name with their count."""
-    kept, dropped = [], []
-    for path in paths:
-        try:
-            image_size(path)
-        except (DataError, InputFileNotFoundError) as exc:
-            dropped.append(str(exc))
-            continue
-        kept.append(path)
-    if dropped:
-        logger.warning(
-            "dropped %d of %d images that cannot be read: %s%s",
-            len(dropped),
-            len(paths),
-            "; ".join(dropped[:3]),
-            " ..." if len(dropped) > 3 else "",
-        )
-    return kept
-
-
 def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     """uint8 HWC image → float32 ``(3, H, W)`` tensor in [-1, 1]."""
     arr = np.asarray(img, dtype=np.uint8)
@@ -119,7 +96,9 @@ class ImageFolderDataset(Dataset):
         self.image_size = int(image_size)
         self.random_flip = random_flip
         exts = tuple(e.lower() for e in extensions)
-        self.paths = _readable([p for p in list_images(self.root) if p.suffix.lower() in exts])
+        self.paths = readable_images(
+            [p for p in list_images(self.root) if p.suffix.lower() in exts]
+        )
         if not self.paths:
             raise FileNotFoundError(f"no images with suffix {exts} under {self.root}")
         if class_from_dir:

@@ -18,11 +18,13 @@ mode                       conversion
 Every failure is a :class:`~diffvision.errors.DataError` naming the file: not decodable, a zero
 width or height, or more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb: the
 size is read from the header, nothing is decoded). The demo skips such a file with a warning,
-the datasets drop it with a logged count (:func:`image_size` at registration).
+the datasets drop it with a logged count (:func:`image_size` at registration,
+:func:`readable_images`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -32,7 +34,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diffvision.errors import DataError, InputFileNotFoundError
 
-__all__ = ["image_size", "open_image", "read_image_rgb", "to_rgb_array"]
+__all__ = ["image_size", "open_image", "read_image_rgb", "readable_images", "to_rgb_array"]
+
+logger = logging.getLogger(__name__)
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
@@ -111,6 +115,29 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             raise
         raise DataError(f"cannot read image {path}: {exc}") from exc
     return width, height
+
+
+def readable_images(paths: list[Path]) -> list[Path]:
+    """``paths`` without the files that cannot be read (the header checks of
+    :func:`image_size`: undecodable, zero-size, too large); the dropped files are logged by name
+    with their count, so a dataset loses them visibly instead of stopping mid-run."""
+    kept, dropped = [], []
+    for path in paths:
+        try:
+            image_size(path)
+        except (DataError, InputFileNotFoundError) as exc:
+            dropped.append(str(exc))
+            continue
+        kept.append(path)
+    if dropped:
+        logger.warning(
+            "dropped %d of %d images that cannot be read: %s%s",
+            len(dropped),
+            len(paths),
+            "; ".join(dropped[:3]),
+            " ..." if len(dropped) > 3 else "",
+        )
+    return kept
 
 
 def _grey_to_uint8(grey: np.ndarray, mode: str) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffvision.data.image_io import open_image, read_image_rgb
+from diffvision.data.image_io import open_image, read_image_rgb, readable_images
 from diffvision.errors import DataError, InputFileNotFoundError
 
 __all__ = [
@@ -99,7 +99,8 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
         require_masks: raise if an image has no mask (labeled evaluation/fine-tuning).
 
     Returns:
-        list of ``{"file_name", "sem_seg_file_name" (or None), "image_id"}``.
+        list of ``{"file_name", "sem_seg_file_name" (or None), "image_id"}``; images that
+        cannot be read are dropped with a logged count.
 
     Raises:
         FileNotFoundError: ``root/images`` is missing or empty, or a mask is missing while
@@ -111,9 +112,8 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
         raise InputFileNotFoundError(f"no images/ folder in {root}")
     mask_dir = root / "masks"
     records = []
-    for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
+    candidates = [p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    for path in readable_images(candidates):
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             if require_masks:

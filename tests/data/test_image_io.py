@@ -163,3 +163,16 @@ def test_extreme_aspect_ratio_image_goes_through_the_detector():
         (out,) = model.predict(np.zeros((10, 10000, 3), np.uint8), seed=0)
     assert out["boxes"].shape[1] == 4
     assert (out["boxes"][:, 2] <= 10000).all() and (out["boxes"][:, 3] <= 10).all()
+
+
+def test_seg_folder_drops_unreadable_images_with_a_count(tmp_path, caplog):
+    from diffvision.data.seg_folder import load_seg_folder
+
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.WARNING):
+        records = load_seg_folder(tmp_path)
+    assert [r["image_id"] for r in records] == ["0", "1"]
+    assert "dropped 1 of 3 images" in caplog.text and "broken.jpg" in caplog.text
