@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 __all__ = ["Progress"]
@@ -25,16 +26,24 @@ class Progress:
         total: units of work in all (> 0).
         what: the unit, plural (``"samples"``, ``"images"``, ``"sweep points"``).
         interval: minimum seconds between two lines (the last unit is always reported).
-        stream: where the lines go.
+        stream: where the lines go (default stdout).
+        log: instead of a stream, a function that takes each line (e.g. ``logger.info``).
     """
 
     def __init__(
-        self, total: int, what: str, *, interval: float = 5.0, stream: TextIO | None = None
+        self,
+        total: int,
+        what: str,
+        *,
+        interval: float = 5.0,
+        stream: TextIO | None = None,
+        log: Callable[[str], object] | None = None,
     ):
         self.total = max(int(total), 1)
         self.what = what
         self.interval = interval
         self.stream = stream if stream is not None else sys.stdout
+        self.log = log
         self.done = 0
         self.start = time.perf_counter()
         self._last_report = -float("inf")
@@ -54,9 +63,11 @@ class Progress:
         if self.done < self.total and now - self._last_report < self.interval:
             return
         self._last_report = now
-        print(
+        line = (
             f"[{self.done}/{self.total} {self.what}] {self.elapsed():.1f}s elapsed, "
-            f"about {self.remaining():.0f}s left",
-            file=self.stream,
-            flush=True,
+            f"about {self.remaining():.0f}s left"
         )
+        if self.log is not None:
+            self.log(line)
+        else:
+            print(line, file=self.stream, flush=True)

@@ -130,3 +130,11 @@ def test_progress_estimates_the_time_left():
     for _ in range(3):
         progress.update()
     assert lines.getvalue().splitlines()[-1].endswith("about 0s left")
+
+
+def test_progress_can_go_to_a_log():
+    lines = []
+    progress = Progress(2, "images", interval=0.0, log=lines.append)
+    progress.update()
+    progress.update()
+    assert [line.split("]")[0] for line in lines] == ["[1/2 images", "[2/2 images"]
