@@ -50,6 +50,7 @@ from diffvision.engine.outputs import (  # noqa: E402
 )
 from diffvision.errors import CLIError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
+from projects.detection.export import check_box_memory  # noqa: E402
 
 COCO_CLASSES = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config, args.opts, tool=TOOL, architectures=DETECTION_ARCHITECTURES,
         ignored=IGNORED_KEYS,
     )  # fmt: skip
+    check_box_memory(cfg, cfg.MODEL.DiffusionDet.NUM_PROPOSALS, "MODEL.DiffusionDet.NUM_PROPOSALS")
     model = build_inference_model(cfg)
     names = class_names(cfg)
     with torch.no_grad():
