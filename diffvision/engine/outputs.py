@@ -89,8 +89,7 @@ def check_output_path(
                 f"{path}: expected a file ending in {' or '.join(suffixes)} for what is written "
                 f"here, got {path.suffix or 'no extension'!r}",
             )
-    existing = path if kind == "folder" else path.parent
-    existing = Path(os.path.abspath(existing))
+    existing = path if kind == "folder" else path.parent  # relative paths end at "."
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
