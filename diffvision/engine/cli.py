@@ -227,19 +227,15 @@ class Device:
         return "Device()"
 
 
-_CONFIG_SECTIONS: frozenset[str] | None = None
+_KEY_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
-def _is_config_key(token: str) -> bool:
-    """True for a token that starts a ``KEY VALUE`` override (``SOLVER.BASE_LR``, ``SEED``)."""
-    global _CONFIG_SECTIONS
-    if not re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)*", token):
-        return False
-    if _CONFIG_SECTIONS is None:
-        from diffvision.config import get_cfg
+def _config_sections() -> frozenset[str]:
+    """Top-level config sections (``MODEL``, ``SOLVER``, ``SEED``, ...) of the tasks registered
+    now (read at each parse: a task imported later adds its own)."""
+    from diffvision.config import get_cfg
 
-        _CONFIG_SECTIONS = frozenset(get_cfg().keys())
-    return token.split(".")[0] in _CONFIG_SECTIONS
+    return frozenset(get_cfg().keys())
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -282,13 +278,17 @@ class ToolParser(argparse.ArgumentParser):
             for option in action.option_strings
             if action.nargs is None
         }
+        sections: frozenset[str] = frozenset()
         for i, token in enumerate(argv):
             previous = argv[i - 1] if i else ""
             if previous in takes_value:
                 continue
             if token == "--":
                 return argv[:i], argv[i + 1 :]
-            if _is_config_key(token):
+            if not _KEY_PATTERN.fullmatch(token):
+                continue
+            sections = sections or _config_sections()
+            if token.split(".")[0] in sections:
                 flags, opts = argv[:i], argv[i:]
                 known = {o for a in self._actions for o in a.option_strings}
                 late = [t for t in opts if t.split("=")[0] in known]
