@@ -1,13 +1,14 @@
 """The command line of every ``tools/`` script: flags declared once, user mistakes as one line.
 
-    from diffvision.engine.cli import Float, Int, Seed, ToolParser, run_main
+    from diffvision.engine.cli import Float, Int, IntList, Seed, ToolParser, run_main
 
     def argument_parser() -> ToolParser:
         parser = ToolParser(description=__doc__)                 # adds --debug
         parser.add_argument("--steps", type=Int(1, 10_000), default=50)
         parser.add_argument("--eta", type=Float(0, 1), default=0.0)   # NaN/inf refused
         parser.add_argument("--seed", type=Seed(), default=0)
-        parser.add_argument("opts", nargs=argparse.REMAINDER)    # optional KEY VALUE overrides
+        parser.add_argument("--boxes", type=IntList(1, 5000), nargs="+")  # 100 300 or 100,300
+        parser.add_argument("opts", nargs="*")                   # optional KEY VALUE overrides
         return parser
 
     def main(argv=None) -> int:
@@ -17,19 +18,20 @@
     if __name__ == "__main__":
         sys.exit(run_main(main))
 
-**Flags.** A flag's ``type=`` is its declaration: :class:`Int`, :class:`Float` (finite unless
-``allow_inf``), :class:`Seed` (what both ``torch.manual_seed`` and NumPy accept), :class:`Device`;
-``choices=`` as usual. :class:`ToolParser` turns every argparse complaint (bad value, unknown
-flag, missing required flag) into a :class:`~diffvision.errors.CLIError`, so it is one line like
-any other input error, raised before the tool does any work. Trailing ``KEY VALUE`` config
+**Flags.** A flag's ``type=`` is its declaration: :class:`Int`, :class:`IntList`,
+:class:`Float` (finite unless ``allow_inf``), :class:`Seed` (what both ``torch.manual_seed`` and
+NumPy accept), :class:`Device`; ``choices=`` as usual. ``tests/tools/test_tool_flags.py`` feeds
+every declared flag of every tool the values its declaration refuses. :class:`ToolParser` turns
+every argparse complaint (bad value, unknown flag, missing required flag) into a
+:class:`~diffvision.errors.CLIError`, so it is one line like any other input error, raised
+before the tool does any work. Trailing ``KEY VALUE`` config
 overrides start at the first config key, so ``--steps 1 4 MODEL.WEIGHTS w.pth`` parses, and a
 flag typed after the overrides is named as such. Checks that need a model (``--steps`` at most
 the model's timesteps) or an allocation estimate (:func:`check_allocation`) follow right after
-the model is built, still before the work.
+the model is built, still before the work. :func:`load_tool_config` loads the config of a tool
+that runs only some tasks (another task's config is refused, keys the tool ignores are warned).
 
-**Errors.**
-
-:func:`run_main` calls ``main(argv)`` and maps what escapes it to an exit status:
+**Errors.** :func:`run_main` calls ``main(argv)`` and maps what escapes it to an exit status:
 
 - :class:`~diffvision.errors.UserInputError` (bad config, data, weights, command line, missing
   file): ``error: <message>`` on stderr, one line, exit status 2 (:data:`USER_ERROR`);
