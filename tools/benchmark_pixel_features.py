@@ -39,12 +39,12 @@ from diffvision.engine.cli import Int, ToolParser, check_allocation, run_main  #
 from diffvision.engine.progress import Progress  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
 from diffvision.modeling.unet import UNet  # noqa: E402
-from projects.segmentation.build_pixel_mlp import predict_image  # noqa: E402
-from projects.segmentation.pixel_features import (  # noqa: E402
+from projects.segmentation.pixel_mlp.build import predict_image  # noqa: E402
+from projects.segmentation.pixel_mlp.features import (  # noqa: E402
     DDPMFeatureExtractor,
     gather_pixel_features,
 )
-from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble  # noqa: E402
+from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
 GUIDED_256 = dict(
     attention_resolutions="32,16,8",

@@ -30,8 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
-from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.build import build_batch_split  # noqa: E402
 from diffvision.engine.cli import debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
@@ -51,6 +49,7 @@ from diffvision.engine.run import evaluate, train  # noqa: E402
 from diffvision.engine.tasks import get_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
 from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
+from diffvision.utils import comm  # noqa: E402
 
 
 def main(args) -> dict:
@@ -86,10 +85,11 @@ def validate(cfg, args) -> None:
             than devices, or (check_output_dir) an OUTPUT_DIR holding checkpoints without
             --resume or --overwrite.
         ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes, unknown
-            task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, OUTPUT_DIR
-            that is a file, or a malformed DATASETS.CUSTOM entry (values out of their range,
-            e.g. a negative MAX_ITER, stop earlier, in load_config).
-        InputFileNotFoundError: MODEL.WEIGHTS or a dataset file that does not exist.
+            task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, an OUTPUT_DIR
+            that cannot be written (values out of their range, e.g. a negative MAX_ITER, stop
+            earlier, in load_config).
+        InputFileNotFoundError: MODEL.WEIGHTS does not exist.
+        UserInputError (from the task's check_inputs): its input files are missing.
         WeightsError (from check_output_dir): --resume finds checkpoints, none of them intact.
     """
     if args.resume and args.overwrite:
@@ -117,9 +117,8 @@ def validate(cfg, args) -> None:
         if args.num_gpus > available:
             raise CLIError(f"--num-gpus {args.num_gpus} but only {available} CUDA devices exist")
     check_output_path(cfg.OUTPUT_DIR, "OUTPUT_DIR", kind="folder")
-    _check_dataset_files(cfg)
     if task.check_inputs is not None:
-        task.check_inputs(cfg)  # e.g. the segmentation dataset folders
+        task.check_inputs(cfg)  # e.g. the dataset files
     weights = str(cfg.MODEL.WEIGHTS)
     if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
         kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
@@ -132,28 +131,6 @@ def validate(cfg, args) -> None:
             "model; pass MODEL.WEIGHTS <file>",
             file=sys.stderr,
         )
-
-
-def _check_dataset_files(cfg) -> None:
-    """The files of builtin detection datasets and ``DATASETS.CUSTOM`` entries exist (their
-    content is checked when loaded).
-
-    Raises:
-        ConfigError: an entry is not ``name:json_file:image_root``.
-        InputFileNotFoundError: its json or image folder does not exist.
-    """
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        check_dataset_files(str(name))
-    for entry in cfg.DATASETS.get("CUSTOM", []):
-        name, json_file, image_root = parse_custom_dataset(entry)
-        if not json_file.is_file():
-            raise InputFileNotFoundError(
-                f"DATASETS.CUSTOM {name!r}: annotation file {json_file} does not exist"
-            )
-        if not image_root.is_dir():
-            raise InputFileNotFoundError(
-                f"DATASETS.CUSTOM {name!r}: image folder {image_root} does not exist"
-            )
 
 
 def cli(argv: list[str] | None = None) -> int:

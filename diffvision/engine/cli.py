@@ -60,8 +60,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.multiprocessing import ProcessExitedException
 
-from diffvision.engine import comm
 from diffvision.errors import CLIError, UserInputError
+from diffvision.utils import comm
 
 __all__ = [
     "RUN_FAILED",

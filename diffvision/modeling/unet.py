@@ -41,7 +41,7 @@ from diffvision.modeling.nn_blocks import (
     zero_module,
 )
 from diffvision.modeling.time_embedding import timestep_embedding
-from diffvision.modeling.weight_files import safe_torch_load
+from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = [
     "GUIDED_DIFFUSION_DEFAULTS",
