@@ -48,10 +48,9 @@ from diffvision.engine.cli import (  # noqa: E402
     Int,
     IntList,
     ToolParser,
-    load_tool_config,
     run_main,
 )
-from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.engine.defaults import load_config, load_tool_config  # noqa: E402
 from diffvision.engine.outputs import (  # noqa: E402
     OVERWRITE_HELP,
     check_output_path,

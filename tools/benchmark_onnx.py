@@ -34,9 +34,9 @@ from diffvision.engine.cli import (  # noqa: E402
     Int,
     IntList,
     ToolParser,
-    load_tool_config,
     run_main,
 )
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
 from diffvision.engine.progress import Progress  # noqa: E402
 
 TOOL = "tools/benchmark_onnx.py"

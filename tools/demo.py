@@ -39,9 +39,9 @@ from diffvision.engine.cli import (  # noqa: E402
     Int,
     Seed,
     ToolParser,
-    load_tool_config,
     run_main,
 )
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
 from diffvision.engine.outputs import (  # noqa: E402
     OVERWRITE_HELP,
     VIDEO_SUFFIXES,

@@ -25,9 +25,9 @@ import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.cli import (  # noqa: E402
     Int,
     ToolParser,
-    load_tool_config,
     run_main,
 )
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
 from diffvision.engine.outputs import (  # noqa: E402
     OVERWRITE_HELP,
     check_output_path,

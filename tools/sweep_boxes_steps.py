@@ -40,10 +40,9 @@ from diffvision.engine.cli import (  # noqa: E402
     IntList,
     Seed,
     ToolParser,
-    load_tool_config,
     run_main,
 )
-from diffvision.engine.defaults import setup_logging  # noqa: E402
+from diffvision.engine.defaults import load_tool_config, setup_logging  # noqa: E402
 from diffvision.engine.outputs import (  # noqa: E402
     OVERWRITE_HELP,
     check_output_path,

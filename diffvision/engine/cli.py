@@ -28,8 +28,9 @@ before the tool does any work. Trailing ``KEY VALUE`` config
 overrides start at the first config key, so ``--steps 1 4 MODEL.WEIGHTS w.pth`` parses, and a
 flag typed after the overrides is named as such. Checks that need a model (``--steps`` at most
 the model's timesteps) or an allocation estimate (:func:`check_allocation`) follow right after
-the model is built, still before the work. :func:`load_tool_config` loads the config of a tool
-that runs only some tasks (another task's config is refused, keys the tool ignores are warned).
+the model is built, still before the work. :func:`~diffvision.engine.defaults.load_tool_config`
+loads the config of a tool that runs only some tasks (another task's config is refused, keys the
+tool ignores are warned).
 
 **Errors.** :func:`run_main` calls ``main(argv)`` and maps what escapes it to an exit status:
 
@@ -76,7 +77,6 @@ __all__ = [
     "ToolParser",
     "add_debug_flag",
     "check_allocation",
-    "load_tool_config",
     "debug_enabled",
     "format_error",
     "report_error",
@@ -301,49 +301,6 @@ class ToolParser(argparse.ArgumentParser):
                     )
                 return flags, opts
         return argv, []
-
-
-def load_tool_config(
-    config_file: str,
-    opts: Sequence[str],
-    *,
-    tool: str,
-    architectures: Sequence[str],
-    ignored: dict[str, tuple[object, str]] | None = None,
-):
-    """The config of a tool that runs only some tasks, refused or warned before any work.
-
-    Args:
-        config_file: ``--config``.
-        opts: the ``KEY VALUE`` overrides.
-        tool: the tool's name for messages (``"tools/export.py"``).
-        architectures: the ``MODEL.META_ARCHITECTURE`` values the tool can run.
-        ignored: ``{key: (honoured value, why)}`` for keys the tool cannot honour: a config
-            that sets one to another value gets one ``warning:`` line on stderr.
-
-    Raises:
-        ConfigError: the file does not exist, does not load, or is for another task.
-    """
-    from diffvision.engine.defaults import load_config
-    from diffvision.errors import ConfigError
-
-    if not os.path.isfile(config_file):
-        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
-        raise ConfigError(f"config file {config_file!r} {what}")
-    cfg = load_config(config_file, list(opts))
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in architectures:
-        raise ConfigError(
-            f"{config_file}: MODEL.META_ARCHITECTURE is {arch!r}; {tool} runs only "
-            f"{' / '.join(architectures)} configs"
-        )
-    for key, (honoured, why) in (ignored or {}).items():
-        node = cfg
-        for part in key.split("."):
-            node = node.get(part) if hasattr(node, "get") else None
-        if node is not None and node != honoured:
-            print(f"warning: {key} {node} is ignored by {tool}: {why}", file=sys.stderr)
-    return cfg
 
 
 def check_allocation(flag: str, nbytes: float, what: str, *, fraction: float = 0.8) -> None:

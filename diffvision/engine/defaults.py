@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ from diffvision.config import CfgNode, get_cfg
 from diffvision.config.ranges import check_ranges
 from diffvision.engine.cli import Int, ToolParser
 from diffvision.engine.outputs import run_config_path
+from diffvision.errors import ConfigError
 from diffvision.utils import comm
 from diffvision.utils.seeding import random_seed, seed_process_rngs
 
@@ -20,6 +23,7 @@ __all__ = [
     "default_argument_parser",
     "default_setup",
     "load_config",
+    "load_tool_config",
     "setup_logging",
 ]
 
@@ -85,6 +89,46 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     if opts:
         cfg.merge_from_list(opts)
     check_ranges(cfg)
+    return cfg
+
+
+def load_tool_config(
+    config_file: str,
+    opts: Sequence[str],
+    *,
+    tool: str,
+    architectures: Sequence[str],
+    ignored: dict[str, tuple[object, str]] | None = None,
+):
+    """The config of a tool that runs only some tasks, refused or warned before any work.
+
+    Args:
+        config_file: ``--config``.
+        opts: the ``KEY VALUE`` overrides.
+        tool: the tool's name for messages (``"tools/export.py"``).
+        architectures: the ``MODEL.META_ARCHITECTURE`` values the tool can run.
+        ignored: ``{key: (honoured value, why)}`` for keys the tool cannot honour: a config
+            that sets one to another value gets one ``warning:`` line on stderr.
+
+    Raises:
+        ConfigError: the file does not exist, does not load, or is for another task.
+    """
+    if not os.path.isfile(config_file):
+        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
+        raise ConfigError(f"config file {config_file!r} {what}")
+    cfg = load_config(config_file, list(opts))
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in architectures:
+        raise ConfigError(
+            f"{config_file}: MODEL.META_ARCHITECTURE is {arch!r}; {tool} runs only "
+            f"{' / '.join(architectures)} configs"
+        )
+    for key, (honoured, why) in (ignored or {}).items():
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is not None and node != honoured:
+            print(f"warning: {key} {node} is ignored by {tool}: {why}", file=sys.stderr)
     return cfg
 
 
