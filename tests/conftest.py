@@ -32,3 +32,24 @@ def _seeded_global_rngs():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture()
+def tool_env(tmp_path, monkeypatch):
+    """For tests that run the tools: datasets under ``tmp_path/datasets``, no ``--debug`` from
+    the environment, and the tools' log handlers detached afterwards."""
+    from tests.tool_helpers import drop_tool_log_handlers
+
+    monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.delenv("DIFFVISION_DEBUG", raising=False)
+    yield
+    drop_tool_log_handlers()
+
+
+@pytest.fixture()
+def toy_det(tmp_path):
+    """``tmp_path`` holding a 4 + 2 image toy detection set under ``datasets/``."""
+    from diffvision.data.toy_detection import ensure_toy_detection
+
+    ensure_toy_detection(tmp_path / "datasets" / "toy_detection", sizes={"train": 4, "val": 2})
+    return tmp_path

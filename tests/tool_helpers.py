@@ -1,7 +1,14 @@
-"""Helpers for tests that call the ``tools/`` scripts in-process."""
+"""Helpers for tests that call the ``tools/`` scripts in-process.
+
+The bad-input tests (``test_*_inputs.py`` next to the module whose input they check) hold the
+promise of the error path: every user mistake ends with exit status 2 and ONE line
+``error: ...`` on stderr (:func:`one_line_error`), and the outputs stay as they were
+(:func:`snapshot`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -26,3 +33,50 @@ def drop_tool_log_handlers() -> None:
         if getattr(handler, "_diffvision", False):
             root.removeHandler(handler)
             handler.close()
+
+
+DET = str(REPO / "projects/detection/diffdet_toy.yaml")
+SEG = REPO / "projects" / "segmentation" / "configs"
+TINY_DET = [
+    "MODEL.DiffusionDet.NUM_PROPOSALS", "8", "MODEL.DiffusionDet.NUM_HEADS", "1",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "96", "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2",
+    "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
+"""Overrides that make the toy detector tiny: seconds per tool call on a CPU."""
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``folder`` (empty if it does not exist)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_line_error(capsys, status: int, expected: str, *, code: int = 2) -> str:
+    """Assert exit ``code``, exactly one ``error:`` line containing ``expected``, no traceback."""
+    err = capsys.readouterr().err
+    assert status == code, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert expected in lines[0], lines[0]
+    return lines[0]
+
+
+def finished_run(folder: Path) -> dict[str, str]:
+    """A folder as a finished run leaves it: checkpoints, marker, metrics."""
+    import torch
+
+    from diffvision.engine.checkpoint import Checkpointer
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpointer(model, folder, config_text="x: 1\n")
+    ckpt.save("model_0000009", iteration=9)
+    ckpt.save("model_final", iteration=19)
+    (folder / "metrics.jsonl").write_text('{"iteration": 19, "loss": 0.5}\n')
+    return snapshot(folder)

@@ -25,6 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffvision.engine.cli import Int, ToolParser, check_allocation, run_main  # noqa: E402
+from diffvision.errors import CLIError  # noqa: E402
+
 # ----------------------------------------------------------------------------- configurations
 MODELS = {
     # 6.1M parameters: a small UNet (1 res block per level).
@@ -91,16 +94,30 @@ def run_single(model_name: str, size: int, batch: int, iters: int, steps: int) -
     }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+SIZE_MULTIPLE = 8  # the UNets halve the resolution three times (channel_mult of length 4)
+
+
+def argument_parser() -> ToolParser:
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--iters", type=int, default=3, help="timed training iterations")
-    p.add_argument("--steps", type=int, default=5, help="timed sampling steps")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--sizes", nargs="+", type=Int(SIZE_MULTIPLE, 1024), default=[32, 64],
+                   help=f"image sides, multiples of {SIZE_MULTIPLE}")  # fmt: skip
+    p.add_argument("--batch-size", type=Int(1, 4096), default=8)
+    p.add_argument("--iters", type=Int(1, 10_000), default=3, help="timed training iterations")
+    p.add_argument("--steps", type=Int(1, 10_000), default=5, help="timed sampling steps")
+    p.add_argument("--threads", type=Int(0, 1024, special={0: "torch default"}), default=0,
+                   help="torch threads (0 = torch default)")  # fmt: skip
     p.add_argument("--single", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = argument_parser().parse_args(argv)
+    bad = [s for s in args.sizes if s % SIZE_MULTIPLE]
+    if bad:
+        raise CLIError(f"--sizes {bad}: expected multiples of {SIZE_MULTIPLE}")
+    activations = max(args.sizes) ** 2 * 3 * 4 * 2048  # float32, ~2048 live values per input
+    check_allocation("--batch-size", args.batch_size * activations, "the training batch")
 
     if args.single:
         import torch
@@ -141,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

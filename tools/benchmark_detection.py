@@ -30,7 +30,6 @@ shared machine wall time measures the neighbours as much as the model, CPU time 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -48,9 +47,22 @@ import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.detection_transforms import resized_shape  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Int,
+    IntList,
+    ToolParser,
+    run_main,
+)
+from diffvision.engine.defaults import load_config, load_tool_config  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
+from diffvision.errors import CLIError  # noqa: E402
 from projects.detection.box_diffusion import diffusion_to_boxes  # noqa: E402
 from projects.detection.build import build_model  # noqa: E402
+from projects.detection.export import check_box_memory  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Timing helpers
@@ -490,7 +502,8 @@ def comparison_models(args, *, with_criterion: bool):
         config, size = configs[name]
         compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
         cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
-        model = build_model(cfg, with_criterion=with_criterion)
+        check_box_memory(cfg, max(args.boxes))
+        model = build_model(cfg, with_criterion=with_criterion)  # random weights suffice
         device = torch.device(cfg.MODEL.DEVICE)
         if args.clock == "cpu" and device.type == "cpu":
             CLOCK = time.process_time
@@ -687,8 +700,8 @@ def report(meta: dict, inference: list[dict], train: dict | None, matcher: list[
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config",
                         help="model config (required unless --compare-plain)")  # fmt: skip
     parser.add_argument("--compare-plain", action="store_true",
@@ -701,16 +714,17 @@ def main(argv: list[str] | None = None) -> str:
                         default=None, help="--compare-precision: fp32 first (default: fp32 "
                         "bf16, plus fp16 on CUDA)")  # fmt: skip
     parser.add_argument("--models", nargs="+", choices=["toy", "R50"], default=["toy", "R50"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batches", type=Int(1, 1024), nargs="+", default=[1, 4])
     parser.add_argument(
         "--r50-size",
-        type=int,
+        type=Int(32, 8192),
         nargs=2,
         default=None,
         metavar=("H", "W"),
         help="default 256 320 (--compare-plain), 480 640 (--compare-precision)",
     )
-    parser.add_argument("--toy-size", type=int, nargs=2, default=[128, 171], metavar=("H", "W"))
+    parser.add_argument("--toy-size", type=Int(32, 8192), nargs=2, default=[128, 171],
+                        metavar=("H", "W"))  # fmt: skip
     parser.add_argument("--no-train", dest="train", action="store_false",
                         help="--compare-plain: skip the training step")  # fmt: skip
     parser.add_argument("--compile", action="store_true",
@@ -718,18 +732,23 @@ def main(argv: list[str] | None = None) -> str:
                         "the first call, compilation included, is reported apart")  # fmt: skip
     parser.add_argument("--channels-last", choices=["on", "off"], default="off",
                         help="--compare-plain: backbone memory format, fast path")  # fmt: skip
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    parser.add_argument("--size", type=Int(32, 8192), nargs=2, metavar=("H", "W"),
                         help="input size after resizing (default: INPUT.MIN_SIZE_TEST on a 4:3 "
                         "image, capped by MAX_SIZE_TEST)")  # fmt: skip
-    parser.add_argument("--boxes", type=int, nargs="+", default=[100, 300, 500, 1000])
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-batch", type=int, default=2, help="0 skips the training step")
-    parser.add_argument("--train-gts", type=int, default=7, help="boxes per training image")
-    parser.add_argument("--matcher-gts", type=int, nargs="*", default=[5, 20, 50, 100])
+    parser.add_argument("--boxes", type=IntList(1, 100_000), nargs="+",
+                        default=[100, 300, 500, 1000])  # fmt: skip
+    parser.add_argument("--steps", type=IntList(1, 1000), nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeats", type=Int(1, 10_000), default=3)
+    parser.add_argument("--train-batch", type=Int(0, 1024, special={0: "skip"}), default=2,
+                        help="0 skips the training step")  # fmt: skip
+    parser.add_argument("--train-gts", type=Int(1, 10_000), default=7,
+                        help="boxes per training image")  # fmt: skip
+    parser.add_argument("--matcher-gts", type=Int(1, 10_000), nargs="*",
+                        default=[5, 20, 50, 100])  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="boxes 100 500, steps 1 4, 1 repeat, train batch 1")  # fmt: skip
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    parser.add_argument("--warmup", type=Int(0, 10_000), default=1,
+                        help="untimed calls before timing")  # fmt: skip
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -737,18 +756,35 @@ def main(argv: list[str] | None = None) -> str:
         help="cpu: process CPU time, robust when other jobs share the CPU; with --threads 1 it "
         "approximates the latency on one dedicated core (CUDA always uses wall time)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--threads", type=Int(0, 1024, special={0: "torch default"}), default=0,
+                        help="torch CPU threads (0: default)")  # fmt: skip
     parser.add_argument("--output", help="also write the table (.md) and raw numbers (.json)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
+
+
+def check_output(output: str | None, overwrite: bool) -> None:
+    """``--output``: where the .md table and the .json numbers go, writable before any timing
+    and not replacing an earlier result without ``--overwrite``."""
+    if output:
+        out = check_output_path(output, "--output", kind="file", suffixes=(".md", ".json", ""))
+        refuse_to_replace([out.with_suffix(".md"), out.with_suffix(".json")], overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argument_parser()
     args = parser.parse_args(argv)
+    check_output(args.output, args.overwrite)
     if args.r50_size is None:
         args.r50_size = [480, 640] if args.compare_precision else [256, 320]
     if args.compare_precision:
-        if argv is None and "--boxes" not in sys.argv:
+        if "--boxes" not in argv:
             args.boxes = [100, 300, 500]
-        if argv is None and "--steps" not in sys.argv:
+        if "--steps" not in argv:
             args.steps = [1, 4]
-        if argv is None and "--batches" not in sys.argv:
+        if "--batches" not in argv:
             args.batches = [1]
         if args.precisions is None:
             cuda = any("cuda" in o for o in args.opts)
@@ -757,13 +793,13 @@ def main(argv: list[str] | None = None) -> str:
             parser.error("--precisions: the first one is the baseline and must be fp32")
         return main_compare_precision(args)
     if args.compare_plain:
-        if argv is None and "--boxes" not in sys.argv:
+        if "--boxes" not in argv:
             args.boxes = [100, 300, 500]
-        if argv is None and "--steps" not in sys.argv:
+        if "--steps" not in argv:
             args.steps = [1, 4]
         return main_compare(args, parser)
     if args.config is None:
-        parser.error("--config is required (or use --compare-plain)")
+        raise CLIError("--config is required (or use --compare-plain)")
     if args.quick:
         args.boxes, args.steps, args.repeats = [100, 500], [1, 4], 1
         args.train_batch = min(args.train_batch, 1)
@@ -772,7 +808,11 @@ def main(argv: list[str] | None = None) -> str:
     global WARMUP, CLOCK
     WARMUP = args.warmup
 
-    cfg = load_config(args.config, ["MODEL.WEIGHTS", "", *args.opts])
+    cfg = load_tool_config(
+        args.config, ["MODEL.WEIGHTS", "", *args.opts], tool="tools/benchmark_detection.py",
+        architectures=("DiffusionDet",),
+    )  # fmt: skip
+    check_box_memory(cfg, max(args.boxes))
     model = build_model(cfg)  # random weights: the work done does not depend on them
     device = torch.device(cfg.MODEL.DEVICE)
     if args.clock == "cpu" and device.type == "cpu":
@@ -816,4 +856,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -8,6 +8,8 @@ swings hit both columns alike; the detections are checked to match before timing
     python tools/benchmark_onnx.py --config projects/detection/diffdet_toy.yaml \
         --boxes 100 300 --steps 1 4 MODEL.WEIGHTS output/diffdet_toy/model_final.pth
 
+Bad input ends with one line ``error: ...`` and exit status 2 (``--debug``: with the traceback).
+
 Prints one markdown table (median latency per image, ratio = onnxruntime / eager). ``--int8
 static dynamic`` also times int8 copies of each file (``tools/export.py --quantize int8``; for
 timing, the static ranges are calibrated on the benchmark image itself), in the same rotation.
@@ -18,7 +20,6 @@ and is robust to other jobs on a shared machine.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -32,37 +33,53 @@ import torch  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.engine.defaults import load_config  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Int,
+    IntList,
+    ToolParser,
+    run_main,
+)
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
+from diffvision.engine.progress import Progress  # noqa: E402
+
+TOOL = "tools/benchmark_onnx.py"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
-    parser.add_argument("--boxes", type=int, nargs="+", default=[100, 300])
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    parser.add_argument("--boxes", type=IntList(1, 100_000), nargs="+", default=[100, 300],
+                        help="box counts, e.g. 100 300 or 100,300")  # fmt: skip
+    parser.add_argument("--steps", type=IntList(1, 1000), nargs="+", default=[1, 4],
+                        help="sampling steps, e.g. 1 4 or 1,4")  # fmt: skip
+    parser.add_argument("--size", type=Int(1, 8192), nargs=2, default=None, metavar=("H", "W"),
                         help="image size (default: MIN_SIZE_TEST x 4/3 of it)")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each")
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--repeats", type=Int(1, 10_000), default=10, help="timed runs of each")
+    parser.add_argument("--threads", type=Int(1, 1024), default=1,
+                        help="torch and onnxruntime threads")  # fmt: skip
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: process CPU time (robust to other jobs)")  # fmt: skip
     parser.add_argument("--int8", nargs="*", choices=("static", "dynamic"), default=[],
                         help="also time int8 copies quantized this way")  # fmt: skip
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+    cfg = load_tool_config(args.config, args.opts, tool=TOOL, architectures=("DiffusionDet",))
+    h, w = args.size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST * 4 // 3)
+    from projects.detection.export import check_box_memory, export_onnx
+
+    check_box_memory(cfg, max(args.boxes))
+
     import onnxruntime as ort
 
     from projects.detection.build import build_inference_model
-    from projects.detection.export import export_onnx, quantize_onnx
+    from projects.detection.export import quantize_onnx
 
-    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.opts)
     model = build_inference_model(cfg)
-    h, w = args.size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST * 4 // 3)
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
     options = ort.SessionOptions()
@@ -72,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"config {args.config}, image {h}x{w}, {args.threads} thread(s), {args.clock} clock, "
           f"median of {args.repeats} alternating runs, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}")  # fmt: skip
+    progress = Progress(len(args.boxes) * len(args.steps), "exports and timings",
+                        stream=sys.stderr)  # fmt: skip
     int8_cols = "".join(f" int8 {m} ms | ratio |" for m in args.int8)
     print(f"| boxes | steps | eager ms | onnxruntime ms | ratio |{int8_cols} same labels: "
           "detections |")  # fmt: skip
@@ -97,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                     f" {ms[name]:.1f} | {ms[name] / ms['eager']:.2f} |" for name in files
                 )
                 print(f"| {n} | {s} | {ms['eager']:.1f} |{cells} {same} |", flush=True)
+                progress.update()
+    return 0
 
 
 def draws_for(model, image, n, s, g) -> tuple[dict, dict]:
@@ -151,4 +172,4 @@ def compare(model, sessions, feeds, kwargs, image, repeats, clock) -> tuple[dict
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

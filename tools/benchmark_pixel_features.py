@@ -25,7 +25,6 @@ memory per image is constant. Prints the peak RSS (``ru_maxrss``) after each sta
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -36,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from diffvision.diffusion.schedule import get_schedule  # noqa: E402
+from diffvision.engine.cli import Int, ToolParser, check_allocation, run_main  # noqa: E402
+from diffvision.engine.progress import Progress  # noqa: E402
+from diffvision.errors import CLIError  # noqa: E402
 from diffvision.modeling.unet import UNet  # noqa: E402
 from projects.segmentation.pixel_mlp.build import predict_image  # noqa: E402
 from projects.segmentation.pixel_mlp.features import (  # noqa: E402
@@ -80,15 +82,33 @@ def report(stage: str, start: float) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-images", type=int, default=50)
-    parser.add_argument("--measure-images", type=int, default=2)
-    parser.add_argument("--pixels-per-image", type=int, default=4096)
-    parser.add_argument("--num-classes", type=int, default=30)
-    parser.add_argument("--mlp-iters", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    args = parser.parse_args()
+FEATURE_DIM = 8448  # D of the default steps and blocks of the 256x256 guided-diffusion UNet
+
+
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=Int(1, 100_000), default=50)
+    parser.add_argument("--measure-images", type=Int(1, 100_000), default=2,
+                        help="images run through the UNet (at most --num-images)")  # fmt: skip
+    parser.add_argument("--pixels-per-image", type=Int(1, 256 * 256), default=4096)
+    parser.add_argument("--num-classes", type=Int(1, 10_000), default=30)
+    parser.add_argument("--mlp-iters", type=Int(0, 10**7), default=200)
+    parser.add_argument("--threads", type=Int(0, 1024, special={0: "torch default"}), default=0,
+                        help="torch threads (0 = default)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+    if args.measure_images > args.num_images:
+        raise CLIError(
+            f"--measure-images {args.measure_images} exceeds --num-images {args.num_images}"
+        )
+    check_allocation(
+        "--num-images/--pixels-per-image",
+        args.num_images * args.pixels_per_image * FEATURE_DIM * 2,
+        f"a float16 store of {args.num_images} x {args.pixels_per_image} pixels x {FEATURE_DIM}",
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
@@ -126,10 +146,12 @@ def main() -> None:
         store[i * k : (i + 1) * k] = first  # touch every page: the store is fully resident
     gib = store.numel() * 2 / 2**30
     report(f"store allocated + filled ({args.num_images} x {k} px, {gib:.2f} GiB fp16)", start)
+    progress = Progress(args.measure_images - 1, "further images extracted", interval=0.0)
     for i in range(1, args.measure_images):
         t0 = time.time()
         store[i * k : (i + 1) * k] = extract(images[i])
         report(f"image {i + 1} extracted, full store resident ({time.time() - t0:.0f}s)", start)
+        progress.update()
 
     ensemble = PixelMLPEnsemble(in_features=dim, num_classes=args.num_classes, num_models=10)
     optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
@@ -153,7 +175,8 @@ def main() -> None:
         f"(store {gib:.2f} GiB); reference all-pixel float32 features: {ref:.1f} GiB. "
         f"UNet forward (3 steps to block 12) {per_image_s:.0f}s per image on this CPU."
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -39,6 +39,19 @@ from diffvision.diffusion import (  # noqa: E402
     get_schedule,
     sample,
 )
+from diffvision.engine.cli import (  # noqa: E402
+    Float,
+    Int,
+    Seed,
+    ToolParser,
+    check_allocation,
+    run_main,
+)
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
 
 # (label, sampler, num_steps, extra kwargs of sample()); the analytic row gets its Γ at run time.
 SAMPLER_RUNS = [
@@ -270,18 +283,20 @@ def plot(samples: dict, datasets: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=Seed(), default=0)
     parser.add_argument("--out", type=Path, default=Path("output/benchmark_samplers"))
-    parser.add_argument("--train-steps", type=int, default=None, help="per dataset")
-    parser.add_argument("--num-samples", type=int, default=None, help="samples per sampler")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam, cosine-decayed to 1e-4")
+    parser.add_argument("--train-steps", type=Int(0, 10**7), default=None, help="per dataset")
+    parser.add_argument("--num-samples", type=Int(2, 10**6), default=None,
+                        help="samples per sampler")  # fmt: skip
+    parser.add_argument("--batch-size", type=Int(1, 10**6), default=None)
+    parser.add_argument("--lr", type=Float(0, 10, lo_open=True), default=5e-3,
+                        help="Adam, cosine-decayed to 1e-4")  # fmt: skip
     parser.add_argument(
         "--threads",
-        type=int,
+        type=Int(1, 1024),
         default=None,
         help="torch.set_num_threads (default 2; 1 with --quick: on a busy machine a second "
         "thread only adds synchronisation waits to these tiny operations)",
@@ -293,7 +308,18 @@ def main(argv: list[str] | None = None) -> str:
         choices=DATASETS,
         help="default: all (--quick: first)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = argument_parser().parse_args(argv)
+    check_output_path(args.out, "--out", kind="folder")
+    refuse_to_replace(
+        [args.out / "results.md", args.out / "samplers.png"], overwrite=args.overwrite, flag="--out"
+    )
+    if args.num_samples is not None:  # the pairwise distances of the metrics: n^2 float64
+        check_allocation("--num-samples", 3 * args.num_samples**2 * 8, "pairwise distances")
     defaults = (20, 128, 128) if args.quick else (2000, 2000, 512)
     args.threads = (1 if args.quick else 2) if args.threads is None else args.threads
     if args.datasets is None:
@@ -320,4 +346,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -16,7 +16,6 @@ file not an EfficientNet-Lite state dict, output already present without ``--ove
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
+from diffvision.engine.cli import ToolParser, run_main  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
 from diffvision.errors import CLIError  # noqa: E402
 from diffvision.modeling.efficientnet_lite_weights import (  # noqa: E402
     LITE_VARIANTS,
@@ -38,9 +42,8 @@ def convert(variant: str, output: str, *, source: str | None = None, overwrite: 
     """Convert and save; returns the converted state dict."""
     if variant not in LITE_VARIANTS:
         raise CLIError(f"variant {variant!r} is not one of {sorted(LITE_VARIANTS)}")
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output_path(output, "output", kind="file", suffixes=(".pth", ".pt"))
+    refuse_to_replace([out], overwrite=overwrite, flag="output")
     timm_name = LITE_VARIANTS[variant][2]
     if source is None:
         state, source_name = package_state_dict(variant), str(package_weights_path(variant))
@@ -57,22 +60,20 @@ def convert(variant: str, output: str, *, source: str | None = None, overwrite: 
     return converted
 
 
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("variant", help=f"one of {sorted(LITE_VARIANTS)}")
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
+    parser.add_argument("variant", choices=sorted(LITE_VARIANTS))
     parser.add_argument("output", help="output .pth file (timm naming)")
     parser.add_argument("--source", help="a state dict file in the package's naming")
-    parser.add_argument("--overwrite", action="store_true")
-    add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     convert(args.variant, args.output, source=args.source, overwrite=args.overwrite)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
-    return run_main(_main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

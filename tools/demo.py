@@ -41,7 +41,6 @@ pixels per class::
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -58,11 +57,23 @@ import torch  # noqa: E402
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.image_folder import IMAGE_EXTENSIONS  # noqa: E402
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Float,
+    Int,
+    Seed,
+    ToolParser,
+    run_main,
+)
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    VIDEO_SUFFIXES,
+    check_output_path,
+    refuse_to_replace,
+)
 from diffvision.errors import CLIError, ConfigError, DataError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
+from projects.detection.export import check_box_memory  # noqa: E402
 
 COCO_CLASSES = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
@@ -169,7 +180,7 @@ def check_json_path(path: str, overwrite: bool) -> None:
     Raises:
         CLIError: naming the path and what is wrong.
     """
-    target = Path(path)
+    target = check_output_path(path, "--json", kind="file", suffixes=(".json",))
     if target.is_dir():
         raise CLIError(f"--json {path} is a folder; expected a file name such as out.json")
     parent = target.parent
@@ -219,6 +230,11 @@ def readable_images(paths: list[str], records: JsonRecords, skipped: list[str]):
             skipped.append(path)
             continue
         yield path, rgb
+    if paths and len(skipped) == len(paths):
+        raise DataError(
+            f"--input: none of the {len(paths)} images could be read (each is named in a "
+            "warning above)"
+        )
     if skipped:
         print(f"skipped {len(skipped)} of {len(paths)} inputs that could not be read",
               file=sys.stderr)  # fmt: skip
@@ -268,10 +284,12 @@ def run_stream(model, source, args, names, records: JsonRecords) -> None:
             if args.output:
                 if writer is None:
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.endswith(".mp4")
-                                                      else "MJPG"))  # fmt: skip
+                    mp4 = args.output.lower().endswith(".mp4")
+                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if mp4 else "MJPG"))
                     h, w = canvas.shape[:2]
                     writer = cv2.VideoWriter(args.output, fourcc, fps, (w, h))
+                    if not writer.isOpened():
+                        raise DataError(f"--output {args.output}: OpenCV cannot write this video")
                 writer.write(canvas)
             elif records.path is None:
                 cv2.imshow("DiffusionDet", canvas)
@@ -442,8 +460,19 @@ def run_segmentation(cfg, paths: list[str], args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+TOOL = "tools/demo.py"
+DETECTION_ARCHITECTURES = ("DiffusionDet",)
+IGNORED_KEYS = {
+    "TEST.AUG.ENABLED": (
+        False,
+        "the drawing shows the plain model's detections (test-time augmentation runs only in "
+        "evaluation: tools/train_net.py --eval-only)",
+    )
+}
+
+
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config")
     parser.add_argument("--onnx", help="a tools/export.py .onnx file, instead of --config")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -452,41 +481,53 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--webcam", action="store_true", help="camera 0")
     parser.add_argument("--output", help="folder for images; file (.mp4 or .avi) for video")
     parser.add_argument("--json", help="also write every input's detections to this JSON file")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0, help="box sampling seed (-1: random)")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop video after N frames")
+    parser.add_argument("--confidence-threshold", type=Float(0, 1), default=0.5)
+    parser.add_argument("--seed", type=Seed(allow_random=True), default=0,
+                        help="box sampling seed (-1: random)")  # fmt: skip
+    parser.add_argument("--max-frames", type=Int(0, special={0: "all"}), default=0,
+                        help="stop video after N frames")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
+
+
+def check_output(args, paths: list[str] | None, segmentation: bool = False) -> None:
+    """``--output``: a writable folder for images, a writable .mp4/.avi file for a stream;
+    finished drawings are not replaced without ``--overwrite``."""
+    if not args.output:
+        return
+    if paths is None:
+        out = check_output_path(args.output, "--output", kind="file", suffixes=VIDEO_SUFFIXES)
+        targets = [out]
+    else:
+        out = check_output_path(args.output, "--output", kind="folder")
+        if segmentation:
+            targets = [t for path in paths for t in segmentation_outputs(args.output, path)]
+        else:
+            targets = [out / (Path(path).stem + ".jpg") for path in paths]
+    refuse_to_replace(targets, overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     if args.seed is not None and args.seed < 0:
         args.seed = None
-    if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise CLIError(
-            f"--confidence-threshold must lie in [0, 1], got {args.confidence_threshold}"
-        )
-    if args.max_frames < 0:
-        raise CLIError(f"--max-frames must be >= 0, got {args.max_frames}")
     paths = expand_inputs(args.input) if args.input else None  # before building the model
     if args.video_input and not Path(args.video_input).is_file():
         what = "is a folder" if Path(args.video_input).is_dir() else "does not exist"
         raise InputFileNotFoundError(f"--video-input {args.video_input}: {what}")
     if (args.onnx is None) == (args.config is None):
         raise CLIError("give exactly one of --config and --onnx")
-    cfg = load_config(args.config, args.opts) if args.config else None
+    cfg = None
+    if args.config:  # the config's task decides which demo runs
+        cfg = load_tool_config(
+            args.config, args.opts, tool=TOOL,
+            architectures=DETECTION_ARCHITECTURES + SEGMENTATION_TASKS, ignored=IGNORED_KEYS,
+        )  # fmt: skip
     segmentation = cfg is not None and cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_TASKS
     if segmentation and paths is None:
         raise CLIError(f"{cfg.MODEL.META_ARCHITECTURE} configs take --input images, not video")
-    if args.output:
-        if paths is None:
-            targets = [Path(args.output)]
-        elif Path(args.output).is_file():
-            raise CLIError(f"--output {args.output} is a file; images need a folder")
-        elif segmentation:
-            targets = [t for path in paths for t in segmentation_outputs(args.output, path)]
-        else:
-            targets = [Path(args.output) / (Path(path).stem + ".jpg") for path in paths]
-        refuse_to_replace(targets, overwrite=args.overwrite)
+    check_output(args, paths, segmentation)
     if args.json:
         check_json_path(args.json, args.overwrite)
     if args.onnx:
@@ -499,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if segmentation:
         return run_segmentation(cfg, paths, args)
+    check_box_memory(cfg, cfg.MODEL.DiffusionDet.NUM_PROPOSALS, "MODEL.DiffusionDet.NUM_PROPOSALS")
     model = build_inference_model(cfg)
     names = class_names(cfg)
     records = JsonRecords(args.json, names)

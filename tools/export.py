@@ -22,27 +22,47 @@ evaluation seeds, ``dynamic`` needs no data (see projects/detection/SPEED.md for
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError, ConfigError  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Int,
+    ToolParser,
+    run_main,
+)
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
+from diffvision.errors import ConfigError  # noqa: E402
+
+TOOL = "tools/export.py"
+DETECTION_ARCHITECTURES = ("DiffusionDet",)
+IGNORED_KEYS = {
+    "TEST.AUG.ENABLED": (
+        False,
+        "the file holds the plain detector (test-time augmentation runs only in evaluation)",
+    )
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
     parser.add_argument("--output", default="model.onnx", help="the .onnx file to write")
-    parser.add_argument("--boxes", type=int, default=None, help="N (default: NUM_PROPOSALS)")
-    parser.add_argument("--steps", type=int, default=None, help="S (default: SAMPLE_STEP)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (exporter default)")
+    parser.add_argument("--boxes", type=Int(1, 2**31 - 1), default=None,
+                        help="N (default: NUM_PROPOSALS)")  # fmt: skip
+    parser.add_argument("--steps", type=Int(1, 1000), default=None,
+                        help="S (default: SAMPLE_STEP)")  # fmt: skip
+    parser.add_argument("--opset", type=Int(1, 100), default=None,
+                        help="ONNX opset (exporter default)")  # fmt: skip
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="write an int8 file (onnxruntime quantization)")  # fmt: skip
     parser.add_argument(
@@ -53,55 +73,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--calibration-images",
-        type=int,
+        type=Int(1, 100_000),
         default=32,
         help="static: images of DATASETS.TEST[0] to calibrate on (default 32)",
     )
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
 
 
-def export(args: argparse.Namespace) -> Path:
+def export(args) -> Path:
     from projects.detection.build import build_inference_model
-    from projects.detection.export import export_onnx, quantize_onnx, write_metadata
+    from projects.detection.export import (
+        check_box_memory,
+        export_onnx,
+        quantize_onnx,
+        write_metadata,
+    )
     from tools.demo import class_names
 
-    if not Path(args.config).is_file():
-        raise ConfigError(f"config file {args.config!r} does not exist")
-    cfg = load_config(args.config, args.opts)
-    if cfg.MODEL.META_ARCHITECTURE != "DiffusionDet":
-        raise ConfigError(
-            f"{args.config}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}; "
-            "only DiffusionDet exports to ONNX"
-        )
+    out = check_output_path(args.output, "--output", kind="file", suffixes=(".onnx",))
+    refuse_to_replace([out], overwrite=args.overwrite)
+    cfg = load_tool_config(
+        args.config, args.opts, tool=TOOL, architectures=DETECTION_ARCHITECTURES,
+        ignored=IGNORED_KEYS,
+    )  # fmt: skip
     boxes = args.boxes if args.boxes is not None else cfg.MODEL.DiffusionDet.NUM_PROPOSALS
     steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
-    if boxes < 1 or steps < 1:
-        raise CLIError(f"--boxes and --steps must be >= 1, got {boxes} and {steps}")
-    if args.calibration_images < 1:
-        raise CLIError(f"--calibration-images must be >= 1, got {args.calibration_images}")
-    refuse_to_replace([args.output], overwrite=args.overwrite)
+    check_box_memory(cfg, boxes)
+    if args.quantize == "int8" and args.quantize_method == "static" and not cfg.DATASETS.TEST:
+        raise ConfigError("--quantize-method static calibrates on DATASETS.TEST[0]; it is empty")
+    start = time.perf_counter()
     model = build_inference_model(cfg)
     size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-    target = Path(args.output)
-    float_path = target.with_name(target.stem + ".float32.tmp.onnx") if args.quantize else target
+    stages = 4 if args.quantize else 3
+    print(
+        f"[1/{stages}] model built ({time.perf_counter() - start:.1f}s); exporting {boxes} boxes x "
+        f"{steps} steps at {size[0]}x{size[1]} (one graph trace, the longest stage)",
+        flush=True,
+    )
+    float_path = out.with_name(out.stem + ".float32.tmp.onnx") if args.quantize else out
     path = export_onnx(model, float_path, num_boxes=boxes, steps=steps, image_hw=size,
                        opset=args.opset)  # fmt: skip
+    print(f"[2/{stages}] exported ({time.perf_counter() - start:.1f}s); writing metadata",
+          flush=True)  # fmt: skip
     write_metadata(path, {"class_names": class_names(cfg), "config": os.fspath(args.config)})
     if args.quantize:
+        print(f"[3/{stages}] quantizing to int8 ({args.quantize_method})", flush=True)
         try:
             feeds = []
             if args.quantize_method == "static":
                 feeds = calibration_feeds(cfg, model, steps=steps, count=args.calibration_images)
-            path = quantize_onnx(float_path, target, method=args.quantize_method,
+            path = quantize_onnx(float_path, out, method=args.quantize_method,
                                  calibration=feeds)  # fmt: skip
         finally:
             float_path.unlink(missing_ok=True)
     kind = f"int8 {args.quantize_method}" if args.quantize else "float32"
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {kind}): {boxes} boxes, "
-          f"{steps} steps")  # fmt: skip
+    print(
+        f"[{stages}/{stages}] wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {kind}): "
+        f"{boxes} boxes, {steps} steps in {time.perf_counter() - start:.1f}s"
+    )
     return path
 
 
@@ -111,8 +142,6 @@ def calibration_feeds(cfg, model, *, steps: int, count: int) -> list[dict]:
     from projects.detection.data import build_detection_test_loader
     from projects.detection.export import graph_input_names, seeded_draws
 
-    if not cfg.DATASETS.TEST:
-        raise ConfigError("--quantize-method static calibrates on DATASETS.TEST[0]; it is empty")
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], batch_size=1)
     names = graph_input_names(model, steps)
     boxes = cfg.MODEL.DiffusionDet.NUM_PROPOSALS
@@ -126,15 +155,10 @@ def calibration_feeds(cfg, model, *, steps: int, count: int) -> list[dict]:
     return feeds
 
 
-def _main(argv: list[str]) -> int:
-    export(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    export(argument_parser().parse_args(argv))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
-    return run_main(_main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -27,73 +27,121 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from diffvision.data.image_folder import load_image, to_tensor  # noqa: E402
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError  # noqa: E402
+from diffvision.diffusion.timesteps import make_timesteps  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Device,
+    Float,
+    Int,
+    Seed,
+    ToolParser,
+    check_allocation,
+    run_main,
+)
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
+from diffvision.engine.progress import Progress  # noqa: E402
+from diffvision.errors import CLIError, InputFileNotFoundError  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_model  # noqa: E402
 from diffvision.generation.images import save_grid, save_npz  # noqa: E402
-from diffvision.generation.sampling import SAMPLER_NAMES, generate  # noqa: E402
+from diffvision.generation.sampling import (  # noqa: E402
+    DEFAULT_SPACING,
+    SAMPLER_NAMES,
+    generate,
+)
+
+MAX_STEPS = 100_000
+ACTIVATIONS_PER_PIXEL = 256  # a rough upper bound of the UNet's live activations per input value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def argument_parser() -> ToolParser:
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="engine checkpoint (model_final.pth)")
     p.add_argument("--output", default="output/samples", help="output folder")
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (model evaluations)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--order", type=int, default=2, help="DPM-Solver++ order")
+    p.add_argument(
+        "--steps",
+        type=Int(1, MAX_STEPS),
+        default=50,
+        help="sampling steps (model evaluations; at most the model's timesteps)",
+    )
+    p.add_argument("--eta", type=Float(0, 1), default=0.0, help="DDIM eta in [0, 1]")
+    p.add_argument("--order", type=int, default=2, choices=(1, 2, 3), help="DPM-Solver++ order")
     p.add_argument(
         "--variance", default=None, choices=["learned", "fixed_small", "fixed_large"],
         help="DDPM step variance (default: learned if the model learned it, else fixed_small)",
     )  # fmt: skip
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance")
-    p.add_argument("--labels", type=int, nargs="*", help="class labels (cycled to num-samples)")
+    p.add_argument("--num-samples", type=Int(1, 10**9), default=64)
+    p.add_argument("--batch-size", type=Int(1, 10**6), default=64)
+    p.add_argument("--seed", type=Seed(), default=0)
+    p.add_argument("--guidance-scale", type=Float(), default=1.0,
+                   help="classifier-free guidance")  # fmt: skip
+    p.add_argument("--labels", type=Int(0), nargs="*", help="class labels (cycled to num-samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x0 predictions to [-1, 1]")
     p.add_argument("--init-image", help="SDEdit guide image")
-    p.add_argument("--strength", type=float, default=0.5, help="SDEdit t0 / T in (0, 1]")
+    p.add_argument("--strength", type=Float(0, 1, lo_open=True), default=0.5,
+                   help="SDEdit t0 / T in (0, 1]")  # fmt: skip
     p.add_argument("--ilvr-reference", help="ILVR reference image")
-    p.add_argument("--ilvr-factor", type=int, default=4, help="ILVR down-sampling factor N")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--upscale", type=int, default=1, help="nearest upscaling of the PNG grid")
+    p.add_argument("--ilvr-factor", type=Int(1, 1024), default=4,
+                   help="ILVR down-sampling factor N (must divide the image size)")  # fmt: skip
+    p.add_argument(
+        "--device", type=Device(), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--upscale", type=Int(1, 64), default=1, help="nearest upscaling of the PNG grid"
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(p)
-    return p.parse_args(argv)
+    return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Range checks that need no model.
+    """Checks of the files named on the command line, before the model is loaded.
 
     Raises:
-        CLIError: the first flag out of range, naming it and the valid range.
+        CLIError: ``--output`` cannot be written or holds samples (without ``--overwrite``).
+        InputFileNotFoundError: a guide / reference image does not exist.
     """
-    positive = ("num_samples", "batch_size", "steps", "order", "ilvr_factor", "upscale")
-    for name in positive:
-        if getattr(args, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise CLIError(f"{flag} must be >= 1, got {getattr(args, name)}")
-    if not 0.0 < args.strength <= 1.0:
-        raise CLIError(f"--strength must lie in (0, 1], got {args.strength}")
-    if args.eta < 0:
-        raise CLIError(f"--eta must be >= 0, got {args.eta}")
-    out = Path(args.output)
-    if out.is_file():
-        raise CLIError(f"--output {args.output} is a file; samples are written into a folder")
+    out = check_output_path(args.output, "--output", kind="folder")
     refuse_to_replace([out / "samples.png", out / "samples.npz"], overwrite=args.overwrite)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device} but no CUDA device is available; use --device cpu")
+    for flag, path in (
+        ("--init-image", args.init_image),
+        ("--ilvr-reference", args.ilvr_reference),
+    ):
+        if path is not None and not Path(path).is_file():
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise InputFileNotFoundError(f"{flag} {path}: {what}, expected an image file")
 
 
-def check_model_args(args: argparse.Namespace, unet) -> None:
-    """Checks against the loaded UNet (labels, learned variance).
+def check_model_args(args: argparse.Namespace, model) -> None:
+    """Checks against the loaded UNet (steps, ILVR factor, labels, learned variance, memory).
 
     Raises:
-        CLIError: a flag the model cannot honour.
+        CLIError: a flag the model cannot honour, or counts whose images do not fit in memory.
     """
+    unet = model.unet
+    if args.steps > model.num_timesteps:
+        raise CLIError(
+            f"--steps {args.steps}: the model has {model.num_timesteps} diffusion timesteps; "
+            "sample with at most that many steps"
+        )
+    size = unet.image_size
+    if args.ilvr_reference is not None and size % args.ilvr_factor:
+        raise CLIError(
+            f"--ilvr-factor {args.ilvr_factor} must divide the model's image size {size}"
+        )
+    pixels = unet.in_channels * size * size
+    check_allocation(
+        "--num-samples", args.num_samples * pixels * 4, f"{args.num_samples} float32 samples "
+        f"of {unet.in_channels}x{size}x{size}",
+    )  # fmt: skip
+    check_allocation(
+        "--batch-size", args.batch_size * pixels * 4 * ACTIVATIONS_PER_PIXEL,
+        f"a batch of {args.batch_size} through the UNet (about {ACTIVATIONS_PER_PIXEL} "
+        "activations per input value)",
+    )  # fmt: skip
     if args.variance == "learned" and not unet.learn_sigma:
         raise CLIError("--variance learned needs a model trained with a learned variance")
     if args.labels:
@@ -104,11 +152,19 @@ def check_model_args(args: argparse.Namespace, unet) -> None:
             raise CLIError(f"--labels {bad} out of range: the model has {unet.num_classes} classes")
 
 
+def evaluations_per_batch(args: argparse.Namespace, model, init_image) -> int:
+    """UNet calls per batch: ``--steps``, fewer when SDEdit starts part-way (``--strength``)."""
+    if init_image is None or args.strength >= 1.0:
+        return args.steps
+    grid = make_timesteps(model.num_timesteps, args.steps, DEFAULT_SPACING[args.sampler])
+    return max(int((grid <= int(args.strength * model.num_timesteps) - 1).sum()), 1)
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = argument_parser().parse_args(argv)
     check_args(args)
     model, cfg = load_ddpm_model(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    check_model_args(args, model.unet)
+    check_model_args(args, model)
     size = model.unet.image_size
 
     def read(path: str | None) -> torch.Tensor | None:
@@ -128,6 +184,9 @@ def main(argv=None) -> int:
         f"{args.steps} {args.sampler} steps each",
         flush=True,
     )
+    # one UNet call per step and batch: progress within a batch, however long one batch takes
+    progress = Progress(num_batches * evaluations_per_batch(args, model, init_image), "UNet calls")
+    hook = model.unet.register_forward_hook(lambda *_: progress.update())
     chunks, done = [], 0
     start = time.perf_counter()
     try:
@@ -155,6 +214,8 @@ def main(argv=None) -> int:
         if not chunks:
             raise
         print(f"interrupted: writing the {done} samples finished so far", flush=True)
+    finally:
+        hook.remove()
     elapsed = time.perf_counter() - start
     images = torch.cat(chunks)
     out = Path(args.output)

@@ -8,8 +8,8 @@ The paper's "dynamic boxes" and "progressive refinement" tables in one command:
     python tools/sweep_boxes_steps.py --config projects/detection/diffdet_r50.yaml \
         --boxes 100,300,500 --steps 1,4,8 MODEL.WEIGHTS diffdet_coco_res50.pth
 
-``--boxes``/``--steps`` take numbers separated by spaces or commas; the first token that is not
-a number starts the trailing ``KEY VALUE`` config overrides. The per-image box seeds come from
+``--boxes``/``--steps`` take numbers separated by spaces or commas; the first config key starts
+the trailing ``KEY VALUE`` config overrides. The per-image box seeds come from
 ``--seed`` (overriding the config file's ``SEED``, which the log and ``sweep.md`` say) or else the
 config's ``SEED`` (0 when it is negative, i.e. random); ``--seed`` and a ``SEED`` override on the
 same command line must agree.
@@ -24,7 +24,6 @@ metrics) and ``sweep.png`` (AP and latency against steps, one line per box count
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -36,10 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError  # noqa: E402
+from diffvision.engine.cli import (  # noqa: E402
+    Int,
+    IntList,
+    Seed,
+    ToolParser,
+    run_main,
+)
+from diffvision.engine.defaults import load_tool_config, setup_logging  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
+from diffvision.engine.progress import Progress  # noqa: E402
+from diffvision.errors import CLIError, ConfigError  # noqa: E402
 from diffvision.utils.seeding import eval_image_seed  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 from projects.detection.data import (  # noqa: E402
@@ -48,6 +58,10 @@ from projects.detection.data import (  # noqa: E402
 )
 
 logger = logging.getLogger("sweep_boxes_steps")
+TOOL = "tools/sweep_boxes_steps.py"
+IGNORED_KEYS = {
+    "TEST.AUG.ENABLED": (False, "each point is the plain model's AP at that box count and step")
+}
 
 
 @torch.no_grad()
@@ -123,42 +137,6 @@ def write_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def split_number_lists(
-    args: argparse.Namespace, names: tuple[str, ...]
-) -> tuple[dict[str, list[int]], list[str]]:
-    """Numbers of the list flags ``names`` and the config overrides they swallowed.
-
-    argparse gives a ``nargs="+"`` flag every token up to the next flag, so in ``--steps 1 4 8
-    MODEL.WEIGHTS w.pth`` the overrides land in ``--steps``. Each flag keeps its leading tokens
-    that are numbers or comma lists of numbers; from the first other token on, the rest is moved
-    to the front of the overrides.
-
-    Returns:
-        ({name: [int, ...]}, overrides)
-
-    Raises:
-        CLIError: a flag with no number, or a number < 1.
-    """
-    numbers: dict[str, list[int]] = {}
-    moved: list[str] = []
-    for name in names:
-        tokens = getattr(args, name)
-        values = []
-        for i, token in enumerate(tokens):
-            parts = token.split(",")
-            if not all(p.strip().isdigit() for p in parts if p.strip()) or not token.strip(","):
-                moved += tokens[i:]
-                break
-            values += [int(p) for p in parts if p.strip()]
-        flag = "--" + name.replace("_", "-")
-        if not values:
-            raise CLIError(f"{flag} needs numbers (e.g. {flag} 1,4,8), got {' '.join(tokens)!r}")
-        if min(values) < 1:
-            raise CLIError(f"{flag} values must be >= 1, got {values}")
-        numbers[name] = values
-    return numbers, moved + list(args.opts or [])
-
-
 def resolve_seed(seed_flag: int | None, cfg_seed: int, opts: list[str]) -> tuple[int, str]:
     """The per-image box seed and where it came from (logged and written into ``sweep.md``).
 
@@ -182,49 +160,60 @@ def resolve_seed(seed_flag: int | None, cfg_seed: int, opts: list[str]) -> tuple
     return cfg_seed, f"the config's SEED {cfg_seed}"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
-    parser.add_argument("--boxes", nargs="+", default=["100,300,500"], help="e.g. 100,300,500")
-    parser.add_argument("--steps", nargs="+", default=["1,4,8"], help="e.g. 1,4,8")
+    parser.add_argument("--boxes", type=IntList(1, 100_000), nargs="+", default=[100, 300, 500],
+                        help="e.g. 100,300,500 or 100 300 500")  # fmt: skip
+    parser.add_argument("--steps", type=IntList(1, 1000), nargs="+", default=[1, 4, 8],
+                        help="e.g. 1,4,8 or 1 4 8")  # fmt: skip
     parser.add_argument("--dataset", help="test dataset (default DATASETS.TEST[0])")
     parser.add_argument("--output-dir", help="default OUTPUT_DIR/sweep")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument("--max-images", type=int, default=0, help="evaluate the first N images")
+    parser.add_argument("--max-images", type=Int(0, special={0: "all"}), default=0,
+                        help="evaluate the first N images")  # fmt: skip
     parser.add_argument(
-        "--seed", type=int, default=None, help="per-image box seeds (default: the config's SEED)"
+        "--seed", type=Seed(), default=None, help="per-image box seeds (default: the config's SEED)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--threads", type=Int(0, 1024, special={0: "torch default"}), default=0,
+                        help="torch CPU threads (0: default)")  # fmt: skip
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
         help="cpu: process CPU time (robust when other jobs share the CPU; CPU devices only)",
     )
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-    lists, opts = split_number_lists(args, ("boxes", "steps"))
-    args.boxes, args.steps, args.opts = lists["boxes"], lists["steps"], opts
-    if args.max_images < 0:
-        raise CLIError(f"--max-images must be >= 0, got {args.max_images}")
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.opts)
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = argument_parser().parse_args(argv)
+    cfg = load_tool_config(
+        args.config, args.opts, tool=TOOL, architectures=("DiffusionDet",),
+        ignored=IGNORED_KEYS,
+    )  # fmt: skip
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    if dataset is None:
+        raise ConfigError(
+            f"{args.config}: DATASETS.TEST is empty; pass --dataset NAME or set DATASETS.TEST"
+        )
     args.seed, seed_note = resolve_seed(args.seed, cfg.SEED, args.opts)
     device = torch.device(cfg.MODEL.DEVICE)
     use_cpu_clock = args.clock == "cpu" and device.type == "cpu"
     clock = time.process_time if use_cpu_clock else time.perf_counter
     output_dir = Path(args.output_dir or Path(cfg.OUTPUT_DIR) / "sweep")
+    check_output_path(output_dir, "--output-dir", kind="folder")
     finished = [output_dir / f"sweep.{ext}" for ext in ("md", "json", "png")]
     points = [output_dir / f"b{b}_s{s}" for b in args.boxes for s in args.steps]
     refuse_to_replace([*finished, *points], overwrite=args.overwrite, flag="--output-dir")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir)
     logger.info("Per-image box seed: %s", seed_note)
-    dataset = args.dataset or cfg.DATASETS.TEST[0]
     model = build_inference_model(cfg)
+    progress = Progress(len(points), "sweep points", interval=0.0)
 
     rows = []
     for boxes in args.boxes:
@@ -241,6 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["ms_per_image"],
             )
             rows.append(row)
+            progress.update()
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     note = (

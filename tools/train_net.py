@@ -31,12 +31,7 @@ import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.engine.build import build_batch_split  # noqa: E402
-from diffvision.engine.checkpoint import (  # noqa: E402
-    check_output_dir,
-    clear_checkpoints,
-    eval_output_dir,
-)
-from diffvision.engine.cli import add_debug_flag, debug_enabled, run_main, worker_entry  # noqa: E402
+from diffvision.engine.cli import debug_enabled, run_main, worker_entry  # noqa: E402
 from diffvision.engine.defaults import (  # noqa: E402
     default_argument_parser,
     default_setup,
@@ -44,6 +39,12 @@ from diffvision.engine.defaults import (  # noqa: E402
 )
 from diffvision.engine.hooks import json_safe  # noqa: E402
 from diffvision.engine.launch import launch  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    check_output_dir,
+    check_output_path,
+    clear_checkpoints,
+    eval_output_dir,
+)
 from diffvision.engine.run import evaluate, train  # noqa: E402
 from diffvision.engine.tasks import get_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
@@ -73,7 +74,6 @@ def argument_parser():
         action="store_true",
         help="train in an OUTPUT_DIR that already holds checkpoints, replacing them",
     )
-    add_debug_flag(parser)
     return parser
 
 
@@ -81,22 +81,17 @@ def validate(cfg, args) -> None:
     """Checks that need no worker, done once before any process is spawned.
 
     Raises:
-        CLIError: bad process counts, --resume together with --overwrite, more CUDA processes
+        CLIError: --resume together with --overwrite, more CUDA processes
             than devices, or (check_output_dir) an OUTPUT_DIR holding checkpoints without
             --resume or --overwrite.
         ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes, unknown
-            task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, OUTPUT_DIR
-            that is a file (values out of their range, e.g. a negative MAX_ITER, stop earlier, in
-            load_config).
+            task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, an OUTPUT_DIR
+            that cannot be written (values out of their range, e.g. a negative MAX_ITER, stop
+            earlier, in load_config).
         InputFileNotFoundError: MODEL.WEIGHTS does not exist.
         UserInputError (from the task's check_inputs): its input files are missing.
         WeightsError (from check_output_dir): --resume finds checkpoints, none of them intact.
     """
-    if args.num_gpus < 1 or args.num_machines < 1:
-        raise CLIError(
-            f"--num-gpus and --num-machines must be >= 1, got {args.num_gpus} and "
-            f"{args.num_machines}"
-        )
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other; pass one of them")
     world = args.num_gpus * args.num_machines
@@ -121,9 +116,7 @@ def validate(cfg, args) -> None:
             )
         if args.num_gpus > available:
             raise CLIError(f"--num-gpus {args.num_gpus} but only {available} CUDA devices exist")
-    output_dir = Path(cfg.OUTPUT_DIR)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, expected a folder")
+    check_output_path(cfg.OUTPUT_DIR, "OUTPUT_DIR", kind="folder")
     if task.check_inputs is not None:
         task.check_inputs(cfg)  # e.g. the dataset files
     weights = str(cfg.MODEL.WEIGHTS)
@@ -132,6 +125,12 @@ def validate(cfg, args) -> None:
         raise InputFileNotFoundError(f"MODEL.WEIGHTS {weights!r}: {kind}")
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
+    elif not weights:
+        print(
+            "warning: --eval-only with an empty MODEL.WEIGHTS evaluates a randomly initialised "
+            "model; pass MODEL.WEIGHTS <file>",
+            file=sys.stderr,
+        )
 
 
 def cli(argv: list[str] | None = None) -> int:

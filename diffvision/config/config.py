@@ -138,14 +138,43 @@ def _decode_cli_value(text: str) -> Any:
         return text
 
 
+MAX_YAML_VALUES = 100_000
+"""Values a config file may expand to with its aliases resolved (a real config has hundreds);
+more is an alias bomb, refused before anything is expanded."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes of ``node`` with every alias expanded, counted on the shared graph (each distinct
+    node once, so the count itself never expands anything)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts as one
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        memo[key] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[key]
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read one YAML file without resolving ``_BASE_``; missing or malformed files raise."""
+    """Read one YAML file without resolving ``_BASE_``; missing or malformed files and alias
+    bombs (more than :data:`MAX_YAML_VALUES` values once aliases are expanded) raise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file not found: '{path}'.")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root, {}) > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"Config file '{path}' expands to more than {MAX_YAML_VALUES:,} values through "
+                "its YAML aliases (&name / *name); expected a config, not an alias bomb"
+            )
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
     except UnicodeDecodeError as exc:

@@ -127,8 +127,9 @@ def build_default_config() -> CN:
     # ---------------------------------------------------------------- misc
     add_keys(_C, "", {
         "OUTPUT_DIR": "./output",
-        # Negative: a random seed is drawn (and logged); otherwise runs are reproducible.
-        "SEED": -1,
+        # Negative: a random seed is drawn (and logged); otherwise runs are reproducible. At most
+        # 2**63 - 1: what torch and NumPy seed with.
+        "SEED": Ranged(-1, "[-1,9223372036854775807]"),
         "CUDNN_BENCHMARK": False,
         # Iterations between progress lines / metric records.
         "LOG_PERIOD": Ranged(20, ">=1"),

@@ -15,8 +15,10 @@ range admits is one the builders and constructors accept.
 
 A range is ``>0``, ``>=0``, ``>=1`` or an interval ``[a,b]`` / ``(a,b)`` / ``[a,b)`` / ``(a,b]``,
 optionally followed by ``multiple of N`` (``">=32 multiple of 32"``); a list or tuple value is
-checked element by element, and a float must be finite. A rule between two keys (an attention
-width divisible by its head count) is checked by the builder that reads both.
+checked element by element. Every float of the config, with a range or not
+(``MODEL.PIXEL_MEAN``), must be finite unless its key is in :data:`NON_FINITE_ALLOWED`. A rule
+between two keys (an attention width divisible by its head count) is checked by the builder
+that reads both.
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ from typing import Any, NamedTuple
 from diffvision.config.config import CN, CfgNode
 from diffvision.errors import ConfigError
 
-__all__ = ["Ranged", "add_keys", "check_ranges", "register_ranges", "registered_ranges"]
+__all__ = [
+    "NON_FINITE_ALLOWED",
+    "Ranged",
+    "add_keys",
+    "check_ranges",
+    "register_ranges",
+    "registered_ranges",
+]
 
 _RANGES: dict[str, str] = {}
+NON_FINITE_ALLOWED: set[str] = set()
+"""Keys whose value may be NaN or infinite because it means something there (none yet)."""
 _INTERVAL = re.compile(r"([\[(])\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*([\])])")
 
 
@@ -85,12 +96,32 @@ def _lookup(cfg, key: str):
     return node
 
 
+def _non_finite_key(node, prefix: str = "") -> tuple[str, object] | None:
+    """The first key (depth first) holding a NaN or infinite float, and its value."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            found = _non_finite_key(value, path + ".")
+            if found is not None:
+                return found
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = any(isinstance(v, float) and not math.isfinite(v) for v in items)
+        if bad and path not in NON_FINITE_ALLOWED:
+            return path, value
+    return None
+
+
 def check_ranges(cfg) -> None:
-    """Check every registered key that ``cfg`` has.
+    """Check every registered key that ``cfg`` has, and that every float of ``cfg`` is finite.
 
     Raises:
-        ConfigError: ``<KEY> must be <range>, got <value>`` for the first key out of range.
+        ConfigError: ``<KEY> must be <range>, got <value>`` for the first key out of range, or
+            ``<KEY> must be finite`` for the first NaN / infinity.
     """
+    found = _non_finite_key(cfg)
+    if found is not None:
+        raise ConfigError(f"{found[0]} must be a finite number, got {found[1]!r}")
     for key, spec in _RANGES.items():
         value = _lookup(cfg, key)
         if value is None or isinstance(value, (str, bool)):

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from diffvision.data.image_io import image_size
 from diffvision.errors import DataError, InputFileNotFoundError
 
 __all__ = ["IMAGE_CHECK_LIMIT", "DetectionMetadata", "load_coco_json"]
@@ -177,26 +176,17 @@ def _build_records(
     return dicts, report
 
 
-def _displayed_size(path: str) -> tuple[int, int]:
-    """(width, height) after the EXIF orientation (as read_image_rgb returns it)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-            width, height = height, width
-    return width, height
-
-
 def _check_image_files(dicts: list[dict[str, Any]], report: _Report) -> list[dict[str, Any]]:
     """Drop (and report by path) images that are missing, unreadable or of another size."""
     kept = []
     for d in dicts:
         path = d["file_name"]
         try:
-            width, height = _displayed_size(path)
-        except FileNotFoundError:
+            width, height = image_size(path)
+        except InputFileNotFoundError:
             report.add("missing images dropped", path)
             continue
-        except (OSError, SyntaxError, ValueError) as exc:
+        except DataError as exc:  # undecodable, zero-size or a decompression bomb
             report.add("unreadable images dropped", f"{path}: {exc}")
             continue
         if (width, height) != (d["width"], d["height"]):

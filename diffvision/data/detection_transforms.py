@@ -161,14 +161,15 @@ def resized_shape(height: int, width: int, short_edge: int, max_size: float) -> 
         max_size: cap on the long side.
 
     Returns:
-        ``(new_h, new_w)`` rounded as ``int(x + 0.5)``.
+        ``(new_h, new_w)`` rounded as ``int(x + 0.5)``, at least 1 (an extreme aspect ratio such
+        as 10000x10 would otherwise round its short side to 0 under the long-side cap).
     """
     scale = short_edge / min(height, width)
     new_h, new_w = (short_edge, scale * width) if height < width else (scale * height, short_edge)
     if max(new_h, new_w) > max_size:
         scale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
 
 
 class ResizeShortestEdge(Augmentation):

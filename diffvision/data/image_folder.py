@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from diffvision.errors import DataError, InputFileNotFoundError
+from diffvision.data.image_io import read_image_rgb, readable_images
+from diffvision.errors import InputFileNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "load_image", "to_tensor"]
 
@@ -43,22 +44,17 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def load_image(path: str | Path, image_size: int) -> Image.Image:
-    """Open an image as RGB, centre-crop it to a square and resize it to ``image_size``.
+    """Read an image as RGB (:func:`~diffvision.data.image_io.read_image_rgb`), centre-crop it to
+    a square and resize it to ``image_size``.
 
     Downscaling uses box filtering down to < 2× the target then bicubic, like ADM's
     ``center_crop_arr``, which avoids the aliasing of a single bicubic resize.
 
     Raises:
         InputFileNotFoundError: ``path`` does not exist.
-        DataError: ``path`` cannot be decoded as an image (the message names it).
+        DataError: ``path`` cannot be decoded, is zero-size or too large (the message names it).
     """
-    if not Path(path).is_file():
-        raise InputFileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+    img = Image.fromarray(read_image_rgb(path))
     w, h = img.size
     side = min(w, h)
     img = img.crop(
@@ -101,7 +97,9 @@ class ImageFolderDataset(Dataset):
         self.image_size = int(image_size)
         self.random_flip = random_flip
         exts = tuple(e.lower() for e in extensions)
-        self.paths = [p for p in list_images(self.root) if p.suffix.lower() in exts]
+        self.paths = readable_images(
+            [p for p in list_images(self.root) if p.suffix.lower() in exts]
+        )
         if not self.paths:
             raise FileNotFoundError(f"no images with suffix {exts} under {self.root}")
         if class_from_dir:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from diffvision.data.image_io import open_image, read_image_rgb, readable_images
 from diffvision.errors import DataError, InputFileNotFoundError
 
 __all__ = [
@@ -99,7 +99,8 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
         require_masks: raise if an image has no mask (labeled evaluation/fine-tuning).
 
     Returns:
-        list of ``{"file_name", "sem_seg_file_name" (or None), "image_id"}``.
+        list of ``{"file_name", "sem_seg_file_name" (or None), "image_id"}``; images that
+        cannot be read are dropped with a logged count.
 
     Raises:
         FileNotFoundError: ``root/images`` is missing or empty, or a mask is missing while
@@ -111,9 +112,8 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
         raise InputFileNotFoundError(f"no images/ folder in {root}")
     mask_dir = root / "masks"
     records = []
-    for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
+    candidates = [p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    for path in readable_images(candidates):
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             if require_masks:
@@ -131,26 +131,14 @@ def load_seg_folder(root: str | Path, *, require_masks: bool = False) -> list[di
     return records
 
 
-def _open(path: str | Path, what: str) -> Image.Image:
-    """``Image.open`` with the failures as project errors naming ``path``."""
-    if not Path(path).is_file():
-        raise InputFileNotFoundError(f"{what} file not found: {path}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read {what} {path}: {exc}") from exc
-    return image
-
-
 def read_image(path: str | Path) -> torch.Tensor:
     """Read an RGB image as a ``uint8`` tensor ``(3, H, W)``.
 
     Raises:
-        InputFileNotFoundError, DataError: missing or undecodable (the path is named).
+        InputFileNotFoundError, DataError: missing, undecodable, zero-size or too large (the
+            path is named; :func:`diffvision.data.image_io.read_image_rgb`).
     """
-    with _open(path, "image") as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    array = read_image_rgb(path)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -165,7 +153,7 @@ def read_mask(path: str | Path, *, label_lut: np.ndarray | None = None) -> torch
     Raises:
         InputFileNotFoundError, DataError: missing, undecodable or not single-channel.
     """
-    with _open(path, "mask") as img:
+    with open_image(path, "mask") as img:
         array = np.asarray(img)
     if array.ndim != 2:
         raise DataError(f"mask {path} must be single-channel, got shape {array.shape}")

@@ -11,13 +11,10 @@ Files are ``OUTPUT_DIR/model_{iter:07d}.pth`` and ``model_final.pth``;
 renamed, so a crash mid-write leaves the previous checkpoint intact; the file gets the mode of any
 other output (``0o666`` less the umask), not the temporary file's ``0o600``.
 
-Finished work is never lost:
+Finished work is never lost (the folder policy around it is :mod:`diffvision.engine.outputs`):
 
-- :func:`check_output_dir` refuses to start a fresh run in a folder that holds checkpoints unless
-  told to ``--resume`` or ``--overwrite``;
-- :func:`eval_output_dir` sends an ``--eval-only`` run whose ``OUTPUT_DIR`` already holds files
-  (a training run's ``config.yaml`` and ``coco_instances_results.json``, an earlier evaluation)
-  to a fresh ``OUTPUT_DIR/eval_NNN`` instead;
+- :func:`check_resumable` stops a ``--resume`` before any worker starts when no checkpoint is
+  intact;
 - :meth:`Checkpointer.resume` tries ``last_checkpoint`` first and, when that marker is missing,
   empty or names an unreadable file, falls back to the newest intact ``model_*.pth``, logging
   why; it raises :class:`~diffvision.errors.WeightsError` when checkpoints exist but none is
@@ -39,15 +36,14 @@ from torch import nn
 
 import diffvision
 from diffvision.engine.weights import state_dict_differences
-from diffvision.errors import CLIError, WeightsError
+from diffvision.errors import WeightsError
 from diffvision.utils.safe_files import safe_torch_load
 from diffvision.utils.seeding import capture_rng_state, restore_rng_state
 
 __all__ = [
     "Checkpointer",
     "atomic_torch_save",
-    "check_output_dir",
-    "eval_output_dir",
+    "check_resumable",
     "find_checkpoints",
     "is_diffvision_checkpoint",
 ]
@@ -150,74 +146,21 @@ def _resume_candidates(save_dir: Path) -> tuple[list[Path], list[str]]:
     return ([first] if first is not None else []) + rest, notes
 
 
-def check_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a run that would write over finished work (call before training).
-
-    Args:
-        output_dir: the run's ``OUTPUT_DIR``.
-        resume: ``--resume`` was given: some checkpoint must be intact if any exists.
-        overwrite: ``--overwrite`` was given: checkpoints may be replaced.
+def check_resumable(save_dir: str | Path) -> None:
+    """Stop a ``--resume`` early when ``save_dir`` holds checkpoints but none of them is intact.
 
     Raises:
-        CLIError: the folder holds checkpoints and neither ``resume`` nor ``overwrite`` is set.
-        WeightsError: ``resume`` and every checkpoint of the folder is unreadable.
+        WeightsError: every checkpoint (``last_checkpoint``'s first) fails the zip check.
     """
-    output_dir = Path(output_dir)
-    existing = find_checkpoints(output_dir)
-    if resume:
-        candidates, _ = _resume_candidates(output_dir)
-        problems = []
-        for path in candidates:
-            reason = _zip_intact(path)
-            if reason is None:
-                return
-            problems.append(f"{path.name} ({reason})")
-        if problems:
-            raise WeightsError(_no_intact_message(output_dir, problems))
-        return
-    if existing and not overwrite:
-        names = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
-        raise CLIError(
-            f"OUTPUT_DIR {output_dir} already holds checkpoints ({names}); pass --resume to "
-            "continue that run, set a new OUTPUT_DIR, or pass --overwrite to replace them"
-        )
-
-
-def eval_output_dir(output_dir: str | Path) -> Path:
-    """Where an ``--eval-only`` run writes its config, log and results without replacing any.
-
-    Returns ``output_dir`` itself when it does not exist or is empty, else the first
-    ``output_dir/eval_NNN`` (``eval_000``, ``eval_001``, ...) that does not exist yet. Decided
-    once, before any worker starts, so every process writes to the same folder.
-    """
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
-        return output_dir
-    index = 0
-    while (output_dir / f"eval_{index:03d}").exists():
-        index += 1
-    return output_dir / f"eval_{index:03d}"
-
-
-def clear_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Remove a previous run's checkpoints and ``last_checkpoint`` from ``output_dir`` (what
-    ``--overwrite`` asks for), so that no stale ``model_*.pth`` of that run can later be resumed
-    as if it belonged to the new one. Returns the removed paths (and logs them)."""
-    output_dir = Path(output_dir)
-    removed = find_checkpoints(output_dir)
-    marker = output_dir / "last_checkpoint"
-    if marker.is_file():
-        removed.append(marker)
-    for path in removed:
-        path.unlink()
-    if removed:
-        logger.warning(
-            "--overwrite: removed %d files of the previous run in %s (%s)",
-            len(removed),
-            output_dir,
-            ", ".join(p.name for p in removed),
-        )
-    return removed
+    candidates, _ = _resume_candidates(Path(save_dir))
+    problems = []
+    for path in candidates:
+        reason = _zip_intact(path)
+        if reason is None:
+            return
+        problems.append(f"{path.name} ({reason})")
+    if problems:
+        raise WeightsError(_no_intact_message(Path(save_dir), problems))
 
 
 def _no_intact_message(save_dir: Path, problems: list[str]) -> str:

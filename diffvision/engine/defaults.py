@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from diffvision.config import CfgNode, get_cfg
 from diffvision.config.ranges import check_ranges
+from diffvision.engine.cli import Int, ToolParser
+from diffvision.engine.outputs import run_config_path
+from diffvision.errors import ConfigError
 from diffvision.utils import comm
 from diffvision.utils.seeding import random_seed, seed_process_rngs
 
@@ -18,16 +23,17 @@ __all__ = [
     "default_argument_parser",
     "default_setup",
     "load_config",
+    "load_tool_config",
     "setup_logging",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def default_argument_parser(description: str = "diffvision training") -> argparse.ArgumentParser:
-    """``--config/--config-file``, ``--eval-only``, ``--resume``, distributed flags and trailing
-    ``KEY VALUE`` overrides."""
-    parser = argparse.ArgumentParser(
+def default_argument_parser(description: str = "diffvision training") -> ToolParser:
+    """``--config/--config-file``, ``--eval-only``, ``--resume``, distributed flags, ``--debug``
+    and trailing ``KEY VALUE`` overrides (flags declared as in :mod:`diffvision.engine.cli`)."""
+    parser = ToolParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -54,19 +60,21 @@ def default_argument_parser(description: str = "diffvision training") -> argpars
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
     parser.add_argument(
         "--num-gpus",
-        type=int,
+        type=Int(1, 1024),
         default=1,
         help="processes per machine (CPU processes with gloo on MODEL.DEVICE cpu)",
     )
-    parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
+    parser.add_argument("--num-machines", type=Int(1, 65536), default=1)
+    parser.add_argument(
+        "--machine-rank", type=Int(0, 65535), default=0, help="rank of this machine"
+    )
     parser.add_argument(
         "--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 for multi-machine jobs"
     )
     parser.add_argument(
         "opts",
         default=None,
-        nargs=argparse.REMAINDER,
+        nargs="*",
         help="KEY VALUE pairs overriding the config, e.g. SOLVER.BASE_LR 0.1",
     )
     return parser
@@ -81,6 +89,46 @@ def load_config(config_file: str, opts: list[str] | None = None) -> CfgNode:
     if opts:
         cfg.merge_from_list(opts)
     check_ranges(cfg)
+    return cfg
+
+
+def load_tool_config(
+    config_file: str,
+    opts: Sequence[str],
+    *,
+    tool: str,
+    architectures: Sequence[str],
+    ignored: dict[str, tuple[object, str]] | None = None,
+):
+    """The config of a tool that runs only some tasks, refused or warned before any work.
+
+    Args:
+        config_file: ``--config``.
+        opts: the ``KEY VALUE`` overrides.
+        tool: the tool's name for messages (``"tools/export.py"``).
+        architectures: the ``MODEL.META_ARCHITECTURE`` values the tool can run.
+        ignored: ``{key: (honoured value, why)}`` for keys the tool cannot honour: a config
+            that sets one to another value gets one ``warning:`` line on stderr.
+
+    Raises:
+        ConfigError: the file does not exist, does not load, or is for another task.
+    """
+    if not os.path.isfile(config_file):
+        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
+        raise ConfigError(f"config file {config_file!r} {what}")
+    cfg = load_config(config_file, list(opts))
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in architectures:
+        raise ConfigError(
+            f"{config_file}: MODEL.META_ARCHITECTURE is {arch!r}; {tool} runs only "
+            f"{' / '.join(architectures)} configs"
+        )
+    for key, (honoured, why) in (ignored or {}).items():
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is not None and node != honoured:
+            print(f"warning: {key} {node} is ignored by {tool}: {why}", file=sys.stderr)
     return cfg
 
 
@@ -104,20 +152,6 @@ def setup_logging(output_dir: str | Path | None = None, *, rank: int = 0) -> Non
         file_handler.setFormatter(fmt)
         file_handler._diffvision = True
         root.addHandler(file_handler)
-
-
-def _config_file(output_dir: Path, text: str, *, resume: bool) -> Path:
-    """Where the run's config goes: ``config.yaml``, except that a resumed run whose config
-    differs from the one the run started with keeps that file (the record of how the
-    checkpoints were made) and writes ``config.resume<N>.yaml`` instead."""
-    first = output_dir / "config.yaml"
-    if not resume or not first.is_file() or first.read_text() == text:
-        return first
-    index = 1
-    while (output_dir / f"config.resume{index}.yaml").exists():
-        index += 1
-    logger.info("config.yaml keeps the config the run started with; this one differs")
-    return output_dir / f"config.resume{index}.yaml"
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
@@ -146,7 +180,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         logger.info("Command line: %s", " ".join(sys.argv))
     if comm.is_main_process():
         text = cfg.dump()
-        config_file = _config_file(output_dir, text, resume=bool(getattr(args, "resume", False)))
+        config_file = run_config_path(output_dir, text, resume=bool(getattr(args, "resume", False)))
         config_file.write_text(text)
         logger.info("Full config saved to %s", config_file)
     if cfg.CUDNN_BENCHMARK:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffvision.errors import ConfigError
 from diffvision.modeling.nn_blocks import (
     AttentionBlock,
     Downsample,
@@ -41,6 +42,7 @@ from diffvision.modeling.nn_blocks import (
     zero_module,
 )
 from diffvision.modeling.time_embedding import timestep_embedding
+from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = [
     "GUIDED_DIFFUSION_DEFAULTS",
@@ -544,14 +546,16 @@ def load_guided_diffusion_checkpoint(
         The UNet in eval mode, on CPU.
 
     Raises:
-        ValueError: when keys or shapes differ, listing missing/unexpected/mismatched keys.
+        InputFileNotFoundError, WeightsError: the file is missing, not a torch file, or holds
+            more than tensors and plain data (read with ``weights_only=True``).
+        ConfigError: when keys or shapes differ, listing missing/unexpected/mismatched keys.
     """
     if isinstance(path_or_state_dict, Mapping):
         state_dict = dict(path_or_state_dict)
         source = "<state_dict>"
     else:
         source = os.fspath(path_or_state_dict)
-        state_dict = torch.load(source, map_location="cpu", weights_only=True)
+        state_dict = safe_torch_load(source, what="guided-diffusion checkpoint")
     if any(k.startswith("module.") for k in state_dict):  # saved from a DDP wrapper
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     unet = UNet.from_guided_diffusion_flags(**flags)
@@ -568,7 +572,7 @@ def load_guided_diffusion_checkpoint(
         def head(items: list[str]) -> str:
             return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
 
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {source} does not match the UNet built from flags {flags}: "
             f"missing keys [{head(missing)}]; unexpected keys [{head(unexpected)}]; "
             f"shape mismatches [{head(mismatched)}]. Check the model flags (num_channels, "

@@ -102,12 +102,14 @@ def safe_torch_load(path: str | os.PathLike, *, what: str = "weight file") -> ob
     """``torch.load(path, weights_only=True)`` admitting NumPy arrays and scalars.
 
     Raises:
-        InputFileNotFoundError: ``path`` does not exist.
+        InputFileNotFoundError: ``path`` does not exist or is a folder.
         WeightsError: the file is truncated or not a torch file, or it holds Python objects
             beyond tensors and plain data (never unpickled: that could run code); the message
             names the file and how to convert a trusted one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputFileNotFoundError(f"{what} {path} is a folder, expected a weight file")
     if not path.is_file():
         raise InputFileNotFoundError(f"{what} {path} does not exist")
     try:

@@ -143,10 +143,11 @@ def require_annotations(dicts: Sequence[dict[str, Any]], names: Sequence[str]) -
             registration checks (the log says what was dropped and why).
     """
     if not any(not a.get("iscrowd", 0) for d in dicts for a in d["annotations"]):
+        files = ", ".join(str(get_detection_dataset(name).json_file) for name in names)
         raise DataError(
-            f"DATASETS.TRAIN {tuple(names)}: no usable annotation in {len(dicts)} images, "
-            "nothing to train on (the log lists what was dropped: annotations of unknown images "
-            "or categories, degenerate or out-of-image boxes, missing images)"
+            f"DATASETS.TRAIN {tuple(names)} ({files}): no usable annotation in {len(dicts)} "
+            "images, nothing to train on (the log lists what was dropped: annotations of unknown "
+            "images or categories, degenerate or out-of-image boxes, missing images)"
         )
 
 

@@ -375,6 +375,101 @@ def _quantize(
         )  # fmt: skip
 
 
+def check_box_memory(cfg, num_boxes: int, flag: str = "--boxes") -> None:
+    """Refuse a box count whose pooled RoI features alone (float32, ``HIDDEN_DIM x R x R`` per
+    box and head stage) would not fit in this machine's memory.
+
+    Raises:
+        CLIError: naming ``flag``, the estimate and the memory (:func:`check_allocation`).
+    """
+    from diffvision.engine.cli import check_allocation
+
+    d = cfg.MODEL.DiffusionDet
+    side = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+    per_box = d.HIDDEN_DIM * side * side * 4 * d.NUM_HEADS
+    check_allocation(flag, num_boxes * per_box, f"{num_boxes} boxes through {d.NUM_HEADS} heads")
+
+
+_METADATA_INTS = ("num_boxes", "steps", "min_size_test", "max_size_test")
+
+
+def _read_metadata(path: Path, meta: dict[str, str]) -> dict:
+    """The file's JSON metadata, with the integers the runner needs checked.
+
+    Raises:
+        WeightsError: a needed key is missing, a value is not JSON or not an integer >= 1.
+    """
+    missing = [k for k in _METADATA_INTS if k not in meta]
+    if missing:
+        raise WeightsError(f"{path}: metadata {missing} missing; export it with tools/export.py")
+    values = {}
+    for key, text in meta.items():
+        try:
+            values[key] = json.loads(text)
+        except ValueError:
+            values[key] = text  # metadata of other tools: kept as written
+    for key in _METADATA_INTS:
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WeightsError(
+                f"{path}: metadata {key} is {meta[key]!r}; expected an integer >= 1 (written by "
+                "tools/export.py)"
+            )
+    return values
+
+
+def _check_graph(path: Path, session, num_boxes: int, steps: int) -> tuple[int, int] | None:
+    """Check that the graph's inputs and outputs are those of :func:`export_onnx`.
+
+    Returns:
+        ``(H, W)`` when the image input has a fixed size, None when its size is dynamic.
+
+    Raises:
+        WeightsError: one line naming the first input or output that does not match.
+    """
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    draws = {"init_boxes": [num_boxes, 4]}
+    if steps > 1:
+        draws.update(step_noise=[steps - 1, num_boxes, 4], renewal_boxes=[steps - 1, num_boxes, 4])
+    hint = "expected a DiffusionDet file written by tools/export.py"
+    missing = [n for n in ("image", "init_boxes") if n not in inputs]
+    unknown = sorted(set(inputs) - {"image", *draws})
+    if missing or unknown:
+        raise WeightsError(
+            f"{path}: graph inputs {sorted(inputs)} (missing {missing}, unknown {unknown}); {hint}"
+        )
+    if not set(OUTPUT_NAMES) <= outputs:
+        raise WeightsError(
+            f"{path}: graph outputs {sorted(outputs)} lack {sorted(set(OUTPUT_NAMES) - outputs)}; "
+            f"{hint}"
+        )
+    image = inputs["image"]
+    channels_ok = (
+        len(image.shape) == 3
+        and image.shape[0] in (3, None)
+        or (
+            len(image.shape) == 3 and isinstance(image.shape[0], str)  # a symbolic dimension
+        )
+    )
+    if image.type != "tensor(uint8)" or not channels_ok:
+        raise WeightsError(
+            f"{path}: input 'image' is {image.type} {image.shape}; expected uint8 (3, H, W)"
+        )
+    for name, shape in draws.items():
+        if name not in inputs:
+            continue
+        got = inputs[name].shape
+        fixed = [d if isinstance(d, int) else None for d in got]
+        if len(got) != len(shape) or any(f is not None and f != s for f, s in zip(fixed, shape)):
+            raise WeightsError(
+                f"{path}: input {name!r} has shape {got}, but the metadata's num_boxes "
+                f"{num_boxes} and steps {steps} need {shape}; {hint}"
+            )
+    h, w = image.shape[1:] if len(image.shape) == 3 else (None, None)
+    return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
 class OnnxDetector:
     """An exported DiffusionDet run by onnxruntime, with :meth:`DiffusionDet.predict`'s interface.
 
@@ -407,17 +502,12 @@ class OnnxDetector:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise WeightsError(f"{path}: not a loadable ONNX model ({exc})") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        needed = ("num_boxes", "steps", "min_size_test", "max_size_test")
-        missing = [k for k in needed if k not in meta]
-        if missing:
-            raise WeightsError(
-                f"{path}: metadata {missing} missing; export it with tools/export.py"
-            )
-        self.metadata = {k: json.loads(v) for k, v in meta.items()}
+        self.path = path
+        self.metadata = _read_metadata(path, self.session.get_modelmeta().custom_metadata_map)
         self.num_boxes = int(self.metadata["num_boxes"])
         self.steps = int(self.metadata["steps"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.fixed_hw = _check_graph(path, self.session, self.num_boxes, self.steps)
 
     def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph call: ``image`` (3, H, W) uint8 at network resolution plus the draws."""
@@ -454,6 +544,12 @@ class OnnxDetector:
             new_h, new_w = resized_shape(
                 h, w, int(self.metadata["min_size_test"]), int(self.metadata["max_size_test"])
             )
+            if self.fixed_hw is not None and (new_h, new_w) != self.fixed_hw:
+                raise WeightsError(
+                    f"{self.path} takes only {self.fixed_hw[0]}x{self.fixed_hw[1]} images (its "
+                    f"image input has a fixed size); a {h}x{w} image resizes to {new_h}x{new_w}. "
+                    "Export with tools/export.py, whose image size is dynamic"
+                )
             if (new_h, new_w) != (h, w):
                 arr = ResizeTransform(h, w, new_h, new_w).apply_image(arr)
             draws = seeded_draws(

@@ -33,6 +33,7 @@ from torch import nn
 
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule
+from diffvision.engine.progress import Progress
 from diffvision.utils.seeding import seeded_generator
 
 __all__ = [
@@ -201,6 +202,7 @@ def collect_training_pixels(
     total = sum(c.numel() for c in chosen)
     features = labels = None
     offset = 0
+    progress = Progress(len(images), "images through the feature extractor", log=logger.info)
     for image, mask, flat in zip(images, masks, chosen):
         size = tuple(mask.shape)
         device = next(iter(extractor.buffers()), torch.empty(0)).device
@@ -221,4 +223,5 @@ def collect_training_pixels(
         features[offset : offset + len(flat)] = feats.to(dtype).cpu()
         labels[offset : offset + len(flat)] = mask.reshape(-1)[flat]
         offset += len(flat)
+        progress.update()
     return features, labels
