@@ -20,7 +20,6 @@ and AP50 per variant (mean over the seeds), and the share of the fp32 detections
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,34 +32,32 @@ import torch  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
+from diffvision.engine.cli import Float, Int, IntList, ToolParser, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
-from diffvision.errors import CLIError  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
 
 VARIANTS = ("fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8", "onnx-int8-dynamic")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--calibration-images", type=int, default=32)
-    parser.add_argument("--score-threshold", type=float, default=0.3,
+    parser.add_argument("--steps", type=IntList(1, 1000), nargs="+", default=[1, 4])
+    parser.add_argument("--seeds", type=IntList(0, 2**63 - 1), nargs="+", default=[0, 1])
+    parser.add_argument("--calibration-images", type=Int(1, 100_000), default=32)
+    parser.add_argument("--score-threshold", type=Float(0, 1), default=0.3,
                         help="fp32 detections counted in the reproduced share")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
+    parser.add_argument("--threads", type=Int(1, 1024), default=2,
+                        help="torch and onnxruntime threads")  # fmt: skip
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if min(args.steps) < 1 or args.calibration_images < 1 or args.threads < 1:
-        raise CLIError("--steps, --calibration-images and --threads must be >= 1")
-    if not 0 <= args.score_threshold <= 1:
-        raise CLIError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    return args
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
 
 
 def reproduced(reference: dict, other: dict, threshold: float) -> tuple[int, int]:
@@ -128,7 +125,7 @@ def export_files(cfg, model, args, out: Path) -> dict[str, dict[int, Path]]:
 
 
 @torch.no_grad()
-def evaluate(args: argparse.Namespace) -> str:
+def evaluate(args) -> str:
     from diffvision.utils.seeding import eval_image_seed
     from projects.detection.build import build_inference_model
     from projects.detection.data import build_detection_evaluator, build_detection_test_loader
@@ -212,15 +209,12 @@ def report(rows: list[dict], variants: list[str], args) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: list[str]) -> int:
-    evaluate(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+    check_output_path(args.output_dir, "--output-dir", kind="folder")
+    evaluate(args)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0, or 2 with one ``error:`` line for bad input (``--debug``: traceback)."""
-    return run_main(_main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -23,7 +23,6 @@ sampler's boxes. ``--gif`` writes the panels as an animation. Bad input ends wit
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,11 +35,18 @@ import torch  # noqa: E402
 import projects  # noqa: E402,F401  (registers every task and its config keys)
 from diffvision.data.detection_transforms import resized_shape  # noqa: E402
 from diffvision.data.image_io import read_image_rgb  # noqa: E402
-from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
-from diffvision.engine.defaults import load_config  # noqa: E402
-from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
+from diffvision.engine.cli import Float, Int, Seed, ToolParser, run_main  # noqa: E402
+from diffvision.engine.defaults import load_tool_config  # noqa: E402
+from diffvision.engine.outputs import (  # noqa: E402
+    OVERWRITE_HELP,
+    check_output_path,
+    refuse_to_replace,
+)
 from diffvision.errors import CLIError, InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
+from projects.detection.export import check_box_memory  # noqa: E402
+
+TOOL = "tools/visualize_denoising.py"
 
 KEPT, RENEWED, UPDATED, FRESH, NOISE, FINAL = (
     (60, 200, 60), (230, 50, 50), (60, 120, 240), (240, 200, 0), (200, 200, 200), (255, 0, 255)
@@ -137,45 +143,38 @@ def grid(panels: list[np.ndarray], columns: int) -> np.ndarray:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", "--config-file", dest="config", required=True)
     parser.add_argument("--input", required=True, help="one image")
     parser.add_argument("--output", required=True, help="the grid, a .png file")
-    parser.add_argument("--steps", type=int, default=4, help="DDIM steps S (default 4)")
-    parser.add_argument("--boxes", type=int, default=30, help="boxes N (default 30)")
+    parser.add_argument("--steps", type=Int(1, 1000), default=4, help="DDIM steps S (default 4)")
+    parser.add_argument("--boxes", type=Int(1, 100_000), default=30, help="boxes N (default 30)")
     parser.add_argument("--gif", help="also write the panels as an animated .gif")
-    parser.add_argument("--seed", type=int, default=0, help="box sampling seed")
-    parser.add_argument("--columns", type=int, default=4, help="panels per row")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--seed", type=Seed(), default=0, help="box sampling seed")
+    parser.add_argument("--columns", type=Int(1, 64), default=4, help="panels per row")
+    parser.add_argument("--confidence-threshold", type=Float(0, 1), default=0.5)
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    add_debug_flag(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
-    for flag, value in (("--steps", args.steps), ("--boxes", args.boxes),
-                        ("--columns", args.columns)):  # fmt: skip
-        if value < 1:
-            raise CLIError(f"{flag} must be >= 1, got {value}")
-    if args.seed < 0:
-        raise CLIError(f"--seed must be >= 0, got {args.seed}")
-    if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise CLIError(
-            f"--confidence-threshold must lie in [0, 1], got {args.confidence_threshold}"
-        )
+    parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     if not Path(args.input).is_file():
         raise InputFileNotFoundError(f"--input {args.input}: no such image file")
     outputs = [(args.output, "--output", ".png")] + (
         [(args.gif, "--gif", ".gif")] if args.gif else []
     )
     for path, flag, suffix in outputs:
-        if Path(path).suffix.lower() != suffix:
-            raise CLIError(f"{flag} {path}: expected a {suffix} file")
+        check_output_path(path, flag, kind="file", suffixes=(suffix,))
         if not Path(path).parent.is_dir():
             raise CLIError(f"{flag} {path}: folder {Path(path).parent} does not exist")
         refuse_to_replace([path], overwrite=args.overwrite, flag=flag)
     rgb = read_image_rgb(args.input)  # DataError naming the file when unreadable
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_tool_config(args.config, args.opts, tool=TOOL, architectures=("DiffusionDet",))
+    check_box_memory(cfg, args.boxes)
     model = build_inference_model(cfg)
     traj = denoising_trajectory(model, rgb, steps=args.steps, boxes=args.boxes, seed=args.seed)
     panels = render_panels(rgb, traj, args.confidence_threshold)

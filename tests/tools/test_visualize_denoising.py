@@ -116,7 +116,7 @@ def test_bad_input_is_one_line(env, capsys):
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "no" / "x.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "x.jpg")]) == 2
-    assert "expected a .png" in capsys.readouterr().err
+    assert "ending in .png" in capsys.readouterr().err
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "x.png"), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
     _run(env, "done.png")
