@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from diffvision.errors import ConfigError
 
-__all__ = ["check_ranges", "register_ranges"]
+__all__ = ["check_ranges", "ranges_under", "register_ranges"]
 
 _RANGES: dict[str, str] = {}
 _INTERVAL = re.compile(r"([\[(])\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*([\])])")
@@ -123,3 +123,9 @@ register_ranges(
         "TEST.AUG.MAX_SIZE": ">=1",
     }
 )
+
+
+def ranges_under(prefix: str) -> dict[str, str]:
+    """The registered ranges of the keys under ``prefix``, keyed without it (for a task whose
+    section mirrors another's, e.g. ``MODEL.DiffusionInst.`` mirroring ``MODEL.DiffusionDet.``)."""
+    return {k[len(prefix) :]: v for k, v in _RANGES.items() if k.startswith(prefix)}

@@ -107,16 +107,16 @@ def build_backbone(cfg: CfgNode) -> FPN:
     )
 
 
-def _build_criterion(cfg: CfgNode) -> nn.Module:
+def _build_criterion(cfg: CfgNode, d: CfgNode, criterion_cls: type | None = None) -> nn.Module:
     from .criterion import SetCriterionDynamicK
 
-    d = cfg.MODEL.DiffusionDet
+    criterion_cls = criterion_cls or SetCriterionDynamicK
     fed_weights = None
     if d.USE_FED_LOSS:
         from .data import build_fed_loss_cls_weights
 
         fed_weights = build_fed_loss_cls_weights(cfg)
-    return SetCriterionDynamicK(
+    return criterion_cls(
         num_classes=d.NUM_CLASSES,
         class_weight=d.CLASS_WEIGHT,
         giou_weight=d.GIOU_WEIGHT,
@@ -141,7 +141,20 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         with_criterion: False builds an inference-only model (no dataset needed for LVIS's
             federated-loss weights).
     """
-    d = cfg.MODEL.DiffusionDet
+    return build_detector(cfg, cfg.MODEL.DiffusionDet, with_criterion=with_criterion)
+
+
+def build_detector(
+    cfg: CfgNode,
+    d: CfgNode,
+    *,
+    with_criterion: bool = True,
+    detector_cls: type[DiffusionDet] = DiffusionDet,
+    head_cls: type[DynamicHead] = DynamicHead,
+    criterion_cls: type | None = None,
+) -> DiffusionDet:
+    """:func:`build_model` with the model's key section ``d`` and classes as arguments, for the
+    tasks built on DiffusionDet (DiffusionInst: ``MODEL.DiffusionInst`` and its subclasses)."""
     if d.ACTIVATION != "relu":
         raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
@@ -156,7 +169,7 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
             raise ValueError(
                 f"ROI_HEADS.IN_FEATURES {f!r} is not a backbone output {backbone.out_features}"
             )
-    head = DynamicHead(
+    head = head_cls(
         num_classes=d.NUM_CLASSES,
         num_heads=d.NUM_HEADS,
         hidden_dim=d.HIDDEN_DIM,
@@ -173,10 +186,10 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         dim_dynamic=d.DIM_DYNAMIC,
         num_dynamic=d.NUM_DYNAMIC,
     )
-    model = DiffusionDet(
+    model = detector_cls(
         backbone=backbone,
         head=head,
-        criterion=_build_criterion(cfg) if with_criterion else None,
+        criterion=_build_criterion(cfg, d, criterion_cls) if with_criterion else None,
         num_proposals=d.NUM_PROPOSALS,
         in_features=in_features,
         pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
