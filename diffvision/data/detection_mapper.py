@@ -130,5 +130,5 @@ class DetectionDatasetMapper:
         if masks.shape[1:] != tuple(out_size):
             raise DataError(f"masks are {masks.shape[1:]} after augmentation, image {out_size}")
         # a mask that is empty (or cropped away) while its box is not gives the loss nothing
-        valid = masks.reshape(len(anns), -1).any(axis=1)
+        valid = masks.any(axis=(1, 2))
         return masks, valid

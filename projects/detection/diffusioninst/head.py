@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffvision.engine.sync_bn import SyncBatchNorm
 from projects.detection.head import DynamicHead
 
 __all__ = [
@@ -109,7 +110,7 @@ def dynamic_mask_logits(mask_feat: Tensor, params: Tensor) -> Tensor:
 def _conv_bn_relu(in_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, MASK_BRANCH_CHANNELS, 3, padding=1, bias=False),
-        nn.BatchNorm2d(MASK_BRANCH_CHANNELS),
+        SyncBatchNorm(MASK_BRANCH_CHANNELS),
         nn.ReLU(),
     )
 
@@ -128,6 +129,11 @@ class DiffusionInstHead(DynamicHead):
     the stage's code stays DiffusionDet's (a few (N, D) x (D, D) matmuls per stage).
 
     Init: the official head's (xavier-uniform on every weight with dim > 1, default biases).
+
+    The mask branch's BatchNorms are :class:`~diffvision.engine.sync_bn.SyncBatchNorm` (same
+    parameters, buffers and names as the official ``nn.BatchNorm2d``): in training their
+    statistics span the global batch, so W processes train as one does (the official code
+    normalises each GPU's images alone); in eval both are the running-statistics affine map.
     """
 
     def __init__(self, **kwargs) -> None:
