@@ -152,9 +152,11 @@ def build_detector(
     detector_cls: type[DiffusionDet] = DiffusionDet,
     head_cls: type[DynamicHead] = DynamicHead,
     criterion_cls: type | None = None,
+    head_kwargs: dict[str, Any] | None = None,
 ) -> DiffusionDet:
-    """:func:`build_model` with the model's key section ``d`` and classes as arguments, for the
-    tasks built on DiffusionDet (DiffusionInst: ``MODEL.DiffusionInst`` and its subclasses)."""
+    """:func:`build_model` with the model's key section ``d``, classes and extra head arguments
+    as arguments, for the tasks built on DiffusionDet (DiffusionInst: ``MODEL.DiffusionInst``
+    and its subclasses)."""
     if d.ACTIVATION != "relu":
         raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
@@ -185,6 +187,7 @@ def build_detector(
         num_reg=d.NUM_REG,
         dim_dynamic=d.DIM_DYNAMIC,
         num_dynamic=d.NUM_DYNAMIC,
+        **(head_kwargs or {}),
     )
     model = detector_cls(
         backbone=backbone,

@@ -39,4 +39,5 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionInst:
         detector_cls=DiffusionInst,
         head_cls=DiffusionInstHead,
         criterion_cls=SetCriterionWithMasks,
+        head_kwargs={"mask_branch_dim": d.MASK_BRANCH_DIM},
     )

@@ -4,9 +4,15 @@ The official ``add_diffusioninst_config`` (github.com/chenhaoxing/DiffusionInst
 ``diffusioninst/config.py``) is DiffusionDet's with ``MODEL.DiffusionInst`` in place of
 ``MODEL.DiffusionDet``: the same keys, defaults and valid ranges, here copied from the
 DiffusionDet section (:mod:`projects.detection.config`) so the two never drift apart, diffvision's
-additions (``NUM_TIMESTEPS``, ``DDIM_ETA``, ``BOX_RENEWAL``, ...) included. No key controls the
-mask parts: their sizes, the 0.5 mask threshold and the Dice weight 5 are fixed in the official
-code and here.
+additions (``NUM_TIMESTEPS``, ``DDIM_ETA``, ``BOX_RENEWAL``, ...) included. No official key
+controls the mask parts; diffvision adds one:
+
+- ``MASK_BRANCH_DIM`` (128): the width of the mask branch's refine and tower convolutions, fixed
+  at 128 in the official code. At 128 the stride-4 tower costs several times a small backbone,
+  so the CPU toy config narrows it.
+
+The 8 mask-feature channels, the dynamic head's [8, 8, 1] layout, the 0.5 mask threshold and
+the Dice weight 5 are fixed, as officially.
 
 Compatibility key: ``MODEL.MASK_ON`` (the official ``diffinst.coco.res50.inst.yaml`` sets it; the
 official code never reads it). DiffusionInst always predicts masks, DiffusionDet never does; a
@@ -34,8 +40,12 @@ def add_diffusioninst_config(cfg: CfgNode) -> None:
         fresh = CfgNode({"MODEL": CfgNode()})
         add_diffusiondet_config(fresh)
         cfg.MODEL.DiffusionInst = fresh.MODEL.DiffusionDet
+        cfg.MODEL.DiffusionInst.MASK_BRANCH_DIM = 128
     if "MASK_ON" not in cfg.MODEL:
         cfg.MODEL.MASK_ON = False  # detectron2's default
 
 
-register_ranges(ranges_under("MODEL.DiffusionDet."), prefix="MODEL.DiffusionInst.")
+register_ranges(
+    {**ranges_under("MODEL.DiffusionDet."), "MASK_BRANCH_DIM": ">=1"},
+    prefix="MODEL.DiffusionInst.",
+)

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 MASK_FEAT_CHANNELS = 8  # channels of mask_feat = input channels of the first dynamic layer
-MASK_BRANCH_CHANNELS = 128  # refine and tower width
+MASK_BRANCH_DIM = 128  # refine and tower width of the official code
 MASK_TOWER_CONVS = 4
 MASK_BRANCH_LEVELS = 3  # p2, p3, p4
 MASK_STRIDE = 4
@@ -107,10 +107,10 @@ def dynamic_mask_logits(mask_feat: Tensor, params: Tensor) -> Tensor:
     return x.view(-1, h, w)
 
 
-def _conv_bn_relu(in_channels: int) -> nn.Sequential:
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, MASK_BRANCH_CHANNELS, 3, padding=1, bias=False),
-        SyncBatchNorm(MASK_BRANCH_CHANNELS),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        SyncBatchNorm(out_channels),
         nn.ReLU(),
     )
 
@@ -118,7 +118,8 @@ def _conv_bn_relu(in_channels: int) -> nn.Sequential:
 class DiffusionInstHead(DynamicHead):
     """DiffusionDet's :class:`~projects.detection.head.DynamicHead` plus the mask parts.
 
-    Same constructor arguments (``hidden_dim`` is the FPN width the mask branch reads). The box
+    Same constructor arguments (``hidden_dim`` is the FPN width the mask branch reads), plus
+    ``mask_branch_dim``: the refine/tower width (the official 128; ``MASK_BRANCH_DIM``). The box
     forward is DynamicHead's, unchanged; :meth:`forward` also records, for the call, each
     stage's generated mask parameters (:attr:`mask_params`, (L, B, N, 153); only the last stage
     outside training, the only one inference uses).
@@ -136,17 +137,17 @@ class DiffusionInstHead(DynamicHead):
     normalises each GPU's images alone); in eval both are the running-statistics affine map.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, mask_branch_dim: int = MASK_BRANCH_DIM, **kwargs) -> None:
         super().__init__(**kwargs)
         hidden_dim = self.head_series[0].hidden_dim
         for stage in self.head_series:
             stage.controller = nn.Linear(hidden_dim, NUM_DYNAMIC_PARAMS)
         self.mask_refine = nn.ModuleList(
-            _conv_bn_relu(hidden_dim) for _ in range(MASK_BRANCH_LEVELS)
+            _conv_bn_relu(hidden_dim, mask_branch_dim) for _ in range(MASK_BRANCH_LEVELS)
         )
         self.mask_head = nn.Sequential(
-            *(_conv_bn_relu(MASK_BRANCH_CHANNELS) for _ in range(MASK_TOWER_CONVS)),
-            nn.Conv2d(MASK_BRANCH_CHANNELS, MASK_FEAT_CHANNELS, 1),
+            *(_conv_bn_relu(mask_branch_dim, mask_branch_dim) for _ in range(MASK_TOWER_CONVS)),
+            nn.Conv2d(mask_branch_dim, MASK_FEAT_CHANNELS, 1),
         )
         new = [*(s.controller for s in self.head_series), self.mask_refine, self.mask_head]
         for module in new:
