@@ -5,9 +5,11 @@ steps and 100 / 300 boxes, mean ± std over training seeds.
 For every seed the toy config (``projects/detection/diffinst_toy.yaml``, 32 boxes in training) is
 trained with ``SEED`` = seed (skipped when ``OUTPUT/seed<s>/model_final.pth`` exists), then its
 final weights are evaluated on ``toy_instances_val`` for every (boxes, steps) pair with the same
-per-image sampling seeds (``SEED`` = seed). Prints a markdown table and writes
-``OUTPUT/results.json`` (``{"b<boxes>_s<steps>": {"segm/AP": [...], "bbox/AP": [...]}}``, one
-value per seed).
+per-image sampling seeds (``SEED`` = seed); points already evaluated are kept, so seeds can run
+in parallel processes and a last call prints the table over all of them. Prints a markdown
+table and writes ``OUTPUT/results.json`` (``{"b<boxes>_s<steps>": {"segm/AP": [...], ...}}``,
+one value per seed) and ``OUTPUT/seed<s>/final_metrics.json`` (the training's own evaluation at the
+config's 32 boxes and 1 step).
 
     python projects/detection/diffusioninst/experiments/toy_steps_boxes.py \
         --seeds 0,1 --boxes 100,300 --steps 1,4 --output output/diffinst_toy_claim
@@ -44,8 +46,6 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("output/diffinst_toy_claim"))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    results: dict[str, dict[str, list[float]]] = {}
-    results_file = args.output / "results.json"
     for seed in args.seeds:
         run_dir = args.output / f"seed{seed}"
         weights = run_dir / "model_final.pth"
@@ -63,7 +63,8 @@ def main() -> None:
                 ],
             )
             setup_logging(run_dir)
-            train(cfg)
+            final = train(cfg)  # the toy config's own evaluation: 32 boxes, 1 step
+            (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
         for boxes in args.boxes:
             for steps in args.steps:
                 point = f"b{boxes}_s{steps}"
@@ -74,11 +75,21 @@ def main() -> None:
                      "MODEL.DiffusionInst.NUM_PROPOSALS", str(boxes),
                      "MODEL.DiffusionInst.SAMPLE_STEP", str(steps), *args.opts],
                 )  # fmt: skip
-                metrics = evaluate(cfg)
-                for key in METRICS:
-                    results.setdefault(point, {}).setdefault(key, []).append(metrics[key])
-                args.output.mkdir(parents=True, exist_ok=True)
-                results_file.write_text(json.dumps(results, indent=1))
+                point_file = run_dir / point / "metrics.json"
+                if not point_file.is_file():  # evaluated points are kept: reruns fill gaps
+                    metrics = evaluate(cfg)
+                    point_file.write_text(json.dumps({k: metrics[k] for k in METRICS}))
+    # every seed's points found under OUTPUT (seeds may have run in separate processes)
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed_dir in sorted(args.output.glob("seed*")):
+        for point_file in sorted(seed_dir.glob("b*_s*/metrics.json")):
+            values = json.loads(point_file.read_text())
+            for key in METRICS:
+                results.setdefault(point_file.parent.name, {}).setdefault(key, []).append(
+                    values[key]
+                )
+    results_file = args.output / "results.json"
+    results_file.write_text(json.dumps(results, indent=1))
     print(f"| boxes | steps | {' | '.join(METRICS)} |")
     print("|---|---|" + "---|" * len(METRICS))
     for point, values in results.items():
@@ -89,7 +100,8 @@ def main() -> None:
             std = statistics.stdev(v) if len(v) > 1 else 0.0
             cells.append(f"{statistics.mean(v):.1f} ± {std:.1f}")
         print(f"| {boxes} | {steps} | {' | '.join(cells)} |")
-    print(f"seeds {args.seeds}; per-seed values in {results_file}")
+    seeds = sorted(p.name for p in args.output.glob("seed*"))
+    print(f"{', '.join(seeds)}; per-seed values in {results_file}")
 
 
 if __name__ == "__main__":
