@@ -149,12 +149,20 @@ class DiffusionInstHead(DynamicHead):
             *(_conv_bn_relu(mask_branch_dim, mask_branch_dim) for _ in range(MASK_TOWER_CONVS)),
             nn.Conv2d(mask_branch_dim, MASK_FEAT_CHANNELS, 1),
         )
+        # each stage's object features, recorded by a hook during forward (the stage's code
+        # stays DiffusionDet's); registered once here so that tracing (torch.export) sees them
+        self._stage_objects: list[Tensor] = []
+        for stage in self.head_series:
+            stage.register_forward_hook(self._record_stage_output)
         new = [*(s.controller for s in self.head_series), self.mask_refine, self.mask_head]
         for module in new:
             for p in module.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
         self.mask_params: Tensor | None = None
+
+    def _record_stage_output(self, _stage: nn.Module, _args: tuple, output: tuple) -> None:
+        self._stage_objects.append(output[2])
 
     def mask_features(self, features: Sequence[Tensor]) -> Tensor:
         """FPN maps (p2, p3, p4, ...; p5 unused) -> ``mask_feat`` (B, 8, H_p2, W_p2).
@@ -205,16 +213,10 @@ class DiffusionInstHead(DynamicHead):
         self, features: Sequence[Tensor], boxes_xyxy: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
         """DynamicHead's forward (same arguments and returns), recording :attr:`mask_params`."""
-        objects: list[Tensor] = []
-        hooks = [
-            stage.register_forward_hook(lambda _m, _args, out: objects.append(out[2]))
-            for stage in self.head_series
-        ]
-        try:
-            logits, boxes = super().forward(features, boxes_xyxy, t)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        self._stage_objects.clear()
+        logits, boxes = super().forward(features, boxes_xyxy, t)
+        objects = list(self._stage_objects)
+        self._stage_objects.clear()
         if len(objects) != len(self.head_series):
             raise RuntimeError(
                 "DiffusionInstHead reads each stage's output through a forward hook; the stages "

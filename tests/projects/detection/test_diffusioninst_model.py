@@ -222,3 +222,15 @@ def test_mask_params_are_the_controller_on_the_regression_feature(toy):
     assert len(captured) == 2
     expected = stage.controller(captured[0]).view(1, 3, 153)
     torch.testing.assert_close(model.head.mask_params[-1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deep_copy_records_its_own_stages(toy):
+    # EMA weights are a deepcopy: the copy's stage hooks must fill the copy's head
+    import copy
+
+    twin = copy.deepcopy(toy).eval()
+    img = (np.random.default_rng(2).random((64, 80, 3)) * 255).astype(np.uint8)
+    toy.head.mask_params = None
+    out = twin.predict([img], num_boxes=10, steps=1, seed=0)[0]
+    assert out["masks"].shape[1:] == (64, 80)
+    assert toy.head.mask_params is None and twin.head.mask_params is not None
