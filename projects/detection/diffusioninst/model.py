@@ -166,6 +166,16 @@ class DiffusionInst(DiffusionDet):
             self._candidate_params = []
         return boxes, scores, labels, params
 
+    #: extra outputs of the exported graph (:mod:`projects.detection.export`)
+    graph_output_names = ("mask_probs",)
+
+    def graph_outputs(self, features: Sequence[Tensor], extras: list[Tensor]) -> tuple[Tensor]:
+        """The exported graph's ``mask_probs`` (K, h_f, w_f): sigmoid mask probabilities on the
+        padded image's stride-4 grid for the K kept detections (``extras`` = their (K, 153)
+        parameters), what :func:`postprocess_masks` takes."""
+        mask_feat = self.head.mask_features(features)[0]
+        return (dynamic_mask_logits(mask_feat, extras[0]).sigmoid(),)
+
     def finalize(
         self, batched_inputs: Sequence[dict], features: Sequence[Tensor], candidates: tuple
     ) -> list[dict[str, Tensor]]:
