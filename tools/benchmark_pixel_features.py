@@ -37,12 +37,12 @@ import torch  # noqa: E402
 
 from diffvision.diffusion.schedule import get_schedule  # noqa: E402
 from diffvision.modeling.unet import UNet  # noqa: E402
-from projects.segmentation.build_pixel_mlp import predict_image  # noqa: E402
-from projects.segmentation.pixel_features import (  # noqa: E402
+from projects.segmentation.pixel_mlp.build import predict_image  # noqa: E402
+from projects.segmentation.pixel_mlp.features import (  # noqa: E402
     DDPMFeatureExtractor,
     gather_pixel_features,
 )
-from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble  # noqa: E402
+from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
 GUIDED_256 = dict(
     attention_resolutions="32,16,8",

@@ -40,7 +40,8 @@ from diffvision.engine.cli import add_debug_flag, run_main  # noqa: E402
 from diffvision.engine.defaults import load_config, setup_logging  # noqa: E402
 from diffvision.engine.outputs import OVERWRITE_HELP, refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
-from projects.detection.build import build_inference_model, image_seed  # noqa: E402
+from diffvision.utils.seeding import eval_image_seed  # noqa: E402
+from projects.detection.build import build_inference_model  # noqa: E402
 from projects.detection.data import (  # noqa: E402
     build_detection_evaluator,
     build_detection_test_loader,
@@ -64,7 +65,7 @@ def evaluate_point(
             if num_images >= max_images:
                 break
             batch = batch[: max_images - num_images]
-        seeds = [image_seed(seed, x["image_id"]) for x in batch]
+        seeds = [eval_image_seed(seed, x["image_id"]) for x in batch]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = clock()

@@ -30,8 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # reach projects/
 import torch  # noqa: E402
 
 import projects  # noqa: E402,F401  (registers every task and its config keys)
-from diffvision.data.catalog import check_dataset_files, parse_custom_dataset  # noqa: E402
-from diffvision.engine import comm  # noqa: E402
 from diffvision.engine.build import build_batch_split  # noqa: E402
 from diffvision.engine.checkpoint import (  # noqa: E402
     check_output_dir,
@@ -50,6 +48,7 @@ from diffvision.engine.run import evaluate, train  # noqa: E402
 from diffvision.engine.tasks import get_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError, InputFileNotFoundError  # noqa: E402
 from diffvision.modeling.weight_files import is_remote_weight  # noqa: E402
+from diffvision.utils import comm  # noqa: E402
 
 
 def main(args) -> dict:
@@ -87,9 +86,10 @@ def validate(cfg, args) -> None:
             --resume or --overwrite.
         ConfigError: SOLVER.IMS_PER_BATCH not divisible by the number of processes, unknown
             task, a MODEL.DEVICE that is no device or a CUDA device without a GPU, OUTPUT_DIR
-            that is a file, or a malformed DATASETS.CUSTOM entry (values out of their range,
-            e.g. a negative MAX_ITER, stop earlier, in load_config).
-        InputFileNotFoundError: MODEL.WEIGHTS or a dataset file that does not exist.
+            that is a file (values out of their range, e.g. a negative MAX_ITER, stop earlier, in
+            load_config).
+        InputFileNotFoundError: MODEL.WEIGHTS does not exist.
+        UserInputError (from the task's check_inputs): its input files are missing.
         WeightsError (from check_output_dir): --resume finds checkpoints, none of them intact.
     """
     if args.num_gpus < 1 or args.num_machines < 1:
@@ -124,37 +124,14 @@ def validate(cfg, args) -> None:
     output_dir = Path(cfg.OUTPUT_DIR)
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"OUTPUT_DIR {output_dir} is a file, expected a folder")
-    _check_dataset_files(cfg)
     if task.check_inputs is not None:
-        task.check_inputs(cfg)  # e.g. the segmentation dataset folders
+        task.check_inputs(cfg)  # e.g. the dataset files
     weights = str(cfg.MODEL.WEIGHTS)
     if weights and not is_remote_weight(weights) and not Path(weights).expanduser().is_file():
         kind = "folder, not a file" if Path(weights).expanduser().is_dir() else "does not exist"
         raise InputFileNotFoundError(f"MODEL.WEIGHTS {weights!r}: {kind}")
     if not args.eval_only:
         check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
-
-
-def _check_dataset_files(cfg) -> None:
-    """The files of builtin detection datasets and ``DATASETS.CUSTOM`` entries exist (their
-    content is checked when loaded).
-
-    Raises:
-        ConfigError: an entry is not ``name:json_file:image_root``.
-        InputFileNotFoundError: its json or image folder does not exist.
-    """
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        check_dataset_files(str(name))
-    for entry in cfg.DATASETS.get("CUSTOM", []):
-        name, json_file, image_root = parse_custom_dataset(entry)
-        if not json_file.is_file():
-            raise InputFileNotFoundError(
-                f"DATASETS.CUSTOM {name!r}: annotation file {json_file} does not exist"
-            )
-        if not image_root.is_dir():
-            raise InputFileNotFoundError(
-                f"DATASETS.CUSTOM {name!r}: image folder {image_root} does not exist"
-            )
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -7,9 +7,9 @@ from diffvision.config.config import (
     ConfigError,
     add_compat_key,
     add_config_extension,
-    get_cfg,
     load_yaml,
 )
+from diffvision.config.defaults import get_cfg
 
 __all__ = [
     "CN",

@@ -13,7 +13,8 @@ A :class:`CfgNode` is a yacs node (UPPER_CASE keys, attribute access) that adds:
   the key, never silently.
 
 Tasks extend the default tree through :func:`add_config_extension` (called by
-``diffvision.engine.tasks.register_task``); :func:`get_cfg` applies every extension.
+``diffvision.engine.tasks.register_task``); :func:`~diffvision.config.defaults.get_cfg` applies
+every extension.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = [
     "ConfigError",
     "add_compat_key",
     "add_config_extension",
-    "get_cfg",
+    "apply_config_extensions",
     "load_yaml",
 ]
 
@@ -308,11 +309,8 @@ def add_config_extension(fn: Callable[[CfgNode], None]) -> None:
         _CONFIG_EXTENSIONS.append(fn)
 
 
-def get_cfg() -> CfgNode:
-    """Return a fresh copy of the default config, including every registered task's keys."""
-    from diffvision.config.defaults import build_default_config
-
-    cfg = build_default_config()
+def apply_config_extensions(cfg: CfgNode) -> CfgNode:
+    """Add every registered task's keys to ``cfg`` (in place) and return it."""
     for extend in _CONFIG_EXTENSIONS:
         extend(cfg)
     return cfg

@@ -1,15 +1,22 @@
-"""Allowed ranges of numeric config keys, checked once when a config is loaded.
+"""Allowed ranges of numeric config keys, declared beside the keys and checked once when a
+config is loaded.
 
-Without them a zero or negative count reached a library constructor (``num_proposals must be >=
-1``) or torchvision (``height and width must be > 0``) as a traceback. Each task registers the
-ranges of its own keys next to its defaults; :func:`check_ranges` (called by
-:func:`diffvision.engine.defaults.load_config`) stops at the first key out of range with a
-:class:`~diffvision.errors.ConfigError` naming it::
+Every key is declared once, with its default and (when numeric) its range, by
+:func:`add_keys`::
 
-    register_ranges({"MODEL.DiffusionDet.NUM_PROPOSALS": ">=1", "SOLVER.MOMENTUM": "[0,1)"})
+    add_keys(cfg, "MODEL.DiffusionDet", {
+        "NUM_PROPOSALS": Ranged(300, ">=1"),  # default 300, any value >= 1
+        "ACTIVATION": "relu",                 # no range
+    })
 
-A range is ``>0``, ``>=0``, ``>=1`` or an interval ``[a,b]`` / ``(a,b)`` / ``[a,b)`` / ``(a,b]``;
-a list or tuple value is checked element by element, and a float must be finite.
+:func:`check_ranges` (called by :func:`diffvision.engine.defaults.load_config`) stops at the
+first key out of range with a :class:`~diffvision.errors.ConfigError` naming it, so a value the
+range admits is one the builders and constructors accept.
+
+A range is ``>0``, ``>=0``, ``>=1`` or an interval ``[a,b]`` / ``(a,b)`` / ``[a,b)`` / ``(a,b]``,
+optionally followed by ``multiple of N`` (``">=32 multiple of 32"``); a list or tuple value is
+checked element by element, and a float must be finite. A rule between two keys (an attention
+width divisible by its head count) is checked by the builder that reads both.
 """
 
 from __future__ import annotations
@@ -17,16 +24,25 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
+from diffvision.config.config import CN, CfgNode
 from diffvision.errors import ConfigError
 
-__all__ = ["check_ranges", "ranges_under", "register_ranges"]
+__all__ = ["Ranged", "add_keys", "check_ranges", "register_ranges", "registered_ranges"]
 
 _RANGES: dict[str, str] = {}
 _INTERVAL = re.compile(r"([\[(])\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*([\])])")
 
 
+_MULTIPLE = re.compile(r"(.*\S)\s+multiple of (\d+)")
+
+
 def _contains(spec: str, x: float) -> bool:
+    multiple = _MULTIPLE.fullmatch(spec)
+    if multiple is not None:
+        spec, step = multiple.group(1), int(multiple.group(2))
+        return float(x).is_integer() and int(x) % step == 0 and _contains(spec, x)
     if spec.startswith(">="):
         return x >= float(spec[2:])
     if spec.startswith(">"):
@@ -41,7 +57,11 @@ def _contains(spec: str, x: float) -> bool:
 
 
 def _describe(spec: str) -> str:
-    """``">=1"`` -> ``">= 1"``, ``"[0,1)"`` -> ``"in [0, 1)"``."""
+    """``">=1"`` -> ``">= 1"``, ``"[0,1)"`` -> ``"in [0, 1)"``, ``">=32 multiple of 32"`` ->
+    ``">= 32 and a multiple of 32"``."""
+    multiple = _MULTIPLE.fullmatch(spec)
+    if multiple is not None:
+        return f"{_describe(multiple.group(1))} and a multiple of {multiple.group(2)}"
     if spec.startswith(">"):
         op = ">=" if spec.startswith(">=") else ">"
         return f"{op} {spec[len(op) :]}"
@@ -86,46 +106,39 @@ def check_ranges(cfg) -> None:
                 raise ConfigError(f"{key}{each} must be {_describe(spec)}, got {value!r}")
 
 
-register_ranges(
-    {
-        # engine
-        "SOLVER.MAX_ITER": ">=0",
-        "SOLVER.BASE_LR": ">0",
-        "SOLVER.BASE_LR_END": ">=0",
-        "SOLVER.MOMENTUM": "[0,1)",
-        "SOLVER.BETAS": "[0,1)",
-        "SOLVER.WEIGHT_DECAY": ">=0",
-        "SOLVER.WEIGHT_DECAY_NORM": ">=0",
-        "SOLVER.BIAS_LR_FACTOR": ">=0",
-        "SOLVER.BACKBONE_MULTIPLIER": ">=0",
-        "SOLVER.GAMMA": ">0",
-        "SOLVER.STEPS": ">=0",
-        "SOLVER.POLY_LR_POWER": ">=0",
-        "SOLVER.WARMUP_FACTOR": "[0,1]",
-        "SOLVER.WARMUP_ITERS": ">=0",
-        "SOLVER.CHECKPOINT_PERIOD": ">=0",
-        "SOLVER.IMS_PER_BATCH": ">=1",
-        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": ">0",
-        "SOLVER.CLIP_GRADIENTS.NORM_TYPE": ">0",
-        "TEST.EVAL_PERIOD": ">=0",
-        "TEST.IMS_PER_BATCH": ">=1",
-        "LOG_PERIOD": ">=1",
-        "DATALOADER.NUM_WORKERS": ">=0",
-        "DATALOADER.REPEAT_THRESHOLD": ">=0",
-        "MODEL_EMA.DECAY": "[0,1]",
-        "MODEL_EMA.START_ITER": ">=0",
-        "MODEL.PIXEL_STD": ">0",
-        "INPUT.MIN_SIZE_TRAIN": ">=1",
-        "INPUT.MAX_SIZE_TRAIN": ">=1",
-        "INPUT.MIN_SIZE_TEST": ">=1",
-        "INPUT.MAX_SIZE_TEST": ">=1",
-        "TEST.AUG.MIN_SIZES": ">=1",
-        "TEST.AUG.MAX_SIZE": ">=1",
-    }
-)
+def registered_ranges() -> dict[str, str]:
+    """A copy of every registered ``{full key: range}``."""
+    return dict(_RANGES)
 
 
-def ranges_under(prefix: str) -> dict[str, str]:
-    """The registered ranges of the keys under ``prefix``, keyed without it (for a task whose
-    section mirrors another's, e.g. ``MODEL.DiffusionInst.`` mirroring ``MODEL.DiffusionDet.``)."""
-    return {k[len(prefix) :]: v for k, v in _RANGES.items() if k.startswith(prefix)}
+class Ranged(NamedTuple):
+    """A key's default together with its valid range (see the module docstring)."""
+
+    default: Any
+    range: str
+
+
+def add_keys(
+    cfg: CfgNode, section: str, keys: Mapping[str, Any], *, keep_existing: bool = False
+) -> CfgNode:
+    """Add ``keys`` under the dotted ``section`` of ``cfg`` (created when missing) and register
+    the range of every :class:`Ranged` value; return the section node.
+
+    Args:
+        section: e.g. ``"MODEL.DiffusionDet"``; ``""`` for the top level.
+        keys: ``{KEY: default}`` or ``{KEY: Ranged(default, range)}``.
+        keep_existing: leave keys another task added first at their value (shared sections).
+    """
+    node = cfg
+    for part in section.split(".") if section else ():
+        if part not in node:
+            node[part] = CN()
+        node = node[part]
+    prefix = f"{section}." if section else ""
+    for key, value in keys.items():
+        if isinstance(value, Ranged):
+            register_ranges({key: value.range}, prefix=prefix)
+            value = value.default
+        if not (keep_existing and key in node):
+            node[key] = value
+    return node

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffvision.errors import InputFileNotFoundError
-from diffvision.modeling.weight_files import load_restricted_pickle
+from diffvision.utils.safe_files import load_restricted_pickle
 
 __all__ = ["CIFAR10_CLASSES", "Cifar10Dataset", "load_cifar10_arrays"]
 

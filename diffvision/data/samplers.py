@@ -1,15 +1,13 @@
-"""Samplers, training loaders and the randomness contract of every task.
+"""Samplers and the training loader that applies the randomness rule of
+:mod:`diffvision.utils.seeding`:
 
-Randomness is a pure function of ``(SEED, iteration, position in the global batch)``:
-
-- :func:`mix_seed` hashes integers into a 63-bit seed (splitmix64), :func:`sample_seeds` gives
-  the per-sample seeds of a slice of global batch ``iteration``;
 - :class:`GlobalBatchLoader` builds global batch ``i`` from the sampler's positions
   ``i·B .. (i+1)·B-1``; rank r maps only its slice ``r·B/W .. (r+1)·B/W-1``. Each sample is mapped
-  under :func:`isolated_rng` seeded by ``(SEED, i, j, "augment")`` and carries
-  ``seed = (SEED, i, j, "draws")`` for the model's own draws (diffusion timesteps, noise,
-  padded boxes). So neither the rank, the process count nor the data-loader worker changes what
-  a sample looks like, and a loader started at ``start_iter`` continues a killed run exactly.
+  under :func:`~diffvision.utils.seeding.isolated_rng` seeded by the ``AUGMENT`` stream at
+  ``(i, j)`` and carries the ``DRAWS`` seed at ``(i, j)`` for the model's own draws (diffusion
+  timesteps, noise, padded boxes). So neither the rank, the process count nor the data-loader
+  worker changes what a sample looks like, and a loader started at ``start_iter`` continues a
+  killed run exactly.
 
 Samplers:
 
@@ -25,93 +23,28 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
 
-from diffvision.engine import comm
+from diffvision.utils import comm
+from diffvision.utils.seeding import (
+    Stream,
+    derive_seed,
+    isolated_rng,
+    sample_seeds,
+    seeded_generator,
+)
 
 __all__ = [
     "GlobalBatchLoader",
-    "isolated_rng",
-    "mix_seed",
-    "per_sample_generators",
-    "sample_seeds",
     "InferenceSampler",
     "RepeatFactorTrainingSampler",
     "TrainingSampler",
     "repeat_factors_from_category_frequency",
 ]
-
-
-_MASK64 = (1 << 64) - 1
-# Stream tags: one independent seed stream per purpose.
-_SHUFFLE, _AUGMENT, _DRAWS, _STEP = 0x5F, 0xA6, 0xD7, 0x57
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every integer of ``parts`` (splitmix64 chain).
-
-    Fits ``torch.Generator.manual_seed`` and an int64 tensor; equal inputs give equal outputs on
-    every machine and process.
-    """
-    h = 0
-    for part in parts:
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h >> 1
-
-
-def sample_seeds(seed: int, iteration: int, positions: Iterable[int]) -> list[int]:
-    """Seeds of the model's random draws for the samples at ``positions`` of global batch
-    ``iteration`` (what :class:`GlobalBatchLoader` attaches as ``seed``)."""
-    return [mix_seed(seed, iteration, j, _DRAWS) for j in positions]
-
-
-def step_seed(seed: int, iteration: int, rank: int) -> int:
-    """Seed of the process-wide RNG during training step ``iteration`` on ``rank`` (dropout and
-    other draws a model does not route through per-sample generators)."""
-    return mix_seed(seed, iteration, rank, _STEP)
-
-
-def per_sample_generators(seeds: Iterable[int] | torch.Tensor) -> list[torch.Generator]:
-    """One CPU ``torch.Generator`` per sample seed (draw on CPU, then move: identical on any
-    device)."""
-    if isinstance(seeds, torch.Tensor):
-        seeds = seeds.tolist()
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-
-@contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's CPU RNGs from ``seed`` for the block, then restore
-    their previous states: code that draws from the process RNG (augmentations) becomes a pure
-    function of ``seed`` without disturbing anyone else's stream."""
-    py_state, np_state, torch_state = (
-        random.getstate(),
-        np.random.get_state(),
-        torch.get_rng_state(),
-    )
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA streams untouched
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
 
 
 def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -134,7 +67,7 @@ class TrainingSampler(Sampler[int]):
         size: dataset length.
         shuffle: shuffle every epoch (else 0..size-1 repeated).
         seed: must be the same on every rank (default ``comm.shared_random_seed()``).
-        rank, world_size: default from ``diffvision.engine.comm``.
+        rank, world_size: default from ``diffvision.utils.comm``.
     """
 
     def __init__(
@@ -160,7 +93,7 @@ class TrainingSampler(Sampler[int]):
             if len(self._epochs) > 4:
                 self._epochs.clear()
             if self._shuffle:
-                g = torch.Generator().manual_seed(mix_seed(self._seed, epoch, _SHUFFLE))
+                g = seeded_generator(derive_seed(self._seed, Stream.SHUFFLE, epoch))
                 self._epochs[epoch] = torch.randperm(self._size, generator=g).tolist()
             else:
                 self._epochs[epoch] = list(range(self._size))
@@ -239,7 +172,7 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         if epoch not in self._epochs:
             if len(self._epochs) > 4:
                 self._epochs.clear()
-            g = torch.Generator().manual_seed(mix_seed(self._seed, epoch, _SHUFFLE))
+            g = seeded_generator(derive_seed(self._seed, Stream.SHUFFLE, epoch))
             rands = torch.rand(len(self._frac_part), generator=g)
             reps = self._int_part + (rands < self._frac_part).float()
             indices = torch.repeat_interleave(torch.arange(len(reps)), reps.long())
@@ -321,9 +254,10 @@ class GlobalBatchLoader:
 
     Global batch ``i`` holds the samples at sampler positions ``i·B .. (i+1)·B-1`` (``B`` =
     ``global_batch_size``); rank r of W maps positions ``j`` in ``r·B/W .. (r+1)·B/W-1`` of it.
-    Sample j is produced by ``dataset[index]`` inside :func:`isolated_rng` seeded by
-    ``(seed, i, j)``, and ``collate(items, seeds)`` receives the per-sample draw seeds
-    :func:`sample_seeds` so the model can draw its noise per sample.
+    Sample j is produced by ``dataset[index]`` inside
+    :func:`~diffvision.utils.seeding.isolated_rng` seeded by the ``AUGMENT`` stream at ``(i, j)``,
+    and ``collate(items, seeds)`` receives the per-sample ``DRAWS`` seeds
+    (:func:`~diffvision.utils.seeding.sample_seeds`) so the model can draw its noise per sample.
 
     Args:
         dataset: map-style; ``dataset[index]`` may draw augmentations from the process RNG.
@@ -334,7 +268,7 @@ class GlobalBatchLoader:
         start_iter: first global batch to produce.
         collate: ``collate(items, seeds) -> batch``.
         num_workers: data-loader worker processes (the output does not depend on it).
-        rank, world_size: default from ``diffvision.engine.comm``.
+        rank, world_size: default from ``diffvision.utils.comm``.
     """
 
     def __init__(
@@ -375,7 +309,7 @@ class GlobalBatchLoader:
         indices = self.sampler.indices(first + positions.start, first + positions.stop)
         items = []
         for j, index in zip(positions, indices, strict=True):
-            with isolated_rng(mix_seed(self.seed, iteration, j, _AUGMENT)):
+            with isolated_rng(derive_seed(self.seed, Stream.AUGMENT, iteration, j)):
                 items.append(self.dataset[index])
         return self.collate(items, sample_seeds(self.seed, iteration, positions))
 

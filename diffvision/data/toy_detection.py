@@ -20,22 +20,18 @@ ranks, pytest workers) never see a half-written dataset.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from diffvision.data.generated import generate_once
 from diffvision.data.paths import datasets_root
 
-__all__ = ["TOY_CLASSES", "ensure_toy_detection", "generate_atomically", "generate_toy_detection"]
+__all__ = ["TOY_CLASSES", "ensure_toy_detection", "generate_toy_detection"]
 
-logger = logging.getLogger(__name__)
 
 TOY_CLASSES = ("rectangle", "ellipse", "triangle", "cross")
 # Base RGB colour per class; each object jitters it.
@@ -203,29 +199,8 @@ def ensure_toy_detection(
         seed, sizes, masks: see :func:`generate_toy_detection`.
     """
     root = Path(root) if root is not None else datasets_root() / "toy_detection"
-    return generate_atomically(
+    return generate_once(
         root,
         lambda out: generate_toy_detection(out, seed=seed, sizes=sizes, masks=masks),
-        "toy instances" if masks else "toy detection",
+        what="toy instances" if masks else "toy detection",
     )
-
-
-def generate_atomically(root: Path, generate: Callable[[Path], object], what: str) -> Path:
-    """Return ``root`` once ``root/annotations`` exists, calling ``generate(tmp)`` first when
-    missing: written to a temporary sibling folder and renamed into place, so that concurrent
-    processes never see a half-written dataset (the loser of a race discards its copy)."""
-    if (root / "annotations").is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Generating the %s dataset under %s", what, root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        generate(tmp / "data")
-        try:
-            os.rename(tmp / "data", root)
-        except OSError:
-            if not (root / "annotations").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root

@@ -29,15 +29,15 @@ the target, then renamed), like the toy set.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from diffvision.data.generated import generate_once
 from diffvision.data.paths import datasets_root
-from diffvision.data.toy_detection import _iou, generate_atomically
+from diffvision.data.toy_detection import _iou
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -47,7 +47,6 @@ __all__ = [
     "render_glyph",
 ]
 
-logger = logging.getLogger(__name__)
 
 GLYPH_CLASSES = tuple(str(d) for d in range(10))
 _WEIGHTS = 0.6 ** np.arange(len(GLYPH_CLASSES))
@@ -237,6 +236,8 @@ def ensure_toy_glyphs(
     """Return the glyph set folder (default ``datasets_root() / "toy_glyphs"``), generating it
     first when missing (atomically: a temporary sibling folder renamed into place)."""
     root = Path(root) if root is not None else datasets_root() / "toy_glyphs"
-    return generate_atomically(
-        root, lambda out: generate_toy_glyphs(out, seed=seed, sizes=sizes), "toy glyph detection"
+    return generate_once(
+        root,
+        lambda out: generate_toy_glyphs(out, seed=seed, sizes=sizes),
+        what="toy glyph detection",
     )

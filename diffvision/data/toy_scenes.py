@@ -22,13 +22,12 @@ byte-identical files.
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from diffvision.data.generated import generate_once
 from diffvision.data.seg_folder import write_classes_json
 
 __all__ = [
@@ -40,13 +39,11 @@ __all__ = [
     "render_toy_scene",
 ]
 
-logger = logging.getLogger(__name__)
 
 TOY_SCENE_CLASSES = ("background", "disk", "box", "triangle", "ring")
 TOY_SCENE_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
 #: split name -> (number of images, seed); dataset names are ``toy_scenes_<split>``.
 TOY_SCENE_SPLITS = {"train": (200, 0), "val": (50, 1)}
-_META_FILE = "toy_scenes.json"
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -160,13 +157,6 @@ def generate_toy_scenes(
         Image.fromarray(image).save(root / "images" / f"{i:05d}.png")
         Image.fromarray(mask, mode="L").save(root / "masks" / f"{i:05d}.png")
     write_classes_json(root / "classes.json", classes=TOY_SCENE_CLASSES, palette=TOY_SCENE_PALETTE)
-    meta = {
-        "num_images": num_images,
-        "image_size": image_size,
-        "seed": seed,
-        "max_objects": max_objects,
-    }
-    (root / _META_FILE).write_text(json.dumps(meta))
     return root
 
 
@@ -199,9 +189,10 @@ def ensure_toy_scenes(
     count = num_images if num_images is not None else default_count
     name = split if image_size == 64 else f"{split}_{image_size}px"
     folder = Path(root) / "toy_scenes" / name
-    meta_path = folder / _META_FILE
-    want = {"num_images": count, "image_size": image_size, "seed": seed, "max_objects": 4}
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == want:
-        return folder
-    logger.info("Generating %d toy scenes (%dpx) in %s", count, image_size, folder)
-    return generate_toy_scenes(folder, num_images=count, image_size=image_size, seed=seed)
+    params = {"num_images": count, "image_size": image_size, "seed": seed, "max_objects": 4}
+    return generate_once(
+        folder,
+        lambda out: generate_toy_scenes(out, num_images=count, image_size=image_size, seed=seed),
+        what=f"toy scenes ({split})",
+        params=params,
+    )

@@ -8,21 +8,17 @@ with one sub-folder per class) and re-created automatically when missing.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffvision.data.generated import generate_once
 from diffvision.data.image_folder import ImageFolderDataset
 from diffvision.data.paths import datasets_root
 
 __all__ = ["TOY_SHAPES", "ToyShapesDataset", "draw_toy_shape", "ensure_toy_shapes"]
 
-logger = logging.getLogger(__name__)
 
 TOY_SHAPES = ("circle", "square", "triangle")
 _PALETTE = (
@@ -34,7 +30,6 @@ _PALETTE = (
     (30, 210, 220),  # cyan
 )
 _BACKGROUND = (16, 16, 24)
-_DONE_MARKER = ".complete"
 
 
 def draw_toy_shape(rng: np.random.Generator, *, shape: str, image_size: int = 32) -> Image.Image:
@@ -75,8 +70,9 @@ def ensure_toy_shapes(
 ) -> Path:
     """Create the toy-shapes image folder if it is not complete yet; return its path.
 
-    The folder is written to a temporary sibling and renamed into place, so concurrent callers
-    (several ranks) and interrupted runs never see a half-written set.
+    Generated once (:func:`~diffvision.data.generated.generate_once`: atomically, so
+    concurrent callers and interrupted runs never see a half-written set); a complete folder is
+    kept whatever arguments made it.
 
     Args:
         root: target folder (default ``datasets_root() / "toy_shapes"``).
@@ -88,33 +84,17 @@ def ensure_toy_shapes(
         The folder holding ``<shape>/<index>.png``.
     """
     root = Path(root) if root is not None else datasets_root() / "toy_shapes"
-    if (root / _DONE_MARKER).is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def generate(out: Path) -> None:
         rng = np.random.default_rng(seed)
         for shape in TOY_SHAPES:
-            (tmp / shape).mkdir()
+            (out / shape).mkdir(parents=True)
             for i in range(num_per_class):
                 draw_toy_shape(rng, shape=shape, image_size=image_size).save(
-                    tmp / shape / f"{i:05d}.png"
+                    out / shape / f"{i:05d}.png"
                 )
-        (tmp / _DONE_MARKER).write_text(
-            f"num_per_class={num_per_class} image_size={image_size} seed={seed}\n"
-        )
-        if root.exists() and not (root / _DONE_MARKER).is_file():
-            shutil.rmtree(root)  # an incomplete folder from an older, interrupted writer
-        try:
-            os.replace(tmp, root)
-            logger.info("wrote %d toy-shape images to %s", num_per_class * 3, root)
-        except OSError:
-            if not (root / _DONE_MARKER).is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return generate_once(root, generate, what="toy shapes")
 
 
 class ToyShapesDataset(ImageFolderDataset):

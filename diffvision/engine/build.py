@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from diffvision.config import CfgNode
-from diffvision.engine import comm
 from diffvision.engine.ema import ModelEMA
 from diffvision.engine.lr_scheduler import make_lr_scheduler
 from diffvision.engine.optim import make_optimizer, make_param_groups
 from diffvision.engine.trainer import GradientClipping
 from diffvision.errors import ConfigError, InputFileNotFoundError, UserInputError
+from diffvision.utils import comm
 
 __all__ = [
     "building_from_config",

@@ -28,31 +28,28 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import diffvision
 from diffvision.engine.weights import state_dict_differences
 from diffvision.errors import CLIError, WeightsError
-from diffvision.modeling.weight_files import safe_torch_load
+from diffvision.utils.safe_files import safe_torch_load
+from diffvision.utils.seeding import capture_rng_state, restore_rng_state
 
 __all__ = [
     "Checkpointer",
     "atomic_torch_save",
-    "capture_rng_state",
     "check_output_dir",
     "eval_output_dir",
     "find_checkpoints",
     "is_diffvision_checkpoint",
-    "restore_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,27 +227,6 @@ def _no_intact_message(save_dir: Path, problems: list[str]) -> str:
     )
 
 
-def capture_rng_state() -> dict:
-    """The state of Python's, NumPy's and torch's (CPU and CUDA) random generators."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Checkpointer:
     """Saves and restores the training state of one run.
 
@@ -308,11 +284,6 @@ class Checkpointer:
         return path
 
     # ------------------------------------------------------------------ loading
-    def last_checkpoint(self) -> Path | None:
-        """The checkpoint named by ``last_checkpoint``, if the marker names an existing file."""
-        candidates, notes = _resume_candidates(self.save_dir)
-        return candidates[0] if candidates and not notes else None
-
     def resume(self) -> int:
         """Restore the newest intact checkpoint of ``save_dir`` fully; the next iteration to run.
 

@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 
 from torch.multiprocessing import ProcessExitedException
 
-from diffvision.engine import comm
 from diffvision.errors import UserInputError
+from diffvision.utils import comm
 
 __all__ = [
     "RUN_FAILED",

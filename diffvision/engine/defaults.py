@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffvision.config import CfgNode, get_cfg
 from diffvision.config.ranges import check_ranges
-from diffvision.engine import comm
+from diffvision.utils import comm
+from diffvision.utils.seeding import random_seed, seed_process_rngs
 
 __all__ = [
     "default_argument_parser",
     "default_setup",
     "load_config",
-    "seed_everything",
     "setup_logging",
 ]
 
@@ -109,16 +106,6 @@ def setup_logging(output_dir: str | Path | None = None, *, rank: int = 0) -> Non
         root.addHandler(file_handler)
 
 
-def seed_everything(seed: int) -> int:
-    """Seed Python, NumPy and torch; a negative seed draws a fresh one. Returns the seed used."""
-    if seed < 0:
-        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return seed
-
-
 def _config_file(output_dir: Path, text: str, *, resume: bool) -> Path:
     """Where the run's config goes: ``config.yaml``, except that a resumed run whose config
     differs from the one the run started with keeps that file (the record of how the
@@ -139,9 +126,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
 
     Every rank seeds its process RNGs with the same ``SEED`` (a negative SEED becomes one random
     seed shared by all ranks), so models are initialised identically whatever the process count;
-    the training loop reseeds per step from ``(SEED, iteration, rank)``. The SEED actually used is
-    written back into ``cfg`` so that the saved config reproduces the run. Returns the frozen
-    config.
+    the training loop reseeds per step (the ``STEP`` stream of :mod:`diffvision.utils.seeding`).
+    The SEED actually used is written back into ``cfg`` so that the saved config reproduces the
+    run. Returns the frozen config.
     """
     rank = comm.get_rank()
     output_dir = Path(cfg.OUTPUT_DIR)
@@ -151,8 +138,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     setup_logging(output_dir, rank=rank)
     seed = cfg.SEED
     if seed < 0:
-        seed = comm.all_gather(seed_everything(-1))[0]
-    seed_everything(seed)
+        seed = comm.all_gather(random_seed())[0]
+    seed_process_rngs(seed)
     cfg.SEED = seed
     logger.info("Rank %d of %d, seed %d", rank, comm.get_world_size(), seed)
     if args is not None:

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffvision.engine import comm
 from diffvision.engine.tasks import DatasetEvaluator
+from diffvision.utils import comm
 
 __all__ = ["inference_on_dataset"]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from torch import nn
 
-from diffvision.engine import comm
 from diffvision.engine.checkpoint import Checkpointer
 from diffvision.engine.ema import ModelEMA
 from diffvision.engine.trainer import HookBase
+from diffvision.utils import comm
 
 __all__ = [
     "EMAHook",

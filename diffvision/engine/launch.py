@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from diffvision.engine import comm
+from diffvision.utils import comm
 
 __all__ = ["find_free_port", "launch"]
 

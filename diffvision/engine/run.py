@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from diffvision.config import CfgNode
-from diffvision.engine import comm
 from diffvision.engine.build import (
     build_amp_dtype,
     build_batch_split,
@@ -42,6 +41,7 @@ from diffvision.engine.tasks import Task, build_task
 from diffvision.engine.trainer import Trainer
 from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
+from diffvision.utils import comm
 
 __all__ = ["evaluate", "evaluate_model", "train"]
 

@@ -131,6 +131,11 @@ def registered_tasks() -> list[str]:
 
 def get_task(name: str) -> Task:
     """The task registered as ``name``; an unknown name lists the registered ones."""
+    if not name:
+        raise ConfigError(
+            "MODEL.META_ARCHITECTURE is not set: the config must name its task, one of "
+            f"{', '.join(registered_tasks()) or '(none: import projects first)'}."
+        )
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""

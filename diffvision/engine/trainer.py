@@ -19,9 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from diffvision.data.samplers import step_seed
-from diffvision.engine import comm
-from diffvision.engine.defaults import seed_everything
+from diffvision.utils import comm
+from diffvision.utils.seeding import Stream, derive_seed, seed_process_rngs
 
 __all__ = ["GradientClipping", "HookBase", "Trainer"]
 
@@ -101,8 +100,9 @@ class Trainer:
         grad_clip: optional :class:`GradientClipping`.
         amp_dtype: ``torch.bfloat16``/``torch.float16`` to train under autocast, or None.
         seed: when given, the process RNGs (Python, NumPy, torch) are reseeded before every step
-            from ``(seed, iteration, rank)``, so draws a model does not take from per-sample
-            generators (dropout) do not depend on what ran before: a resumed run repeats them.
+            from the ``STEP`` stream at ``(iteration, rank)``, so draws a model does not take
+            from per-sample generators (dropout) do not depend on what ran before: a resumed run
+            repeats them.
     """
 
     def __init__(
@@ -177,7 +177,7 @@ class Trainer:
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
         if self.seed is not None:
-            seed_everything(step_seed(self.seed, self.iter, comm.get_rank()))
+            seed_process_rngs(derive_seed(self.seed, Stream.STEP, self.iter, comm.get_rank()))
 
         with self._autocast():
             loss_dict = self.model(batch)
@@ -193,7 +193,7 @@ class Trainer:
                 f"Loss became non-finite at iteration {self.iter}: {detail}. Training stopped; "
                 "the last checkpoint written before this iteration is intact. Try a lower "
                 "SOLVER.BASE_LR, gradient clipping (SOLVER.CLIP_GRADIENTS.ENABLED True), or check "
-                "the annotations for degenerate boxes."
+                "the training data."
             )
 
         lr = self.optimizer.param_groups[0]["lr"]

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from diffvision.errors import WeightsError
-from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict, safe_torch_load
+from diffvision.modeling.weight_files import backbone_state_dict, read_state_dict
+from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = ["load_weights", "read_weights", "register_weight_converter", "state_dict_differences"]
 

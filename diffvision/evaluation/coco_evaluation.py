@@ -11,7 +11,7 @@ Usage (the detectron2 evaluator protocol)::
 Predictions are per-image dicts ``{"boxes": (n, 4) xyxy in ORIGINAL image pixels, "scores": (n,),
 "labels": (n,) contiguous class ids}`` (a dict wrapped as ``{"instances": {...}}`` is accepted
 too). They are converted to COCO results (xywh, json category ids), gathered on the main process
-with :func:`diffvision.engine.comm.all_gather`, written to ``coco_instances_results.json`` and
+with :func:`diffvision.utils.comm.all_gather`, written to ``coco_instances_results.json`` and
 scored with ``COCOeval`` (``maxDets`` 1/10/100, as detectron2's evaluator; every prediction is
 submitted). AP values are percentages; a metric without ground truth (e.g. APl when there are
 no large objects) is NaN.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from diffvision.data.catalog import get_detection_dataset, missing_data_hint
-from diffvision.engine import comm
+from diffvision.utils import comm
 
 __all__ = ["COCOEvaluator", "instances_to_coco_results", "resolve_json_file", "results_for"]
 

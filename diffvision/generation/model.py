@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise, posterior_mean_variance
 from diffvision.diffusion.parameterization import (
     PredictionType,
@@ -40,6 +39,7 @@ from diffvision.generation.losses import (
     vlb_terms,
 )
 from diffvision.modeling.unet import UNet
+from diffvision.utils.seeding import per_sample_generators
 
 __all__ = ["DDPMModel"]
 

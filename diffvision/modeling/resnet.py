@@ -133,16 +133,20 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 
 
 
 class BasicStem(nn.Module):
-    """7x7/2 conv + FrozenBN + ReLU + 3x3/2 max pool: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+    """7x7/2 conv + FrozenBN + ReLU (:meth:`features`, stride 2) + 3x3/2 max pool:
+    (B, 3, H, W) -> (B, C, H/4, W/4)."""
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 64) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.conv1 = _conv(in_channels, out_channels, 7, stride=2, padding=3)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-2 map before the max pool, (B, C, H/2, W/2)."""
+        return F.relu_(self.conv1(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(self.features(x), kernel_size=3, stride=2, padding=1)
 
 
 class BasicBlock(nn.Module):
@@ -203,13 +207,14 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet-{18,34,50,101,152} returning ``res2..res5`` with FrozenBN in every stage.
+    """ResNet-{18,34,50,101,152} returning ``stem`` (stride 2, before the max pool) and
+    ``res2..res5`` with FrozenBN in every stage.
 
     Args:
         depth: one of :data:`RESNET_DEPTHS`.
         freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and ``res2`` (detectron2
             ``BACKBONE.FREEZE_AT``; DiffusionDet uses 2), up to 5.
-        out_features: which of ``res2..res5`` ``forward`` returns.
+        out_features: which of ``stem``, ``res2..res5`` ``forward`` returns.
         stride_in_1x1: bottleneck stride on the first 1x1 (MSRA) instead of the 3x3 (torchvision).
         norm: ``FrozenBN`` (detectron2 default, all official configs), or trainable ``BN`` /
             ``GN`` for training from scratch (toy configs: a random-init network with FrozenBN has
@@ -241,8 +246,8 @@ class ResNet(nn.Module):
             raise ValueError(f"freeze_at must be in [0, 5], got {freeze_at!r}")
         names = ("res2", "res3", "res4", "res5")
         for name in out_features:
-            if name not in names:
-                raise ValueError(f"ResNet out_feature {name!r} is not one of {names}")
+            if name not in ("stem", *names):
+                raise ValueError(f"ResNet out_feature {name!r} is not one of {('stem', *names)}")
         kind, num_blocks = RESNET_DEPTHS[depth]
         self.depth = depth
         self.out_features = tuple(out_features)
@@ -251,8 +256,8 @@ class ResNet(nn.Module):
         if kind == "bottleneck" and res2_channels % 4:
             raise ValueError(f"res2_channels must be a multiple of 4, got {res2_channels!r}")
         self.stem = BasicStem(out_channels=stem_channels)
-        self._out_channels: dict[str, int] = {}
-        self._out_strides: dict[str, int] = {}
+        self._out_channels: dict[str, int] = {"stem": stem_channels}
+        self._out_strides: dict[str, int] = {"stem": 2}
         in_ch = stem_channels
         for idx, (name, n) in enumerate(zip(names, num_blocks, strict=True)):
             out_ch = res2_channels * 2**idx
@@ -305,7 +310,10 @@ class ResNet(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"ResNet takes (B, C, H, W) inputs, got shape {tuple(x.shape)}")
         outputs = {}
-        x = self.stem(x)
+        x = self.stem.features(x)
+        if "stem" in self.out_features:
+            outputs["stem"] = x
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         for name in ("res2", "res3", "res4", "res5"):
             if len(outputs) == len(self.out_features):
                 break  # later stages are not needed

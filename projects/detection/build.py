@@ -1,20 +1,19 @@
-"""Config -> DiffusionDet model and task. The only model-side code that reads the config.
+"""Config -> DiffusionDet model: the model builder of the DiffusionDet task.
 
-- :func:`build_backbone`: ``MODEL.BACKBONE.NAME`` ``build_resnet_fpn_backbone`` (ResNet-18/34/50/101
-  FPN) or ``build_swintransformer_fpn_backbone`` (Swin FPN), the official names, or
-  ``build_timm_fpn_backbone`` (any timm CNN + FPN, ``MODEL.TIMM.*``).
+- :func:`build_backbone`: the FPN over the registered backbone that ``MODEL.BACKBONE.NAME`` names
+  (the official ``build_resnet_fpn_backbone``, ``build_swintransformer_fpn_backbone``, or
+  ``build_timm_fpn_backbone`` for any timm CNN; any other registered backbone by its name, see
+  :mod:`diffvision.modeling.backbones`);
 - :func:`build_model`: backbone + head + criterion -> :class:`DiffusionDet` on ``MODEL.DEVICE``
-  (``MODEL.RESNETS.NORM: SyncBN`` = trainable BN synchronised over processes).
-
-The task (``MODEL.META_ARCHITECTURE: DiffusionDet``) is an instance of the contract in
-``docs/internals.md``: ``build_model``, ``build_train_loader``, ``build_test_loader`` (images with
-per-image sampling seeds), ``build_evaluator`` (COCO or LVIS).
+  (``MODEL.RESNETS.NORM: SyncBN`` = trainable BN synchronised over processes);
+- :func:`build_inference_model`: the tools' inference model with ``MODEL.WEIGHTS`` loaded;
+- :func:`build_inference`: the evaluation call (with ``TEST.AUG.ENABLED``, test-time
+  augmentation).
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
 from typing import Any
 
 import torch
@@ -22,100 +21,58 @@ from torch import nn
 
 from diffvision.config import CfgNode
 from diffvision.engine.sync_bn import convert_sync_batchnorm
-from diffvision.engine.tasks import register_task
+from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
-from diffvision.modeling.fpn import FPN, build_resnet_fpn_backbone, build_swin_fpn_backbone
-from diffvision.modeling.timm_backbone import add_timm_config, build_timm_fpn_backbone
+from diffvision.modeling.backbones import build_backbone as build_registered_backbone
+from diffvision.modeling.fpn import FPN
 
-from .config import add_diffusiondet_config
+from . import tta
+from .criterion import SetCriterionDynamicK
+from .data import build_fed_loss_cls_weights
 from .detector import DiffusionDet
 from .head import DynamicHead
 
 __all__ = [
-    "DIFFUSIONDET_TASK",
     "build_backbone",
-    "build_evaluator",
+    "build_detector",
+    "build_inference",
+    "build_inference_model",
     "build_model",
-    "build_test_loader",
-    "build_train_loader",
-    "image_seed",
 ]
 
 logger = logging.getLogger(__name__)
 
-
-def _add_config(cfg: CfgNode) -> None:
-    from .data import add_detection_data_config
-
-    add_diffusiondet_config(cfg)
-    add_detection_data_config(cfg)
-    add_timm_config(cfg)
+# The official MODEL.BACKBONE.NAME values and the registered backbone under their FPN.
+_FPN_BACKBONES = {
+    "build_resnet_fpn_backbone": "resnet",
+    "build_swintransformer_fpn_backbone": "swin",
+    "build_timm_fpn_backbone": "timm",
+}
 
 
 def build_backbone(cfg: CfgNode) -> FPN:
-    """ResNet-FPN or Swin-FPN from ``MODEL.BACKBONE``/``RESNETS``/``SWIN``/``FPN``."""
-    name = cfg.MODEL.BACKBONE.NAME
-    fpn_in = tuple(cfg.MODEL.FPN.IN_FEATURES)
+    """The FPN (``MODEL.FPN``) over the backbone named by ``MODEL.BACKBONE.NAME``."""
     if cfg.MODEL.FPN.NORM != "" or cfg.MODEL.FPN.FUSE_TYPE != "sum":
         raise ConfigError(
             f"only MODEL.FPN.NORM '' and FUSE_TYPE 'sum' are supported, got "
             f"{cfg.MODEL.FPN.NORM!r}, {cfg.MODEL.FPN.FUSE_TYPE!r}"
         )
-    if name == "build_resnet_fpn_backbone":
-        r = cfg.MODEL.RESNETS
-        unsupported = {
-            "NUM_GROUPS": (r.NUM_GROUPS, 1),
-            "WIDTH_PER_GROUP": (r.WIDTH_PER_GROUP, 64),
-            "RES5_DILATION": (r.RES5_DILATION, 1),
-        }
-        for key, (value, supported) in unsupported.items():
-            if value != supported:
-                raise ConfigError(f"MODEL.RESNETS.{key} = {value!r} is unsupported ({supported!r})")
-        backbone = build_resnet_fpn_backbone(
-            depth=r.DEPTH,
-            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-            in_features=fpn_in,
-            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-            stride_in_1x1=r.STRIDE_IN_1X1,
-            stem_channels=r.STEM_OUT_CHANNELS,
-            res2_channels=r.RES2_OUT_CHANNELS,
-            norm="BN" if r.NORM == "SyncBN" else r.NORM,
-        )
-        return convert_sync_batchnorm(backbone) if r.NORM == "SyncBN" else backbone
-    if name == "build_swintransformer_fpn_backbone":
-        s = cfg.MODEL.SWIN
-        return build_swin_fpn_backbone(
-            size=s.SIZE,
-            in_features=fpn_in,
-            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-            use_checkpoint=s.USE_CHECKPOINT,
-        )
-    if name == "build_timm_fpn_backbone":
-        t = cfg.MODEL.TIMM
-        return build_timm_fpn_backbone(
-            name=t.NAME,
-            pretrained=t.PRETRAINED,
-            out_indices=tuple(t.OUT_INDICES),
-            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-            norm=t.NORM,
-            in_features=fpn_in,
-            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        )
-    raise ConfigError(
-        f"MODEL.BACKBONE.NAME {name!r} is not one of ['build_resnet_fpn_backbone', "
-        "'build_swintransformer_fpn_backbone', 'build_timm_fpn_backbone']"
+    name = cfg.MODEL.BACKBONE.NAME
+    in_features = tuple(cfg.MODEL.FPN.IN_FEATURES)
+    bottom_up = build_registered_backbone(
+        cfg, _FPN_BACKBONES.get(name, name), out_features=in_features
     )
+    backbone = FPN(
+        bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS
+    )
+    sync_bn = _FPN_BACKBONES.get(name, name) == "resnet" and cfg.MODEL.RESNETS.NORM == "SyncBN"
+    return convert_sync_batchnorm(backbone) if sync_bn else backbone
 
 
-def _build_criterion(cfg: CfgNode, d: CfgNode, criterion_cls: type | None = None) -> nn.Module:
-    from .criterion import SetCriterionDynamicK
-
-    criterion_cls = criterion_cls or SetCriterionDynamicK
-    fed_weights = None
-    if d.USE_FED_LOSS:
-        from .data import build_fed_loss_cls_weights
-
-        fed_weights = build_fed_loss_cls_weights(cfg)
+def _build_criterion(
+    cfg: CfgNode, d: CfgNode, criterion_cls: type[SetCriterionDynamicK] = SetCriterionDynamicK
+) -> nn.Module:
+    fed_weights = build_fed_loss_cls_weights(cfg) if d.USE_FED_LOSS else None
     return criterion_cls(
         num_classes=d.NUM_CLASSES,
         class_weight=d.CLASS_WEIGHT,
@@ -151,7 +108,7 @@ def build_detector(
     with_criterion: bool = True,
     detector_cls: type[DiffusionDet] = DiffusionDet,
     head_cls: type[DynamicHead] = DynamicHead,
-    criterion_cls: type | None = None,
+    criterion_cls: type[SetCriterionDynamicK] = SetCriterionDynamicK,
     head_kwargs: dict[str, Any] | None = None,
 ) -> DiffusionDet:
     """:func:`build_model` with the model's key section ``d``, classes and extra head arguments
@@ -161,6 +118,11 @@ def build_detector(
         raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
         raise ConfigError("MODEL.DiffusionDet needs USE_FOCAL or USE_FED_LOSS (sigmoid scores)")
+    if d.HIDDEN_DIM % d.NHEADS:
+        raise ConfigError(
+            f"MODEL.DiffusionDet.HIDDEN_DIM ({d.HIDDEN_DIM}) must be divisible by NHEADS "
+            f"({d.NHEADS}): each attention head gets HIDDEN_DIM / NHEADS channels"
+        )
     box_head = cfg.MODEL.ROI_BOX_HEAD
     if box_head.POOLER_TYPE != "ROIAlignV2":
         raise ConfigError(f"ROI_BOX_HEAD.POOLER_TYPE {box_head.POOLER_TYPE!r} != 'ROIAlignV2'")
@@ -220,8 +182,6 @@ def build_inference_model(cfg: CfgNode) -> DiffusionDet:
     """The tools' model: inference-only :func:`build_model` with ``MODEL.WEIGHTS`` loaded by
     the engine's :func:`~diffvision.engine.weights.load_weights` (a warning when it is empty),
     in eval mode."""
-    from diffvision.engine.weights import load_weights
-
     model = build_model(cfg, with_criterion=False)
     if cfg.MODEL.WEIGHTS:
         load_weights(model, cfg.MODEL.WEIGHTS)
@@ -230,57 +190,20 @@ def build_inference_model(cfg: CfgNode) -> DiffusionDet:
     return model.eval()
 
 
-def image_seed(seed: int, image_id: Any) -> int:
-    """Per-image sampling seed from ``SEED`` and the image id (independent of batching/sharding)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(str(image_id).encode())) % (2**62)
-
-
-def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
-    from .data import build_detection_train_loader
-
-    return build_detection_train_loader(cfg, start_iter=start_iter)
-
-
-def build_test_loader(cfg: CfgNode, dataset_name: str):
-    """This rank's test batches; with ``SEED >= 0`` every image carries ``seed`` =
-    :func:`image_seed` (``SEED``, ``image_id``) so its sampled boxes (and AP) are reproducible."""
-    from .data import build_detection_test_loader
-
-    return build_detection_test_loader(cfg, dataset_name, seed=cfg.SEED if cfg.SEED >= 0 else None)
-
-
-def build_evaluator(cfg: CfgNode, dataset_name: str):
-    from .data import build_detection_evaluator
-
-    return build_detection_evaluator(cfg, dataset_name, cfg.OUTPUT_DIR)
-
-
 def build_inference(cfg: CfgNode):
     """The evaluation call: ``model(inputs)`` (each image's ``seed`` drives its draws), or with
     ``TEST.AUG.ENABLED`` the test-time augmentation of :mod:`projects.detection.tta` around the
     model, seeded by the same per-image seeds."""
     if not cfg.TEST.AUG.ENABLED:
         return None
-    from .tta import build_tta
 
     built: dict[str, Any] = {}  # the wrapper, built once per evaluated model (live or EMA)
 
     def run(model: nn.Module, inputs: list[dict]) -> list[dict]:
         detector = getattr(model, "module", model)
         if built.get("model") is not detector:
-            built.update(model=detector, tta=build_tta(cfg, detector))
+            built.update(model=detector, tta=tta.build_tta(cfg, detector))
         seeds = [x.get("seed") for x in inputs]
         return built["tta"](inputs, seeds=None if any(s is None for s in seeds) else seeds)
 
     return run
-
-
-DIFFUSIONDET_TASK = register_task(
-    "DiffusionDet",
-    add_config=_add_config,
-    build_model=build_model,
-    build_train_loader=build_train_loader,
-    build_test_loader=build_test_loader,
-    build_evaluator=build_evaluator,
-    build_inference=build_inference,
-)

@@ -1,11 +1,12 @@
-"""Config -> detection data: train/test loaders, evaluators, class metadata (DiffusionDet).
+"""Config -> detection data of the DiffusionDet task: train/test loaders, evaluators, input
+checks, class metadata.
 
 The only place in the detection data path that reads the config. Keys read:
 
-- ``DATASETS.TRAIN``, ``DATASETS.TEST``, ``DATASETS.CUSTOM`` (added here, see below)
+- ``DATASETS.TRAIN``, ``DATASETS.TEST``, ``DATASETS.CUSTOM`` (see below)
 - ``INPUT.MIN_SIZE_TRAIN``, ``MAX_SIZE_TRAIN``, ``MIN_SIZE_TRAIN_SAMPLING``, ``MIN_SIZE_TEST``,
   ``MAX_SIZE_TEST``, ``RANDOM_FLIP``, ``FORMAT`` (must be RGB), ``CROP.{ENABLED, TYPE, SIZE}``,
-  ``CROP.PRE_RESIZE_MIN_SIZES`` (added here)
+  ``CROP.PRE_RESIZE_MIN_SIZES``
 - ``DATALOADER.{NUM_WORKERS, ASPECT_RATIO_GROUPING, SAMPLER_TRAIN, REPEAT_THRESHOLD, REPEAT_SQRT,
   FILTER_EMPTY_ANNOTATIONS}``, ``SOLVER.IMS_PER_BATCH`` (total over processes),
   ``TEST.IMS_PER_BATCH`` (per process), ``SEED``
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffvision.config import CN
 from diffvision.data.catalog import (
+    check_dataset_files,
     get_detection_dataset,
     load_detection_dataset,
     parse_custom_dataset,
@@ -53,19 +55,20 @@ from diffvision.data.samplers import (
     repeat_factors_from_category_frequency,
 )
 from diffvision.engine.build import build_seed
-from diffvision.errors import ConfigError, DataError
+from diffvision.errors import ConfigError, DataError, InputFileNotFoundError
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
 from diffvision.evaluation.lvis_evaluation import LVISEvaluator
+from diffvision.utils.seeding import eval_image_seed
 from projects.detection.criterion import get_fed_loss_cls_weights
 
 __all__ = [
-    "add_detection_data_config",
     "build_detection_evaluator",
     "build_detection_test_loader",
     "build_detection_train_loader",
     "build_fed_loss_cls_weights",
     "build_test_mapper",
     "build_train_mapper",
+    "check_detection_inputs",
     "get_detection_metadata",
     "get_detection_dataset_dicts",
     "register_custom_datasets",
@@ -74,25 +77,33 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def add_detection_data_config(cfg: CN) -> None:
-    """Add the detection-data keys that detectron2's defaults lack (idempotent).
-
-    - ``DATASETS.CUSTOM``: list of ``"name:json_file:image_root"`` COCO-format datasets.
-    - ``INPUT.CROP.PRE_RESIZE_MIN_SIZES``: the short-side choices of the resize before the
-      random crop in DiffusionDet's crop branch; official hard-coded ``(400, 500, 600)``
-      (reference ``diffusiondet.md`` §4.5). Small-image configs (the toy set) lower it.
-    """
-    if "CUSTOM" not in cfg.DATASETS:
-        cfg.DATASETS.CUSTOM = []
-    if "PRE_RESIZE_MIN_SIZES" not in cfg.INPUT.CROP:
-        cfg.INPUT.CROP.PRE_RESIZE_MIN_SIZES = (400, 500, 600)
-
-
 def register_custom_datasets(cfg: CN) -> None:
     """Register every ``DATASETS.CUSTOM`` entry (safe to call repeatedly)."""
-    for entry in cfg.DATASETS.get("CUSTOM", []):
+    for entry in cfg.DATASETS.CUSTOM:
         name, json_file, image_root = parse_custom_dataset(entry)
         register_coco_dataset(name, json_file=json_file, image_root=image_root)
+
+
+def check_detection_inputs(cfg: CN) -> None:
+    """``Task.check_inputs``: the files of builtin datasets and ``DATASETS.CUSTOM`` entries in
+    ``DATASETS.TRAIN`` / ``TEST`` exist (their content is checked when loaded).
+
+    Raises:
+        ConfigError: a ``DATASETS.CUSTOM`` entry is not ``name:json_file:image_root``.
+        InputFileNotFoundError: a json file or image folder does not exist.
+    """
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_dataset_files(str(name))
+    for entry in cfg.DATASETS.CUSTOM:
+        name, json_file, image_root = parse_custom_dataset(entry)
+        if not json_file.is_file():
+            raise InputFileNotFoundError(
+                f"DATASETS.CUSTOM {name!r}: annotation file {json_file} does not exist"
+            )
+        if not image_root.is_dir():
+            raise InputFileNotFoundError(
+                f"DATASETS.CUSTOM {name!r}: image folder {image_root} does not exist"
+            )
 
 
 def get_detection_dataset_dicts(
@@ -191,9 +202,7 @@ def build_train_mapper(cfg: CN, *, masks: bool = False) -> DetectionDatasetMappe
     if cfg.INPUT.CROP.ENABLED:
         crop_augmentations = [
             *flip,
-            ResizeShortestEdge(
-                short_edge_length=tuple(cfg.INPUT.CROP.get("PRE_RESIZE_MIN_SIZES", (400, 500, 600)))
-            ),
+            ResizeShortestEdge(short_edge_length=tuple(cfg.INPUT.CROP.PRE_RESIZE_MIN_SIZES)),
             RandomCrop(crop_type=cfg.INPUT.CROP.TYPE, crop_size=tuple(cfg.INPUT.CROP.SIZE)),
             resize,
         ]
@@ -332,7 +341,8 @@ def build_detection_train_loader(
 
 
 class _SeededTestBatches:
-    """Test batches whose images carry ``seed = image_seed(seed, image_id)``."""
+    """Test batches whose images carry ``seed``: the ``EVAL_IMAGE`` seed of (``seed``,
+    image id) (:func:`~diffvision.utils.seeding.eval_image_seed`)."""
 
     def __init__(self, loader: DataLoader, seed: int | None) -> None:
         self.loader = loader
@@ -342,23 +352,23 @@ class _SeededTestBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        from projects.detection.build import image_seed
-
         for batch in self.loader:
             if self.seed is not None:
                 for i, x in enumerate(batch):
-                    x["seed"] = image_seed(self.seed, x.get("image_id", i))
+                    x["seed"] = eval_image_seed(self.seed, x.get("image_id", i))
             yield batch
 
 
 def build_detection_test_loader(
-    cfg: CN, dataset_name: str, *, batch_size: int | None = None, seed: int | None = None
+    cfg: CN, dataset_name: str, *, batch_size: int | None = None
 ) -> _SeededTestBatches:
     """Finite test loader over this process's shard of ``dataset_name``.
 
     Batches are lists of ``TEST.IMS_PER_BATCH`` (or ``batch_size``) mapped dicts without
-    annotations, resized to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``; with ``seed``, each image's
-    sampling seed (``projects.detection.build.image_seed(seed, image_id)``) as ``seed``.
+    annotations, resized to ``MIN_SIZE_TEST``/``MAX_SIZE_TEST``; with ``SEED >= 0`` every image
+    carries its sampling seed :func:`~diffvision.utils.seeding.eval_image_seed` (``SEED``,
+    ``image_id``) as ``seed``, so its sampled boxes (and the AP) are reproducible and do not
+    depend on batching or sharding.
     """
     register_custom_datasets(cfg)
     dicts, _ = get_detection_dataset_dicts(dataset_name)
@@ -370,15 +380,17 @@ def build_detection_test_loader(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=list,
     )
-    return _SeededTestBatches(loader, seed)
+    return _SeededTestBatches(loader, cfg.SEED if cfg.SEED >= 0 else None)
 
 
 def build_detection_evaluator(
     cfg: CN, dataset_name: str, output_dir: str | None = None
 ) -> COCOEvaluator:
-    """COCO evaluator, or LVIS for LVIS-type datasets (names containing ``lvis``)."""
+    """COCO evaluator, or LVIS for LVIS-type datasets (names containing ``lvis``), writing its
+    results to ``output_dir`` (default ``OUTPUT_DIR``)."""
     register_custom_datasets(cfg)
     info = get_detection_dataset(dataset_name)
+    output_dir = cfg.OUTPUT_DIR if output_dir is None else output_dir
     if info.evaluator_type == "lvis":
         return LVISEvaluator(dataset_name, output_dir)
     return COCOEvaluator(dataset_name, output_dir)

@@ -44,6 +44,7 @@ from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.diffusion.sampling import sample
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
 from diffvision.modeling.resnet import set_norm_folding
+from diffvision.utils.seeding import per_sample_generators, seeded_generator
 
 from .box_diffusion import boxes_to_diffusion, diffusion_to_boxes, prepare_diffusion_concat
 from .head import DynamicHead
@@ -289,7 +290,7 @@ class DiffusionDet(nn.Module):
                 schedule=schedule,
                 num_proposals=self.num_proposals,
                 scale=self.snr_scale,
-                generator=None if seed is None else torch.Generator().manual_seed(int(seed)),
+                generator=None if seed is None else seeded_generator(seed),
             )
             boxes.append(d_boxes)
             ts.append(t)
@@ -453,7 +454,7 @@ class DiffusionDet(nn.Module):
         if len(seeds) != n_img:
             raise ValueError(f"got {len(seeds)} seeds for {n_img} images")
         device = self.device
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        generators = per_sample_generators(seeds)
 
         def randn() -> Tensor:  # (B, N, 4), each image from its own generator
             draws = [torch.randn(n_box, 4, generator=g) for g in generators]

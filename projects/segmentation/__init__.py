@@ -1,8 +1,10 @@
-"""Segmentation project: DDeP denoising pretraining and few-shot pixel MLPs on DDPM features.
+"""Segmentation projects: DDeP denoising pretraining (:mod:`projects.segmentation.ddep`) and
+few-shot pixel MLPs on DDPM features (:mod:`projects.segmentation.pixel_mlp`), sharing the
+segmentation data code (:mod:`projects.segmentation.data`, :mod:`projects.segmentation.config`).
 
-Importing this package registers the ``DDeP`` and ``PixelMLP`` tasks with
-:mod:`diffvision.engine.tasks`.
+Importing this package registers the ``DDeP`` and ``PixelMLP`` tasks.
 """
 
-from projects.segmentation import build as _build  # noqa: F401  (registers "DDeP")
-from projects.segmentation import build_pixel_mlp as _build_pixel_mlp  # noqa: F401  ("PixelMLP")
+from projects.segmentation import ddep, pixel_mlp
+
+__all__ = ["ddep", "pixel_mlp"]

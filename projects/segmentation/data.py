@@ -26,8 +26,8 @@ from diffvision.data.label_fraction import select_label_fraction, write_split_fi
 from diffvision.data.samplers import GlobalBatchLoader
 from diffvision.data.seg_folder import SemSegDataset, load_seg_folder, read_classes_json
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
-from diffvision.engine import comm
 from diffvision.errors import DataError, InputFileNotFoundError
+from diffvision.utils import comm
 
 __all__ = [
     "SegTestBatches",

@@ -13,8 +13,6 @@ from diffvision.data.samplers import (
     InferenceSampler,
     RepeatFactorTrainingSampler,
     TrainingSampler,
-    isolated_rng,
-    mix_seed,
     repeat_factors_from_category_frequency,
 )
 
@@ -111,16 +109,3 @@ def test_global_batches_are_a_function_of_seed_iteration_and_position():
         whole[2][0][2:] + whole[3][0] + whole[4][0]
     )
     assert len({s for _, seeds in whole for s in seeds}) == 20
-
-
-def test_isolated_rng_restores_the_process_streams():
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    with isolated_rng(123):
-        inside = torch.rand(2)
-    assert torch.equal(torch.rand(3), expected)
-    with isolated_rng(123):
-        assert torch.equal(torch.rand(2), inside)
-    assert len({mix_seed(1, 2, 3), mix_seed(1, 3, 2), mix_seed(2, 1, 3), mix_seed(1, 2)}) == 4
-    assert 0 <= mix_seed(2**70, -1) < 2**63

@@ -28,7 +28,7 @@ def test_two_gloo_processes_train_like_one_process_on_the_global_batch(tmp_path)
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             import torch
             import toy_task  # registers ToyRegression in every spawned process
-            from diffvision.engine import comm
+            from diffvision.utils import comm
             from diffvision.engine.defaults import default_setup, load_config
             from diffvision.engine.launch import launch
             from diffvision.engine.run import train

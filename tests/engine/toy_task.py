@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from diffvision.config import CN
-from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler, per_sample_generators
-from diffvision.engine import comm
+from diffvision.data.samplers import GlobalBatchLoader, TrainingSampler
 from diffvision.engine.tasks import register_task
+from diffvision.utils import comm
+from diffvision.utils.seeding import per_sample_generators
 
 TRUE_WEIGHT = torch.tensor([[2.0, -3.0, 0.5]])
 

@@ -108,9 +108,9 @@ def test_missing_json_is_named(tmp_path):
 
 def test_distributed_evaluation_gathers_every_shard(toy_json, tmp_path, monkeypatch):
     # Two ranks simulated in one process: comm.all_gather hands rank 0 both shards. (The real
-    # collective is diffvision.engine.comm's, tested with gloo processes in tests/engine.)
+    # collective is diffvision.utils.comm's, tested with gloo processes in tests/engine.)
     from diffvision.data.samplers import InferenceSampler
-    from diffvision.engine import comm
+    from diffvision.utils import comm
 
     inputs, outputs = predictions_from_gt(toy_json)
     evaluators = []

@@ -1,5 +1,5 @@
 """Config -> DiffusionInst model: DiffusionDet's builder on the ``MODEL.DiffusionInst`` section
-with the mask head, model and criterion classes of this package."""
+with the mask head, model and criterion classes of this package; the evaluation call."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .criterion import SetCriterionWithMasks
 from .head import DiffusionInstHead
 from .model import DiffusionInst
 
-__all__ = ["build_model"]
+__all__ = ["build_inference", "build_model"]
 
 
 def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionInst:
@@ -41,3 +41,17 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionInst:
         criterion_cls=SetCriterionWithMasks,
         head_kwargs={"mask_branch_dim": d.MASK_BRANCH_DIM},
     )
+
+
+def build_inference(cfg: CfgNode):
+    """Plain ``model(inputs)``; test-time augmentation is refused (its merge is box-only).
+
+    Raises:
+        ConfigError: ``TEST.AUG.ENABLED`` is True.
+    """
+    if cfg.TEST.AUG.ENABLED:
+        raise ConfigError(
+            "TEST.AUG.ENABLED True: test-time augmentation merges boxes only and would drop "
+            "DiffusionInst's masks; set TEST.AUG.ENABLED False"
+        )
+    return None

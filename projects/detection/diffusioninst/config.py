@@ -22,7 +22,7 @@ value saying otherwise gets one warning.
 from __future__ import annotations
 
 from diffvision.config import CfgNode, add_compat_key
-from diffvision.config.ranges import ranges_under, register_ranges
+from diffvision.config.ranges import Ranged, add_keys, register_ranges, registered_ranges
 from projects.detection.config import add_diffusiondet_config
 
 __all__ = ["add_diffusioninst_config"]
@@ -30,22 +30,25 @@ __all__ = ["add_diffusioninst_config"]
 add_compat_key("MODEL.MASK_ON", lambda cfg: cfg.MODEL.META_ARCHITECTURE == "DiffusionInst")
 add_compat_key("MODEL.DiffusionInst.NO_OBJECT_WEIGHT", 0.1)
 
+_MIRRORED = "MODEL.DiffusionDet."
+
 
 def add_diffusioninst_config(cfg: CfgNode) -> None:
-    """Add ``MODEL.DiffusionInst`` (DiffusionDet's keys and defaults) and ``MODEL.MASK_ON``."""
-    if "DiffusionDet" not in cfg.MODEL:
-        add_diffusiondet_config(cfg)
-    if "DiffusionInst" not in cfg.MODEL:
-        # DiffusionDet's defaults, not the values of cfg's (possibly already merged) section
-        fresh = CfgNode({"MODEL": CfgNode()})
-        add_diffusiondet_config(fresh)
-        cfg.MODEL.DiffusionInst = fresh.MODEL.DiffusionDet
-        cfg.MODEL.DiffusionInst.MASK_BRANCH_DIM = 128
-    if "MASK_ON" not in cfg.MODEL:
-        cfg.MODEL.MASK_ON = False  # detectron2's default
-
-
-register_ranges(
-    {**ranges_under("MODEL.DiffusionDet."), "MASK_BRANCH_DIM": ">=1"},
-    prefix="MODEL.DiffusionInst.",
-)
+    """Add every key of the DiffusionInst task to ``cfg`` (in place, idempotent): DiffusionDet's
+    task keys, ``MODEL.DiffusionInst`` (DiffusionDet's section's defaults and ranges, plus
+    ``MASK_BRANCH_DIM``) and ``MODEL.MASK_ON``."""
+    add_diffusiondet_config(cfg)
+    # DiffusionDet's defaults (not the values of a cfg that may have been merged already)
+    fresh = CfgNode({"MODEL": CfgNode()})
+    add_diffusiondet_config(fresh)
+    mirrored = {
+        k[len(_MIRRORED) :]: v for k, v in registered_ranges().items() if k.startswith(_MIRRORED)
+    }
+    register_ranges(mirrored, prefix="MODEL.DiffusionInst.")
+    add_keys(
+        cfg,
+        "MODEL.DiffusionInst",
+        {**fresh.MODEL.DiffusionDet, "MASK_BRANCH_DIM": Ranged(128, ">=1")},
+        keep_existing=True,
+    )
+    add_keys(cfg, "MODEL", {"MASK_ON": False}, keep_existing=True)  # detectron2's default

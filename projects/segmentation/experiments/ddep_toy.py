@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 import projects  # noqa: E402,F401  (registers the tasks)
 from diffvision.config import get_cfg  # noqa: E402
-from diffvision.engine.defaults import seed_everything  # noqa: E402
 from diffvision.engine.run import train  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
+from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
 ROWS = ("imagenet+random-decoder", "imagenet+ddep", "imagenet+ddep-multilevel", "scratch", "dep")
@@ -72,7 +72,7 @@ def run(config: str, opts: list[str]) -> dict:
     cfg.merge_from_file(str(CONFIGS / config))
     cfg.merge_from_list(opts)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.SEED)
+    seed_process_rngs(cfg.SEED)
     return train(cfg)
 
 

@@ -49,14 +49,14 @@ from diffvision.data.toy_scenes import TOY_SCENE_CLASSES, ensure_toy_scenes  # n
 from diffvision.evaluation.sem_seg import SemSegEvaluator  # noqa: E402
 from diffvision.generation.build import build_unet  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_unet  # noqa: E402
-from projects.segmentation.build_pixel_mlp import load_images  # noqa: E402
-from projects.segmentation.pixel_features import (  # noqa: E402
+from projects.segmentation.pixel_mlp.data import load_images  # noqa: E402
+from projects.segmentation.pixel_mlp.features import (  # noqa: E402
     DDPMFeatureExtractor,
     RawPixelExtractor,
     gather_pixel_features,
     pixel_grid,
 )
-from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble  # noqa: E402
+from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
 STEPS, BLOCKS = (50, 150, 250), (2, 3, 4, 5, 6)
 FEATURES = ("ddpm", "untrained", "raw", "imagenet")

@@ -9,7 +9,7 @@ import torch
 
 import projects  # noqa: F401  (registers the tasks and their config keys)
 from diffvision.config import get_cfg
-from projects.detection.build import build_backbone, image_seed
+from projects.detection.build import build_backbone
 
 CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "detection"
 
@@ -59,8 +59,3 @@ def test_unknown_backbone_is_a_value_error():
     cfg.MODEL.BACKBONE.NAME = "build_vit_backbone"
     with pytest.raises(ValueError, match="build_vit_backbone"):
         build_backbone(cfg)
-
-
-def test_image_seed_depends_on_seed_and_id_only():
-    assert image_seed(0, 5) == image_seed(0, 5)
-    assert len({image_seed(0, 5), image_seed(1, 5), image_seed(0, 6), image_seed(0, "5a")}) == 4

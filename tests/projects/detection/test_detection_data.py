@@ -12,8 +12,8 @@ from diffvision.config import get_cfg
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
 from diffvision.evaluation.lvis_evaluation import LVISEvaluator
+from projects.detection.config import add_diffusiondet_config
 from projects.detection.data import (
-    add_detection_data_config,
     build_detection_evaluator,
     build_detection_test_loader,
     build_detection_train_loader,
@@ -30,8 +30,7 @@ def toy_root(tmp_path, monkeypatch):
 
 def make_cfg(*overrides):
     cfg = get_cfg()
-    add_detection_data_config(cfg)
-    add_detection_data_config(cfg)  # idempotent
+    add_diffusiondet_config(cfg)  # idempotent: get_cfg() has added the keys already
     cfg.merge_from_list(
         [
             "DATASETS.TRAIN", "('toy_detection_train',)",

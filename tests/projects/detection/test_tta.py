@@ -96,7 +96,7 @@ def test_build_tta_reads_the_detectron2_keys():
 def test_the_task_evaluates_through_tta_with_the_images_seeds():
     """TEST.AUG.ENABLED routes the engine's evaluation loop (the task's build_inference) through
     DetectorWithTTA, seeded by each test image's ``seed``; off, the loop calls the model."""
-    from projects.detection.build import DIFFUSIONDET_TASK
+    from projects.detection.task import DIFFUSIONDET_TASK
 
     cfg = get_cfg()
     assert DIFFUSIONDET_TASK.build_inference(cfg) is None  # plain model(inputs)
@@ -121,7 +121,7 @@ def test_the_tta_wrapper_is_built_once_per_evaluated_model(monkeypatch):
     """build_inference's ``run`` reads TEST.AUG once per model, not once per batch; a second
     model (the EMA evaluation) gets its own wrapper."""
     from projects.detection import tta as tta_module
-    from projects.detection.build import DIFFUSIONDET_TASK
+    from projects.detection.task import DIFFUSIONDET_TASK
 
     cfg = get_cfg()
     cfg.TEST.AUG.ENABLED = True

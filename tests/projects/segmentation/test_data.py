@@ -9,8 +9,8 @@ from diffvision.config import get_cfg
 from diffvision.data.seg_folder import SemSegDataset
 from diffvision.data.seg_transforms import SegAugmentation
 from diffvision.data.toy_scenes import generate_toy_scenes
-from projects.segmentation.build_pixel_mlp import build_feature_extractor
 from projects.segmentation.data import build_seg_train_loader, get_sem_seg_dataset, labeled_subset
+from projects.segmentation.pixel_mlp.build import build_feature_extractor
 
 
 def test_train_loader_slices_the_global_batch_and_resumes_mid_stream(tmp_path):

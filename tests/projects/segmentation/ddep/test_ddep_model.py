@@ -9,12 +9,16 @@ import torchvision
 from diffvision.diffusion.forward import add_noise
 from diffvision.engine.weights import load_weights
 from diffvision.errors import WeightsError
-from projects.segmentation.ddep import DDeP, ResNetUNet, fixed_level_schedule
+from diffvision.modeling.torchvision_resnet import TorchvisionResNet
+from projects.segmentation.ddep.model import DDeP, EncoderUNet, fixed_level_schedule
 
 
 def _net(out_channels=3, **kw):
-    return ResNetUNet(
-        encoder="resnet18", out_channels=out_channels, decoder_channels=(32, 16, 16, 8, 8), **kw
+    return EncoderUNet(
+        encoder=TorchvisionResNet(depth=18),
+        out_channels=out_channels,
+        decoder_channels=(32, 16, 16, 8, 8),
+        **kw,
     )
 
 
@@ -76,8 +80,8 @@ def test_segment_shapes_ignore_and_transformer_variant():
     model.eval()
     out = model(batch)
     assert len(out) == 2 and out[0]["sem_seg"].shape == (4, 64, 96)
-    trans = ResNetUNet(
-        encoder="resnet18",
+    trans = EncoderUNet(
+        encoder=TorchvisionResNet(depth=18, out_features=("stem", "layer1", "layer2", "layer3")),
         out_channels=4,
         decoder_channels=(32, 16, 16, 8),
         transformer_layers=1,
@@ -86,7 +90,7 @@ def test_segment_shapes_ignore_and_transformer_variant():
     )
     assert trans(torch.randn(1, 3, 48, 64)).shape == (1, 4, 48, 64)
     with pytest.raises(ValueError, match="decoder_channels"):
-        ResNetUNet(encoder="resnet18", decoder_channels=(8, 8))
+        EncoderUNet(encoder=TorchvisionResNet(depth=18), decoder_channels=(8, 8))
 
 
 def test_weight_loading(tmp_path):

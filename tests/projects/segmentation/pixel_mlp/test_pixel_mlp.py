@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from projects.segmentation.pixel_mlp import PixelBatches, PixelMLPEnsemble, make_pixel_mlp
+from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble, make_pixel_mlp
 
 
 def test_reference_widths_and_init():

@@ -14,9 +14,9 @@ from diffvision.config import get_cfg
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.run import train
 from diffvision.modeling.weight_files import safe_torch_load
-from projects.segmentation.build import build_ddep_model
+from projects.segmentation.ddep.build import build_ddep_model
 
-CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "segmentation" / "configs"
+CONFIGS = Path(__file__).resolve().parents[4] / "projects" / "segmentation" / "configs"
 
 
 @pytest.fixture()

@@ -33,6 +33,7 @@ from torch import nn
 
 from diffvision.diffusion.forward import add_noise
 from diffvision.diffusion.schedule import NoiseSchedule
+from diffvision.utils.seeding import seeded_generator
 
 __all__ = [
     "DDPMFeatureExtractor",
@@ -119,7 +120,7 @@ class DDPMFeatureExtractor(nn.Module):
         self.steps = tuple(int(t) for t in steps)
         self.blocks = tuple(int(b) for b in blocks)
         self.image_size = image_size
-        generator = torch.Generator().manual_seed(noise_seed)
+        generator = seeded_generator(noise_seed)
         self.register_buffer(
             "noise", torch.randn((1, 3, image_size, image_size), generator=generator), False
         )
@@ -190,7 +191,7 @@ def collect_training_pixels(
     """
     if len(images) != len(masks) or not images:
         raise ValueError(f"need as many images as masks (>0), got {len(images)} / {len(masks)}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     chosen = []
     for mask in masks:
         valid = (mask.reshape(-1) != ignore_label).nonzero().squeeze(1)

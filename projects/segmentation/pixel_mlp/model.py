@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffvision.data.samplers import TrainingSampler, mix_seed
+from diffvision.data.samplers import TrainingSampler
+from diffvision.utils.seeding import Stream, derive_seed
 
 __all__ = ["PixelBatches", "PixelMLPEnsemble", "make_pixel_mlp"]
 
@@ -163,7 +164,9 @@ class PixelBatches:
         self.start_iter, self.rank, self.world_size = start_iter, rank, world_size
         n = features.shape[0]
         self.samplers = [
-            TrainingSampler(n, seed=mix_seed(seed, m), rank=0, world_size=1)
+            TrainingSampler(
+                n, seed=derive_seed(seed, Stream.ENSEMBLE_MEMBER, m), rank=0, world_size=1
+            )
             for m in range(num_models)
         ]
 

