@@ -29,6 +29,7 @@ shared machine wall time measures the neighbours as much as the model, CPU time 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -208,6 +209,23 @@ def bench_matcher(model, *, size, num_gts_list, repeats, device) -> list[dict]:
 PATHS = (False, True)  # plain (official order), fast
 
 
+def _official_order():
+    """The tests' line-by-line implementation of the official computation order (the oracle of
+    ``tests/projects/detection/test_official_order.py``), the baseline of ``--compare-plain``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests/projects/detection/official_order.py"
+    spec = importlib.util.spec_from_file_location("official_order", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.official_order
+
+
+def path_context(model, fast: bool):
+    """Run ``model`` in the library's order (fast) or in the official order (plain)."""
+    return contextlib.nullcontext() if fast else _official_order()(model)
+
+
 def device_meta(device: torch.device) -> dict:
     """Device, its name, torch version and CPU threads, for the report header."""
     return {
@@ -228,18 +246,17 @@ def timed_pair(fn, model, *, repeats: int, device: torch.device) -> dict[bool, f
     """
     times: dict[bool, list[float]] = {fast: [] for fast in PATHS}
     for fast in PATHS:
-        model.set_fast_path(fast)
-        for _ in range(WARMUP):
-            fn(fast)
+        with path_context(model, fast):
+            for _ in range(WARMUP):
+                fn(fast)
     for _ in range(repeats):
         for fast in PATHS:
-            model.set_fast_path(fast)
-            sync(device)
-            start = CLOCK()
-            fn(fast)
-            sync(device)
-            times[fast].append((CLOCK() - start) * 1000)
-    model.set_fast_path(True)
+            with path_context(model, fast):
+                sync(device)
+                start = CLOCK()
+                fn(fast)
+                sync(device)
+                times[fast].append((CLOCK() - start) * 1000)
     return {fast: statistics.median(v) for fast, v in times.items()}
 
 
@@ -269,12 +286,11 @@ def compare_model(name: str, model, *, size, args, device) -> dict:
     model.eval()
     setup_ms = {}
     for fast in PATHS:  # first-call set-up (allocator, oneDNN, torch.compile) outside timings
-        model.set_fast_path(fast)
         start = time.perf_counter()
-        with torch.no_grad(), torch.inference_mode(fast):
+        with path_context(model, fast), torch.no_grad(), torch.inference_mode(fast):
             model.inference(images[:1], num_boxes=10, steps=1, seeds=[0])
         setup_ms[fast] = (time.perf_counter() - start) * 1000
-    if model.head.compile_fast_path:
+    if model.head.use_compile:
         print(f"  {name}: first fast call (torch.compile) {setup_ms[True]:.0f} ms wall, "
               f"first plain call {setup_ms[False]:.0f} ms wall", flush=True)  # fmt: skip
     for b in args.batches:

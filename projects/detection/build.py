@@ -174,8 +174,8 @@ def build_detector(
     )
     # Present in LVIS checkpoints only; recomputed from the dataset when the model uses fed loss.
     model.weights_optional_keys = ("criterion.fed_loss_cls_weights",)
-    model.head.compile_fast_path = bool(d.COMPILE)
-    return model.to(torch.device(cfg.MODEL.DEVICE))
+    model.head.use_compile = bool(d.COMPILE)
+    return model.to(torch.device(cfg.MODEL.DEVICE)).set_precision(cfg.TEST.PRECISION)
 
 
 def build_inference_model(cfg: CfgNode) -> DiffusionDet:

@@ -117,3 +117,6 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
     # Short sides of the resize before the random crop of DiffusionDet's crop branch (the
     # official hard-coded (400, 500, 600)); small-image configs lower them.
     add_keys(cfg, "INPUT.CROP", {"PRE_RESIZE_MIN_SIZES": Ranged((400, 500, 600), ">=1")})
+    # number format of inference convolutions/matmuls: fp32, bf16 or fp16 (fp16 refused on CPU);
+    # boxes, scores and outputs stay float32 (DiffusionDet.set_precision checks the value)
+    add_keys(cfg, "TEST", {"PRECISION": "fp32"}, keep_existing=True)

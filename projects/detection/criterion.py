@@ -109,22 +109,20 @@ def get_fed_loss_classes(
     return torch.cat([unique, sampled])
 
 
-def matched_normaliser(count: int, *, device: torch.device) -> float:
-    """The divisor of a loss summed over this process's matched queries: ``max(count, 1)`` in
-    one process; with W processes the global count over W, so that DDP's gradient mean gives the
-    1-process loss of the same global batch (the official code divides by each GPU's own count,
-    which makes the result depend on the process count). Every rank must call it (a collective).
-    """
-    if not _distributed():
-        return max(count, 1)
-    total = torch.tensor([float(count)], device=device)
-    dist.all_reduce(total)
-    return max(float(total) / dist.get_world_size(), 1.0)
-
-
 def matched_normalisers(counts: Tensor) -> Tensor:
-    """:func:`matched_normaliser` of several losses at once: ``counts`` (L,) matched queries
-    per stage on this process -> (L,) divisors, one collective for all stages."""
+    """The divisors of losses summed over this process's matched queries, one per stage.
+
+    ``max(count, 1)`` in one process; with W processes the global count over W, so that DDP's
+    gradient mean gives the 1-process loss of the same global batch (the official code divides by
+    each GPU's own count, which makes the result depend on the process count). Every rank must
+    call it (one collective for all stages).
+
+    Args:
+        counts: (L,) matched queries per stage on this process.
+
+    Returns:
+        (L,) float32 divisors.
+    """
     counts = counts.to(torch.float32)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         counts = counts.clone()
@@ -215,105 +213,21 @@ class SetCriterionDynamicK(nn.Module):
             for i in range(num_aux_stages):
                 self.weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
 
-    #: match and compute the losses of all stages and images at once (``set_fast_path``); False
-    #: runs the official per-stage, per-image order. Same losses up to float summation order.
-    batched: bool = False
-
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, weight_dict={self.weight_dict}"
 
-    # ---------------------------------------------------------------------------------------
-    # Individual losses (unweighted), one stage
-    # ---------------------------------------------------------------------------------------
-
-    def loss_labels(
-        self, outputs: dict[str, Tensor], targets: list[dict], indices: list[tuple[Tensor, Tensor]]
-    ) -> Tensor:
-        """Focal (or federated focal) loss over all B*N queries (reference §3.3).
-
-        Matched queries are positives of their gt's class; every other query, including all
-        queries of images without ground truth, is a negative for every class.
-        """
-        logits = outputs["pred_logits"]  # (B, N, K)
-        batch, num_queries, num_classes = logits.shape
-        target_classes = torch.full(
-            (batch, num_queries), num_classes, dtype=torch.int64, device=logits.device
-        )
-        num_matched = 0
-        for b, (selected, gt_indices) in enumerate(indices):
-            target_classes[b, selected] = targets[b]["labels"][gt_indices]
-            num_matched += len(gt_indices)
-        target_classes = target_classes.flatten()  # (B*N,)
-        onehot = torch.zeros(
-            (batch * num_queries, num_classes + 1), dtype=logits.dtype, device=logits.device
-        )
-        onehot.scatter_(1, target_classes[:, None], 1)
-        onehot = onehot[:, :num_classes]
-        loss = sigmoid_focal_loss(
-            logits.flatten(0, 1), onehot, alpha=self.alpha, gamma=self.gamma, reduction="none"
-        )  # (B*N, K)
-        if self.use_fed_loss:
-            classes = get_fed_loss_classes(
-                target_classes,
-                num_fed_loss_classes=self.fed_loss_num_classes,
-                num_classes=num_classes,
-                weight=self.fed_loss_cls_weights,
-            )
-            mask = torch.zeros(num_classes + 1, dtype=loss.dtype, device=loss.device)
-            mask[classes] = 1
-            loss = loss * mask[None, :num_classes]
-        return loss.sum() / matched_normaliser(num_matched, device=logits.device)
-
-    def loss_boxes(
-        self, outputs: dict[str, Tensor], targets: list[dict], indices: list[tuple[Tensor, Tensor]]
-    ) -> tuple[Tensor, Tensor]:
-        """L1 on normalised xyxy and GIoU on absolute xyxy over matched queries (§3.4).
-
-        Returns:
-            ``(loss_bbox, loss_giou)``, each summed over matched queries and divided by their
-            number; zero (with a graph) when nothing is matched.
-        """
-        pred_boxes = outputs["pred_boxes"]  # (B, N, 4)
-        src, src_norm, tgt_norm, tgt_abs = [], [], [], []
-        for b, (selected, gt_indices) in enumerate(indices):
-            if len(gt_indices) == 0:
-                continue
-            boxes = pred_boxes[b][selected]  # (M_b, 4)
-            src.append(boxes)
-            src_norm.append(boxes / targets[b]["image_size_xyxy"])
-            tgt_norm.append(targets[b]["boxes"][gt_indices])
-            tgt_abs.append(targets[b]["boxes_xyxy"][gt_indices])
-        num_matched = matched_normaliser(sum(len(b) for b in src), device=pred_boxes.device)
-        if not src:
-            zero = pred_boxes.sum() * 0
-            return zero, zero
-        src_boxes = torch.cat(src)
-        target_norm_xyxy = box_convert(torch.cat(tgt_norm), "cxcywh", "xyxy")
-        loss_bbox = (torch.cat(src_norm) - target_norm_xyxy).abs().sum() / num_matched
-        loss_giou = (
-            generalized_box_iou_loss(src_boxes, torch.cat(tgt_abs), reduction="sum") / num_matched
-        )
-        return loss_bbox, loss_giou
-
-    def stage_losses(self, outputs: dict[str, Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        """Match one stage and return its unweighted ``loss_ce, loss_bbox, loss_giou``."""
-        indices = self.matcher(outputs, targets)
-        loss_bbox, loss_giou = self.loss_boxes(outputs, targets, indices)
-        return {
-            "loss_ce": self.loss_labels(outputs, targets, indices),
-            "loss_bbox": loss_bbox,
-            "loss_giou": loss_giou,
-        }
-
-    def batched_stage_losses(
+    def stage_losses(
         self, stages: list[dict[str, Tensor]], targets: list[dict]
     ) -> list[dict[str, Tensor]]:
-        """:meth:`stage_losses` of every stage at once: one matcher call, one focal loss.
+        """Unweighted losses of every stage, all stages at once: one matcher call, one focal loss.
 
-        The L stages x B images are matched as L·B problems by
+        The L stages x B images are matched as L·B independent problems by
         :meth:`HungarianMatcherDynamicK.match_batched` (ground truths padded to the largest
-        count); the losses are summed per stage with ``index_add`` and normalised by each
-        stage's number of matched queries, as the per-stage code does.
+        count), as the official code matches each stage separately; the losses are summed per
+        stage with ``index_add`` and normalised by each stage's number of matched queries.
+        Classification (reference §3.3): focal loss over all B·N queries, matched queries
+        positive for their gt's class, every other query negative for every class. Boxes
+        (§3.4): L1 on normalised xyxy and GIoU on absolute xyxy over the matched queries.
 
         Args:
             stages: L dicts with ``pred_logits`` (B, N, K) and ``pred_boxes`` (B, N, 4).
@@ -389,7 +303,7 @@ class SetCriterionDynamicK(nn.Module):
         l1 = (src / whwh[image_idx] - tgt_norm).abs().sum(-1)
         giou = generalized_box_iou_loss(src, gt_xyxy[image_idx, gt_idx], reduction="none")
         stage_idx = prob_idx // batch
-        zero = boxes.sum() * 0  # keeps a graph when nothing is matched, like loss_boxes
+        zero = boxes.sum() * 0  # keeps a graph (and a gradient of zeros) when nothing is matched
         loss_bbox = (zero + boxes.new_zeros(num_stages).index_add(0, stage_idx, l1)) / denom
         loss_giou = (zero + boxes.new_zeros(num_stages).index_add(0, stage_idx, giou)) / denom
         return [
@@ -426,12 +340,7 @@ class SetCriterionDynamicK(nn.Module):
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         finite = finite.bool().tolist()  # one host sync for all stages
         ok = [st for (_, st), f in zip(stages, finite, strict=True) if f]
-        if not ok:
-            per_stage = []
-        elif self.batched:
-            per_stage = self.batched_stage_losses(ok, targets)
-        else:
-            per_stage = [self.stage_losses(st, targets) for st in ok]
+        per_stage = self.stage_losses(ok, targets) if ok else []
         computed = iter(per_stage)
         losses = {}
         for (suffix, stage), is_finite in zip(stages, finite, strict=True):

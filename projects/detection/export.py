@@ -55,11 +55,13 @@ from .detector import DiffusionDet
 
 __all__ = [
     "OUTPUT_NAMES",
+    "QUANTIZE_METHODS",
     "DetectorGraph",
     "OnnxDetector",
     "export_onnx",
     "graph_input_names",
     "output_names",
+    "quantize_onnx",
     "seeded_draws",
     "write_metadata",
 ]
@@ -240,11 +242,8 @@ def export_onnx(
         dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
         dynamic_shapes = {"image": dims, "init_boxes": None, **{name: None for name in draws}}
     was_training = model.training
-    # the plain computation order (speed's fast path uses inference_mode and in-place folding,
-    # which torch.export does not trace); onnxruntime applies its own graph fusions
-    fast_path = getattr(model, "fast_path", False)
-    if fast_path:
-        model.set_fast_path(False)
+    precision = model.precision
+    model.precision = "fp32"  # the graph holds the float32 weights (quantize_onnx: int8)
     model.eval()
     try:
         # strict (dynamo) tracing reads python ints and floats of the schedule as constants: the
@@ -265,8 +264,7 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
-        if fast_path:
-            model.set_fast_path(True)
+        model.precision = precision
     written = {o.domain: o.version for o in program.model_proto.opset_import}
     if opset is not None and written.get("", written.get("ai.onnx")) != opset:
         raise ConfigError(
@@ -299,6 +297,79 @@ def write_metadata(path: str | os.PathLike, values: dict) -> None:
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
+
+
+QUANTIZE_METHODS = ("static", "dynamic")
+
+
+def quantize_onnx(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    method: str = "static",
+    calibration: Sequence[dict[str, np.ndarray]] = (),
+) -> Path:
+    """Write an int8 copy of an exported DiffusionDet (onnxruntime quantization).
+
+    ``static``: the convolutions' and matmuls' weights (per output channel) and activations in
+    int8, QDQ format, activation ranges calibrated (min/max) on ``calibration``; onnxruntime
+    fuses the QDQ pairs into integer kernels (VNNI on x86). ``dynamic``: weights in int8,
+    activation ranges computed at run time (no calibration; onnxruntime quantizes MatMul and
+    Gemm this way, convolutions stay float32). In both, box decoding, the DDIM update, scores
+    and NMS are not quantized (they are not convolutions or matmuls) and stay float32. The
+    metadata of ``src`` is kept.
+
+    Args:
+        src: a float32 file from :func:`export_onnx`.
+        dst: the int8 file to write.
+        method: ``"static"`` or ``"dynamic"``.
+        calibration: ``static`` only: the graph's input feeds (``image`` plus the draws, as
+            :meth:`OnnxDetector.run` builds them) of a few representative images.
+
+    Returns:
+        ``dst`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: an unknown method, or ``static`` without calibration feeds.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if method not in QUANTIZE_METHODS:
+        raise ConfigError(f"quantization method {method!r}: expected one of {QUANTIZE_METHODS}")
+    src, dst = Path(src), Path(dst)
+    if method == "dynamic":
+        quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+    else:
+        feeds = list(calibration)
+        if not feeds:
+            raise ConfigError("static int8 quantization needs calibration images")
+
+        class _Feeds(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = iter(feeds)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self._it, None)
+
+        quantize_static(
+            src, dst, _Feeds(), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+    proto = onnx.load(str(dst))
+    del proto.metadata_props[:]
+    for prop in onnx.load(str(src)).metadata_props:
+        proto.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(proto, str(dst))
+    write_metadata(dst, {"quantized": f"int8 {method}"})
+    return dst
 
 
 class OnnxDetector:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import weakref
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_path import fast_stage_forward, stage_scale_shifts
 from .pooler import ROIPooler
 
 __all__ = [
@@ -72,9 +73,11 @@ def apply_deltas(
         scale_clamp: upper clamp of dw, dh before ``exp``.
 
     Returns:
-        (M, 4) absolute xyxy boxes, not clipped. A box of zero width stays zero-width.
+        (M, 4) absolute xyxy boxes in the wider dtype of the two inputs (reduced-precision
+        deltas decode in the boxes' float32), not clipped. A box of zero width stays zero-width.
     """
-    boxes = boxes_xyxy.to(deltas.dtype)
+    dtype = torch.promote_types(deltas.dtype, boxes_xyxy.dtype)  # float32 boxes stay float32
+    boxes, deltas = boxes_xyxy.to(dtype), deltas.to(dtype)
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     ctr_x = boxes[:, 0] + 0.5 * widths
@@ -99,12 +102,54 @@ def apply_deltas(
     )
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+    """A reusable scratch tensor of ``shape`` (contents undefined), one per slot and thread.
+
+    Only without autograd and outside ``torch.compile``/``torch.export`` tracing (None there):
+    for intermediates that never leave :meth:`DynamicConv.forward`. A fresh tensor of tens of MB
+    comes from ``mmap`` and is paid again in page faults at every call (measured with
+    ``tools/benchmark_detection.py``: 20-25 % of a CPU head pass at 300 boxes); reusing the
+    memory avoids that.
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    pool = getattr(_WORKSPACE, "pool", None)
+    if pool is None:
+        pool = _WORKSPACE.pool = {}
+    key = (slot, like.dtype, like.device)
+    numel = math.prod(shape)
+    buf = pool.get(key)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside
+            buf = pool[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(shape)
+
+
+def _layer_norm(x: Tensor, norm: nn.LayerNorm, out: Tensor | None = None) -> Tensor:
+    """``norm(x)``, written into ``out`` when given."""
+    if out is not None:
+        torch.ops.aten.native_layer_norm.out(
+            x, norm.normalized_shape, norm.weight, norm.bias, norm.eps,
+            out0=out, out1=x.new_empty(0), out2=x.new_empty(0),
+        )  # fmt: skip
+        return out
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _relu(x: Tensor) -> Tensor:
+    """ReLU, in place on the fresh intermediates it gets when no gradient is recorded."""
+    return F.relu(x) if torch.is_grad_enabled() else F.relu_(x)
+
+
 class DynamicConv(nn.Module):
     """Instance interaction: two per-box 1x1 convs whose weights come from the box's feature.
 
     ``dynamic_layer`` maps each (D,) proposal feature to W1 (D, d) and W2 (d, D) with
-    d = ``dim_dynamic`` (reference §1.6). Flattening the (S², D) output is position-major
-    (index p·D + c), which ``out_layer.weight`` (D, S²·D) relies on.
+    d = ``dim_dynamic`` (official ``DynamicConv``). Flattening the (S², D) output is
+    position-major (index p·D + c), which ``out_layer.weight`` (D, S²·D) relies on.
     """
 
     def __init__(
@@ -128,16 +173,36 @@ class DynamicConv(nn.Module):
         self.out_layer = nn.Linear(hidden_dim * pooler_resolution**2, hidden_dim)
         self.norm3 = nn.LayerNorm(hidden_dim)
 
-    def forward(self, pro_features: Tensor, roi_features: Tensor) -> Tensor:
-        """pro_features (1, M, D), roi_features (S², M, D) -> (M, D)."""
-        features = roi_features.permute(1, 0, 2)  # (M, S², D)
-        params = self.dynamic_layer(pro_features).permute(1, 0, 2)  # (M, 1, 2·D·d)
-        param1 = params[:, :, : self.num_params].view(-1, self.hidden_dim, self.dim_dynamic)
-        param2 = params[:, :, self.num_params :].view(-1, self.dim_dynamic, self.hidden_dim)
-        features = self.activation(self.norm1(torch.bmm(features, param1)))  # (M, S², d)
-        features = self.activation(self.norm2(torch.bmm(features, param2)))  # (M, S², D)
-        features = self.out_layer(features.flatten(1))  # p·D + c order
-        return self.activation(self.norm3(features))
+    def forward(self, pro: Tensor, roi: Tensor) -> Tensor:
+        """Apply each box's two dynamic 1x1 convs to its pooled features.
+
+        Args:
+            pro: (M, D) proposal features.
+            roi: (M, D, S²) pooled features (the pooler's (M, D, S, S) flattened).
+
+        Returns:
+            (M, D).
+
+        The dynamic weights are two strided views of the one (M, 2·D·d) output of
+        ``dynamic_layer``, and the features are read in the pooler's layout: no permute copies.
+        Without autograd the large intermediates go to reused scratch memory (:func:`_workspace`).
+        """
+        m, dim, s2 = roi.shape
+        d = self.dim_dynamic
+        layer = self.dynamic_layer
+        out = _workspace(0, (m, 2 * self.num_params), pro)
+        if out is not None:
+            params = torch.addmm(layer.bias, pro, layer.weight.t(), out=out)  # (M, 2Dd)
+        else:
+            params = F.linear(pro, layer.weight, layer.bias)
+        param1 = params[:, : self.num_params].view(m, dim, d)
+        param2 = params[:, self.num_params :].view(m, d, dim)
+        x = torch.bmm(roi.transpose(1, 2), param1, out=_workspace(1, (m, s2, d), roi))  # (M,S²,d)
+        x = _relu(_layer_norm(x, self.norm1, _workspace(2, (m, s2, d), roi)))
+        x = torch.bmm(x, param2, out=_workspace(3, (m, s2, dim), roi))  # (M, S², D)
+        x = _relu(_layer_norm(x, self.norm2, _workspace(4, (m, s2, dim), roi)))
+        x = F.linear(x.flatten(1), self.out_layer.weight, self.out_layer.bias)  # p·D + c order
+        return _relu(_layer_norm(x, self.norm3))
 
 
 def _linear_ln_relu(dim: int, depth: int) -> nn.ModuleList:
@@ -159,6 +224,13 @@ class RCNNHead(nn.Module):
         pooler_resolution: S (7).
         time_dim: width of the time embedding (4·D = 1024).
         bbox_weights, scale_clamp: :func:`apply_deltas` arguments.
+
+    The computation is the official stage's (official ``RCNNHead.forward``) in a cheaper order
+    with the same result up to float rounding: the RoI features stay in the pooler's (M, D, S²)
+    layout, self-attention skips the head-averaged attention weights (``need_weights=False``),
+    the time scale/shift broadcasts over the boxes of an image instead of a
+    ``repeat_interleave`` to (M, 2D), the first layers of both towers share one matmul, and
+    activations run in place on fresh intermediates when no gradient is recorded.
     """
 
     def __init__(
@@ -205,64 +277,79 @@ class RCNNHead(nn.Module):
         self.bbox_weights = tuple(bbox_weights)
         self.scale_clamp = scale_clamp
 
+    def towers(self, fc: Tensor) -> tuple[Tensor, Tensor]:
+        """Classification and regression towers (Linear, LayerNorm, ReLU repeated), their first
+        linear layers in one (M, D) x (D, 2D) matmul.
+
+        Args:
+            fc: (M, D) time-modulated object features.
+
+        Returns:
+            (M, D) inputs of ``class_logits`` and ``bboxes_delta``.
+        """
+        cls_layers, reg_layers = list(self.cls_module), list(self.reg_module)
+        dim = fc.shape[1]
+        both = F.linear(fc, torch.cat((cls_layers[0].weight, reg_layers[0].weight)))  # no biases
+        outs = []
+        for part, layers in ((both[:, :dim], cls_layers), (both[:, dim:], reg_layers)):
+            x = _relu(_layer_norm(part, layers[1]))
+            for i in range(3, len(layers), 3):
+                x = _relu(_layer_norm(layers[i](x), layers[i + 1]))
+            outs.append(x)
+        return outs[0], outs[1]
+
     def forward(
         self,
         features: Sequence[Tensor],
         boxes_xyxy: Tensor,
         pro_features: Tensor | None,
         pooler: ROIPooler,
-        time_emb: Tensor,
+        scale_shift: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Run one stage (reference §1.5 steps 1-11).
+        """Run one stage (official ``RCNNHead.forward``).
 
         Args:
             features: FPN levels p2..p5, each (B, D, H_l, W_l).
             boxes_xyxy: (B, N, 4) absolute boxes of this stage's input.
-            pro_features: (1, M, D) previous stage's object features, or None at stage 0 (then the
+            pro_features: (M, D) previous stage's object features, or None at stage 0 (then the
                 mean-pooled RoI feature is used).
             pooler: the RoI pooler.
-            time_emb: (B, time_dim) time embedding.
+            scale_shift: (B, 2D) this stage's ``block_time_mlp(time_emb)``
+                (:meth:`DynamicHead.scale_shifts` computes every stage's at once).
 
         Returns:
-            class_logits (B, N, K), boxes (B, N, 4) absolute xyxy, object features (1, M, D).
+            class_logits (B, N, K) and boxes (B, N, 4) absolute xyxy, both in the dtype of
+            ``boxes_xyxy`` or of the weights, whichever is wider; object features (M, D).
         """
         b, n = boxes_xyxy.shape[:2]
         d = self.hidden_dim
-        roi = pooler(features, boxes_xyxy)  # (M, D, S, S)
+        # pooled at the boxes' precision, then in the weights' dtype (bf16/fp16 copies)
+        roi = pooler(features, boxes_xyxy).flatten(2).to(self.norm1.weight.dtype)  # (M, D, S²)
         if pro_features is None:
-            pro_features = roi.view(b, n, d, -1).mean(-1)
-        roi = roi.view(b * n, d, -1).permute(2, 0, 1)  # (S², M, D), position p = y·S + x
-        # self-attention among the boxes of each image (sequence-first), post-norm
-        pro = pro_features.view(b, n, d).permute(1, 0, 2)  # (N, B, D)
-        pro2 = self.self_attn(pro, pro, value=pro)[0]
-        pro = self.norm1(pro + self.dropout1(pro2))
+            pro_features = roi.mean(-1)  # (M, D)
+        # self-attention among the boxes of each image, sequence-first (N, B, D), post-norm
+        pro = pro_features.view(b, n, d).transpose(0, 1)
+        attn = self.self_attn(pro, pro, pro, need_weights=False)[0]
+        pro = _layer_norm(pro + self.dropout1(attn), self.norm1).transpose(0, 1).reshape(b * n, d)
         # instance interaction, image-major order b·N + i
-        pro = pro.view(n, b, d).permute(1, 0, 2).reshape(1, b * n, d)
-        pro2 = self.inst_interact(pro, roi)
-        obj = self.norm2(pro + self.dropout2(pro2))
+        obj = _layer_norm(pro + self.dropout2(self.inst_interact(pro, roi)), self.norm2)
         # FFN
-        obj2 = self.linear2(self.dropout(self.activation(self.linear1(obj))))
-        obj = self.norm3(obj + self.dropout3(obj2))  # (1, M, D): next stage's pro_features
-        fc = obj.transpose(0, 1).reshape(b * n, -1)
-        # time conditioning: scale-shift of the tower input only
-        scale_shift = self.block_time_mlp(time_emb).repeat_interleave(n, dim=0)  # (M, 2D)
-        scale, shift = scale_shift.chunk(2, dim=1)
-        fc = fc * (scale + 1) + shift
-        cls_feat = fc
-        for layer in self.cls_module:
-            cls_feat = layer(cls_feat)
-        reg_feat = fc
-        for layer in self.reg_module:
-            reg_feat = layer(reg_feat)
-        logits = self.class_logits(cls_feat)
-        deltas = self.bboxes_delta(reg_feat)
+        hidden = self.dropout(_relu(self.linear1(obj)))
+        obj = _layer_norm(obj + self.dropout3(self.linear2(hidden)), self.norm3)
+        # time conditioning of the tower input only, broadcast over the boxes of each image
+        scale, shift = scale_shift[:, None, :].chunk(2, dim=-1)  # (B, 1, D) each
+        fc = torch.addcmul(shift, obj.view(b, n, d), scale + 1).view(b * n, d)
+        cls_feat, reg_feat = self.towers(fc)
+        # the output layers may hold float32 weights in a reduced-precision copy
+        logits = self.class_logits(cls_feat.to(self.class_logits.weight.dtype))
+        deltas = self.bboxes_delta(reg_feat.to(self.bboxes_delta.weight.dtype))
         boxes = apply_deltas(
             deltas,
             boxes_xyxy.reshape(-1, 4),
             weights=self.bbox_weights,
             scale_clamp=self.scale_clamp,
         )
-        return logits.view(b, n, -1), boxes.view(b, n, -1), obj
+        return logits.view(b, n, -1).to(boxes.dtype), boxes.view(b, n, 4), obj
 
 
 class DynamicHead(nn.Module):
@@ -284,15 +371,12 @@ class DynamicHead(nn.Module):
     for the official K, and a fix for custom K.
 
     Attributes:
-        fast_path: run the stages through :func:`~projects.detection.fast_path.fast_stage_forward`
-            (same outputs up to float rounding; a plain attribute, not state). Off by default
-            here; :class:`~projects.detection.detector.DiffusionDet` turns it on.
-        compile_fast_path: run the fast path through ``torch.compile`` (``MODEL.DiffusionDet
-            .COMPILE``); the first call of each new shape pays the compile time.
+        use_compile: run :meth:`forward` through ``torch.compile`` (``MODEL.DiffusionDet
+            .COMPILE``); the first call of each new shape pays the compile time. A plain
+            attribute, not state.
     """
 
-    fast_path: bool = False
-    compile_fast_path: bool = False
+    use_compile: bool = False
 
     def __init__(
         self,
@@ -357,12 +441,27 @@ class DynamicHead(nn.Module):
             logits (L, B, N, K) and boxes (L, B, N, 4) absolute xyxy, with L = num_heads under
             deep supervision, else 1 (the last stage).
         """
-        if self.fast_path and self.compile_fast_path and not torch.compiler.is_compiling():
+        if self.use_compile and not torch.compiler.is_compiling():
             compiled = _COMPILED.get(self)
             if compiled is None:  # kept outside the module: deepcopy/pickle stay plain
                 compiled = _COMPILED[self] = torch.compile(self._forward, dynamic=True)
             return compiled(features, boxes_xyxy, t)
         return self._forward(features, boxes_xyxy, t)
+
+    def scale_shifts(self, time_emb: Tensor) -> Tensor:
+        """Every stage's ``block_time_mlp(time_emb)`` (SiLU, Linear(T, 2D)) in one matmul.
+
+        Args:
+            time_emb: (B, T) time embedding of this step.
+
+        Returns:
+            (L, B, 2D): stage l's scale and shift.
+        """
+        linears = [stage.block_time_mlp[1] for stage in self.head_series]
+        weight = torch.cat([lin.weight for lin in linears])  # (L·2D, T)
+        bias = torch.cat([lin.bias for lin in linears])
+        out = F.linear(F.silu(time_emb), weight, bias)  # (B, L·2D)
+        return out.view(time_emb.shape[0], len(linears), -1).transpose(0, 1)
 
     def _forward(
         self, features: Sequence[Tensor], boxes_xyxy: Tensor, t: Tensor
@@ -370,21 +469,14 @@ class DynamicHead(nn.Module):
         """:meth:`forward` (same arguments and shapes) without the ``torch.compile`` dispatch."""
         # the sinusoid is computed in float32; cast it to the weights' dtype (float64 models)
         emb = self.time_mlp[0](t).to(self.time_mlp[1].weight.dtype)
-        time_emb = self.time_mlp[1:](emb)
-        if self.fast_path:  # fast_path.py: same maths, cheaper order (set_fast_path)
-            scale_shifts = stage_scale_shifts(self.head_series, time_emb)  # (L, B, 2D)
+        scale_shifts = self.scale_shifts(self.time_mlp[1:](emb))  # (L, B, 2D)
         boxes = boxes_xyxy
         pro_features = None
         all_logits, all_boxes = [], []
-        for i, stage in enumerate(self.head_series):
-            if self.fast_path:
-                logits, pred_boxes, pro_features = fast_stage_forward(
-                    stage, features, boxes, pro_features, self.box_pooler, scale_shifts[i]
-                )
-            else:
-                logits, pred_boxes, pro_features = stage(
-                    features, boxes, pro_features, self.box_pooler, time_emb
-                )
+        for stage, scale_shift in zip(self.head_series, scale_shifts, strict=True):
+            logits, pred_boxes, pro_features = stage(
+                features, boxes, pro_features, self.box_pooler, scale_shift
+            )
             all_logits.append(logits)
             all_boxes.append(pred_boxes)
             boxes = pred_boxes.detach()  # no gradient through coordinates between stages

@@ -52,79 +52,21 @@ _OUTSIDE_PRIOR_COST = 10000.0
 _ALREADY_MATCHED_COST = 100000.0
 
 
-def _resolve_conflicts(matching: Tensor, cost: Tensor, *, claimants_only: bool) -> None:
-    """Leave every query matched to at most one gt, in place.
-
-    Args:
-        matching: (N, G) bool, modified in place.
-        cost: (N, G) float.
-        claimants_only: choose among the gts that claimed the query (the fix-up loop) instead of
-            among all gts (the official first resolution, step 4).
-    """
-    multi = matching.sum(1) > 1  # (N,)
-    if not bool(multi.any()):
-        return
-    rows = cost[multi]  # (M, G)
-    if claimants_only:
-        rows = rows.masked_fill(~matching[multi], float("inf"))
-    best_gt = rows.argmin(1)  # (M,)
-    query_ids = multi.nonzero().squeeze(1)
-    matching[query_ids] = False
-    matching[query_ids, best_gt] = True
-
-
-def dynamic_k_matching(cost: Tensor, ious: Tensor, *, ota_k: int = 5) -> tuple[Tensor, Tensor]:
-    """Dynamic-k assignment of ground truths to queries (reference §3.5 step 5).
-
-    Args:
-        cost: (N, G) matching cost; modified in place (the fix-up loop adds offsets).
-        ious: (N, G) IoU between predictions and ground truths.
-        ota_k: number of top IoUs summed to get each gt's ``k``.
-
-    Returns:
-        ``(selected, gt_indices)``: (N,) bool mask of queries that got a gt, and (M,) int64 index
-        of the gt of each selected query, in query order (M = ``selected.sum()``).
-    """
-    num_queries, num_gt = cost.shape
-    # k_g = max(1, int(sum of the top-ota_k IoUs)); int() truncates like the official `.int()`.
-    topk_ious = ious.topk(min(ota_k, num_queries), dim=0).values  # (ota_k, G)
-    dynamic_ks = topk_ious.sum(0).int().clamp(min=1)  # (G,)
-    # Rank of every query within each gt column; gt g takes the queries of rank < k_g.
-    order = cost.argsort(dim=0, stable=True)  # (N, G)
-    ranks = torch.empty_like(order)
-    positions = torch.arange(num_queries, device=cost.device)[:, None].expand_as(order)
-    ranks.scatter_(0, order, positions)
-    matching = ranks < dynamic_ks[None, :]  # (N, G) bool
-
-    _resolve_conflicts(matching, cost, claimants_only=False)
-
-    while True:
-        unmatched_gt = (~matching.any(0)).nonzero().squeeze(1)  # (U,)
-        if unmatched_gt.numel() == 0:
-            break
-        matched_query = matching.any(1)  # (N,)
-        if bool(matched_query.all()):
-            logger.debug(
-                "%d ground truths stay unmatched: only %d queries for %d ground truths",
-                unmatched_gt.numel(),
-                num_queries,
-                num_gt,
-            )
-            break
-        cost[matched_query] += _ALREADY_MATCHED_COST
-        pos = cost[:, unmatched_gt].argmin(0)  # (U,)
-        matching[pos, unmatched_gt] = True
-        _resolve_conflicts(matching, cost, claimants_only=True)
-
-    selected = matching.any(1)
-    gt_indices = matching[selected].int().argmax(1)
-    return selected, gt_indices
-
-
 def _resolve_conflicts_batched(
     matching: Tensor, cost: Tensor, gt_valid: Tensor, *, claimants_only: bool
 ) -> Tensor:
-    """:func:`_resolve_conflicts` for a batch: (P, N, G) matching/cost, (P, G) valid gts."""
+    """Leave every query matched to at most one gt.
+
+    Args:
+        matching: (P, N, G) bool.
+        cost: (P, N, G) float.
+        gt_valid: (P, G) bool, False on padding.
+        claimants_only: choose among the gts that claimed the query (the fix-up loop, step 5)
+            instead of among all gts (the official first resolution, step 4).
+
+    Returns:
+        (P, N, G) bool, the new matching.
+    """
     multi = matching.sum(-1) > 1  # (P, N)
     masked = cost.masked_fill(~gt_valid[:, None, :], float("inf"))
     if claimants_only:
@@ -136,12 +78,12 @@ def _resolve_conflicts_batched(
 def batched_dynamic_k_matching(
     cost: Tensor, ious: Tensor, gt_valid: Tensor, *, ota_k: int = 5
 ) -> Tensor:
-    """:func:`dynamic_k_matching` of P independent problems at once (same selections).
+    """Dynamic-k assignment (steps 3-5 above) of P independent problems at once.
 
     Problem p has ``gt_valid[p].sum()`` ground truths in the first columns; padded columns never
     match. The fix-up loop runs until no problem has work left (one host sync per round), and a
-    problem whose work is done is not changed by later rounds, so each result equals the
-    one-problem function's.
+    problem whose work is done is not changed by later rounds, so each result is that of the
+    problem matched alone.
 
     Args:
         cost: (P, N, G) matching cost; modified in place like :func:`dynamic_k_matching`.
@@ -166,6 +108,12 @@ def batched_dynamic_k_matching(
         matched_query = matching.any(2)  # (P, N)
         active = unmatched_gt.any(1) & ~matched_query.all(1)  # (P,)
         if not bool(active.any()):
+            if logger.isEnabledFor(logging.DEBUG) and bool(unmatched_gt.any()):
+                logger.debug(
+                    "%d ground truths stay unmatched: more ground truths than the %d queries",
+                    int(unmatched_gt.sum()),
+                    num_queries,
+                )
             break
         push = (matched_query & active[:, None]).to(cost.dtype) * _ALREADY_MATCHED_COST
         cost += push[..., None]  # + 0 elsewhere: exact
@@ -176,6 +124,24 @@ def batched_dynamic_k_matching(
             matching | claimed, cost, gt_valid, claimants_only=True
         )
     return matching
+
+
+def dynamic_k_matching(cost: Tensor, ious: Tensor, *, ota_k: int = 5) -> tuple[Tensor, Tensor]:
+    """Dynamic-k assignment of one image's ground truths to its queries (steps 3-5 above).
+
+    Args:
+        cost: (N, G) matching cost; modified in place (the fix-up loop adds offsets).
+        ious: (N, G) IoU between predictions and ground truths.
+        ota_k: number of top IoUs summed to get each gt's ``k``.
+
+    Returns:
+        ``(selected, gt_indices)``: (N,) bool mask of queries that got a gt, and (M,) int64 index
+        of the gt of each selected query, in query order (M = ``selected.sum()``).
+    """
+    gt_valid = torch.ones(1, cost.shape[1], dtype=torch.bool, device=cost.device)
+    matching = batched_dynamic_k_matching(cost[None], ious[None], gt_valid, ota_k=ota_k)[0]
+    selected = matching.any(1)
+    return selected, matching[selected].int().argmax(1)
 
 
 class HungarianMatcherDynamicK(nn.Module):
@@ -234,37 +200,47 @@ class HungarianMatcherDynamicK(nn.Module):
             f"cost_giou={self.cost_giou}, ota_k={self.ota_k}"
         )
 
-    def prior(self, pred_boxes_xyxy: Tensor, gt_boxes_xyxy: Tensor) -> tuple[Tensor, Tensor]:
-        """Centre prior of simOTA (official ``get_in_boxes_info``).
+    def prior(
+        self, pred_boxes_xyxy: Tensor, gt_boxes_xyxy: Tensor, gt_valid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Centre prior of simOTA (official ``get_in_boxes_info``), any leading batch shape.
 
         Args:
-            pred_boxes_xyxy: (N, 4) absolute xyxy predictions.
-            gt_boxes_xyxy: (G, 4) absolute xyxy ground truths.
+            pred_boxes_xyxy: (..., N, 4) absolute xyxy predictions.
+            gt_boxes_xyxy: (..., G, 4) absolute xyxy ground truths.
+            gt_valid: (..., G) bool, False on padded ground truths (None: all valid).
 
         Returns:
-            ``(fg_mask, in_box_and_center)``: (N,) bool, a prediction's centre lies inside some
-            gt box or centre region; (N, G) bool, inside gt g's box and its centre region.
+            ``(fg_mask, in_box_and_center)``: (..., N) bool, a prediction's centre lies inside
+            some valid gt box or centre region; (..., N, G) bool, inside gt g's box and its
+            centre region.
         """
-        pred_center = (pred_boxes_xyxy[:, :2] + pred_boxes_xyxy[:, 2:]) / 2  # (N, 2)
-        gt_cxcywh = box_convert(gt_boxes_xyxy, "xyxy", "cxcywh")  # (G, 4)
-        c = pred_center[:, None, :]  # (N, 1, 2)
-        in_box = ((c > gt_boxes_xyxy[None, :, :2]) & (c < gt_boxes_xyxy[None, :, 2:])).all(-1)
-        radius = self.center_radius * gt_cxcywh[None, :, 2:]  # (1, G, 2)
-        in_center = ((c - gt_cxcywh[None, :, :2]).abs() < radius).all(-1)  # (N, G)
-        fg_mask = in_box.any(1) | in_center.any(1)
-        return fg_mask, in_box & in_center
+        c = ((pred_boxes_xyxy[..., :2] + pred_boxes_xyxy[..., 2:]) / 2)[..., :, None, :]
+        gt = gt_boxes_xyxy[..., None, :, :]  # (..., 1, G, 4)
+        in_box = ((c > gt[..., :2]) & (c < gt[..., 2:])).all(-1)  # (..., N, G)
+        gt_cxcywh = box_convert(gt, "xyxy", "cxcywh")
+        radius = self.center_radius * gt_cxcywh[..., 2:]
+        in_center = ((c - gt_cxcywh[..., :2]).abs() < radius).all(-1)
+        in_either = in_box | in_center
+        if gt_valid is not None:
+            in_either = in_either & gt_valid[..., None, :]
+        return in_either.any(-1), in_box & in_center
 
     def class_cost(self, logits: Tensor, gt_labels: Tensor) -> Tensor:
-        """Focal classification cost (N, G) of giving each query each gt's class.
+        """Focal classification cost of giving each query each gt's class.
 
         Args:
-            logits: (N, K) class logits.
-            gt_labels: (G,) int64 contiguous class ids.
+            logits: (P, N, K) class logits.
+            gt_labels: (P, G) int64 contiguous class ids.
+
+        Returns:
+            (P, N, G).
         """
-        prob = logits.sigmoid()  # (N, K)
+        prob = logits.sigmoid()
         neg = (1 - self.alpha) * prob**self.gamma * (-(1 - prob + 1e-8).log())
         pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
-        return pos[:, gt_labels] - neg[:, gt_labels]
+        labels = gt_labels[:, None, :].expand(-1, logits.shape[1], -1)
+        return pos.gather(2, labels) - neg.gather(2, labels)
 
     def _weighted_cost(
         self, cost_l1: Tensor, cost_cls: Tensor, cost_giou: Tensor, in_box_and_center: Tensor
@@ -288,7 +264,7 @@ class HungarianMatcherDynamicK(nn.Module):
         gt_valid: Tensor,
         image_whwh: Tensor,
     ) -> Tensor:
-        """Match P problems at once (e.g. every stage of every image); same result as forward.
+        """Match P independent problems at once (e.g. every stage of every image).
 
         Args:
             pred_logits: (P, N, K).
@@ -305,22 +281,10 @@ class HungarianMatcherDynamicK(nn.Module):
         g = gt_boxes_xyxy.shape[1]
         if g == 0:
             return torch.zeros(p, n, 0, dtype=torch.bool, device=pred_boxes.device)
-        pred_center = (pred_boxes[..., :2] + pred_boxes[..., 2:]) / 2  # (P, N, 2)
-        gt_cxcywh = box_convert(gt_boxes_xyxy, "xyxy", "cxcywh")  # (P, G, 4)
-        c = pred_center[:, :, None, :]  # (P, N, 1, 2)
-        gt = gt_boxes_xyxy[:, None]  # (P, 1, G, 4)
-        in_box = ((c > gt[..., :2]) & (c < gt[..., 2:])).all(-1)  # (P, N, G)
-        radius = self.center_radius * gt_cxcywh[:, None, :, 2:]
-        in_center = ((c - gt_cxcywh[:, None, :, :2]).abs() < radius).all(-1)
+        fg_mask, in_box_and_center = self.prior(pred_boxes, gt_boxes_xyxy, gt_valid)
         valid = gt_valid[:, None, :]
-        fg_mask = ((in_box | in_center) & valid).any(-1)  # (P, N)
-        in_box_and_center = in_box & in_center
         ious = box_iou(pred_boxes, gt_boxes_xyxy).masked_fill(~valid, 0.0)  # (P, N, G)
-        prob = pred_logits.sigmoid()
-        neg = (1 - self.alpha) * prob**self.gamma * (-(1 - prob + 1e-8).log())
-        pos = self.alpha * (1 - prob) ** self.gamma * (-(prob + 1e-8).log())
-        labels = gt_labels[:, None, :].expand(p, n, g)
-        cost_cls = pos.gather(2, labels) - neg.gather(2, labels)
+        cost_cls = self.class_cost(pred_logits, gt_labels)
         whwh = image_whwh[:, None, :]
         cost_l1 = torch.cdist(pred_boxes / whwh, gt_boxes_xyxy / whwh, p=1)
         cost_giou = -generalized_box_iou(pred_boxes, gt_boxes_xyxy)
@@ -347,29 +311,24 @@ class HungarianMatcherDynamicK(nn.Module):
             index into that image's targets for each positive, in query order. Images without
             ground truth give an all-False mask and an empty index.
         """
-        pred_logits = outputs["pred_logits"]
         pred_boxes = outputs["pred_boxes"]
-        indices = []
-        for b, target in enumerate(targets):
-            boxes = pred_boxes[b]  # (N, 4)
-            num_queries = boxes.shape[0]
-            gt_xyxy = target["boxes_xyxy"]  # (G, 4)
-            if gt_xyxy.shape[0] == 0:
-                indices.append(
-                    (
-                        torch.zeros(num_queries, dtype=torch.bool, device=boxes.device),
-                        torch.zeros(0, dtype=torch.int64, device=boxes.device),
-                    )
-                )
-                continue
-            fg_mask, in_box_and_center = self.prior(boxes, gt_xyxy)
-            ious = box_iou(boxes, gt_xyxy)  # (N, G)
-            cost_cls = self.class_cost(pred_logits[b], target["labels"])
-            image_whwh = target["image_size_xyxy"]  # (4,)
-            gt_whwh = target["image_size_xyxy_tgt"]  # (G, 4)
-            cost_l1 = torch.cdist(boxes / image_whwh, gt_xyxy / gt_whwh, p=1)
-            cost_giou = -generalized_box_iou(boxes, gt_xyxy)
-            cost = self._weighted_cost(cost_l1, cost_cls, cost_giou, in_box_and_center)
-            cost[~fg_mask] += _OUTSIDE_PRIOR_COST
-            indices.append(dynamic_k_matching(cost, ious, ota_k=self.ota_k))
-        return indices
+        batch, num_queries = pred_boxes.shape[:2]
+        max_gt = max((len(t["labels"]) for t in targets), default=0)
+        gt_labels = torch.zeros(batch, max_gt, dtype=torch.int64, device=pred_boxes.device)
+        gt_xyxy = pred_boxes.new_zeros(batch, max_gt, 4)
+        gt_valid = torch.zeros(batch, max_gt, dtype=torch.bool, device=pred_boxes.device)
+        for b, t in enumerate(targets):
+            g = len(t["labels"])
+            gt_labels[b, :g], gt_xyxy[b, :g], gt_valid[b, :g] = t["labels"], t["boxes_xyxy"], True
+        matching = self.match_batched(
+            outputs["pred_logits"],
+            pred_boxes,
+            gt_labels=gt_labels,
+            gt_boxes_xyxy=gt_xyxy,
+            gt_valid=gt_valid,
+            image_whwh=torch.stack([t["image_size_xyxy"] for t in targets]).to(pred_boxes),
+        )  # (B, N, G)
+        selected = matching.any(-1)  # (B, N)
+        if max_gt == 0:
+            return [(s, torch.zeros(0, dtype=torch.int64, device=s.device)) for s in selected]
+        return [(s, m[s].int().argmax(-1)) for s, m in zip(selected, matching, strict=True)]

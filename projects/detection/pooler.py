@@ -126,7 +126,7 @@ class ROIPooler(nn.Module):
             canonical_box_size=self.canonical_box_size,
             canonical_level=self.canonical_level,
         )
-        out = x0.new_zeros(b * n, x0.shape[1], s, s)
+        out = x0.new_empty(b * n, x0.shape[1], s, s)  # every row is written: one level per box
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
             # an empty level still runs (zero rois): its feature stays in the graph
             inds = torch.nonzero(level_idx == level).squeeze(1)
@@ -137,4 +137,5 @@ class ROIPooler(nn.Module):
     @staticmethod
     def _poison(out: Tensor, finite: Tensor) -> Tensor:
         """Set the rows of non-finite boxes to NaN. out: (M, C, S, S); finite: (M, 1) bool."""
-        return torch.where(finite[:, :, None, None], out, out.new_tensor(float("nan")))
+        # in place on the fresh pooled tensor: no second (M, C, S, S) allocation
+        return out.masked_fill_(~finite[:, :, None, None], float("nan"))

@@ -176,10 +176,11 @@ class DiffusionInstHead(DynamicHead):
                 f"the mask branch needs {MASK_BRANCH_LEVELS} FPN maps (p2, p3, p4), "
                 f"got {len(features)}"
             )
-        mask_feat = self.mask_refine[0](features[0])
+        dtype = self.mask_refine[0][0].weight.dtype  # a reduced-precision copy's convolutions
+        mask_feat = self.mask_refine[0](features[0].to(dtype))
         target = mask_feat.shape[-2:]
         for refine, x in zip(self.mask_refine[1:], features[1:MASK_BRANCH_LEVELS], strict=True):
-            x = refine(x)
+            x = refine(x.to(dtype))
             fh, fw = target[0] // x.shape[-2], target[1] // x.shape[-1]
             if fh != fw or (fh * x.shape[-2], fw * x.shape[-1]) != tuple(target):
                 raise ValueError(

@@ -87,12 +87,10 @@ class DiffusionInst(DiffusionDet):
             raise TypeError(f"DiffusionInst needs a DiffusionInstHead, got {type(self.head)}")
         self._candidate_params: list[Tensor] = []
 
-    def set_fast_path(self, enabled: bool = True) -> DiffusionInst:
-        """DiffusionDet's switch, except that the head's stages always run as modules (the mask
-        parameters are read from their outputs)."""
-        super().set_fast_path(enabled)
-        self.head.fast_path = False
-        return self
+    def _running_head(self) -> DiffusionInstHead:
+        """The head inference runs: the float32 one, or its reduced-precision copy
+        (``TEST.PRECISION``), whose calls record the mask parameters."""
+        return self.inference_modules()[1]
 
     # ------------------------------------------------------------------ training
     def losses(self, batched_inputs: Sequence[dict]) -> dict[str, Tensor]:
@@ -145,7 +143,7 @@ class DiffusionInst(DiffusionDet):
         k = min(k, scores.shape[1])
         top_scores, idx = scores.topk(k, dim=1, sorted=True)
         box_idx = idx // self.num_classes
-        params = self.head.mask_params[-1]  # (B, N, 153)
+        params = self._running_head().mask_params[-1].float()  # (B, N, 153)
         self._candidate_params.append(
             params.gather(1, box_idx[..., None].expand(-1, -1, params.shape[-1]))
         )
@@ -173,7 +171,7 @@ class DiffusionInst(DiffusionDet):
         """The exported graph's ``mask_probs`` (K, h_f, w_f): sigmoid mask probabilities on the
         padded image's stride-4 grid for the K kept detections (``extras`` = their (K, 153)
         parameters), what :func:`postprocess_masks` takes."""
-        mask_feat = self.head.mask_features(features)[0]
+        mask_feat = self._running_head().mask_features(features)[0]
         return (dynamic_mask_logits(mask_feat, extras[0]).sigmoid(),)
 
     def finalize(
@@ -181,7 +179,7 @@ class DiffusionInst(DiffusionDet):
     ) -> list[dict[str, Tensor]]:
         """NMS, box postprocessing and the masks of the kept candidates (module docstring)."""
         cand_boxes, cand_scores, cand_labels, cand_params = candidates
-        mask_feat = self.head.mask_features(features)
+        mask_feat = self._running_head().mask_features(features)
         results = []
         for i, x in enumerate(batched_inputs):
             b, s, lab, p = cand_boxes[i], cand_scores[i], cand_labels[i], cand_params[i]

@@ -110,7 +110,7 @@ def test_mixed_batch_and_aux_weights():
     targets = [make_target(gt, [0, 2])]
     crit = SetCriterionDynamicK(num_classes=K)
     losses = crit(out, targets)
-    base = crit.stage_losses(out, targets)
+    [base] = crit.stage_losses([out], targets)
     for i in range(5):
         for name, weight in (("loss_ce", 2.0), ("loss_bbox", 5.0), ("loss_giou", 2.0)):
             assert losses[f"{name}_{i}"].item() == pytest.approx(weight * base[name].item())

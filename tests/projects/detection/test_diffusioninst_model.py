@@ -232,3 +232,19 @@ def test_a_deep_copy_records_its_own_stages(toy):
     out = twin.predict([img], num_boxes=10, steps=1, seed=0)[0]
     assert out["masks"].shape[1:] == (64, 80)
     assert toy.head.mask_params is None and twin.head.mask_params is not None
+
+
+def test_reduced_precision_reads_the_running_heads_parameters(toy):
+    # TEST.PRECISION bf16 runs a converted copy of the head: the candidates' parameters and the
+    # mask features must come from that copy (the float32 head is not called at all)
+    model = toy.eval()
+    img = (np.random.default_rng(3).random((72, 96, 3)) * 255).astype(np.uint8)
+    try:
+        model.set_precision("bf16")
+        model.head.mask_params = None
+        out = model.predict([img], num_boxes=12, steps=2, seed=0)[0]
+    finally:
+        model.set_precision("fp32")
+    assert model.head.mask_params is None
+    assert out["boxes"].dtype == out["scores"].dtype == torch.float32
+    assert out["masks"].dtype == torch.bool and out["masks"].shape[1:] == (72, 96)

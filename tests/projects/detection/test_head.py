@@ -56,14 +56,14 @@ def test_dynamic_conv_flatten_order_is_position_major():
     torch.manual_seed(0)
     conv = DynamicConv(hidden_dim=8, dim_dynamic=4, pooler_resolution=2)
     m = 3
-    pro = torch.randn(1, m, 8)
-    roi = torch.randn(4, m, 8)  # (S², M, D)
+    pro = torch.randn(m, 8)
+    roi = torch.randn(m, 8, 4)  # (M, D, S²), the pooler's layout
     out = conv(pro, roi)
     # re-derive with explicit indices: out_layer.weight[o, p·D + c]
-    params = conv.dynamic_layer(pro)[0]
+    params = conv.dynamic_layer(pro)
     w1 = params[:, : 8 * 4].view(m, 8, 4)
     w2 = params[:, 8 * 4 :].view(m, 4, 8)
-    f = roi.permute(1, 0, 2)
+    f = roi.permute(0, 2, 1)  # (M, P, D)
     f = torch.relu(conv.norm1(f @ w1))
     f = torch.relu(conv.norm2(f @ w2))  # (M, P, D)
     w = conv.out_layer.weight.view(8, 4, 8)  # (out, p, c)
@@ -93,11 +93,13 @@ def test_time_conditions_only_the_towers():
     feats = _features()
     boxes = torch.tensor([[[4.0, 4.0, 30.0, 40.0], [10.0, 8.0, 60.0, 50.0]]]).repeat(2, 1, 1)
     pooler = ROIPooler()
-    logits_a, boxes_a, obj_a = stage(feats, boxes, None, pooler, torch.randn(2, 64))
-    logits_b, boxes_b, obj_b = stage(feats, boxes, None, pooler, torch.randn(2, 64))
+    scale_shift_a = stage.block_time_mlp(torch.randn(2, 64))
+    scale_shift_b = stage.block_time_mlp(torch.randn(2, 64))
+    logits_a, boxes_a, obj_a = stage(feats, boxes, None, pooler, scale_shift_a)
+    logits_b, boxes_b, obj_b = stage(feats, boxes, None, pooler, scale_shift_b)
     torch.testing.assert_close(obj_a, obj_b)  # object features carry no time modulation
     assert not torch.allclose(logits_a, logits_b)
-    assert logits_a.shape == (2, 2, 3) and boxes_a.shape == (2, 2, 4) and obj_a.shape == (1, 4, 16)
+    assert logits_a.shape == (2, 2, 3) and boxes_a.shape == (2, 2, 4) and obj_a.shape == (4, 16)
 
 
 def test_stages_are_detached_and_deep_supervised():
@@ -133,3 +135,15 @@ def test_prior_bias_only_on_class_logits_for_custom_k():
         # the official rule would also set this size-4 bias to the prior (reference §1.8 quirk)
         assert not torch.allclose(stage.bboxes_delta.bias, torch.full((4,), PRIOR))
     assert (head.head_series[0].self_attn.in_proj_bias == 0).all()
+
+
+def test_scale_shifts_are_each_stages_time_mlp():
+    torch.manual_seed(0)
+    head = DynamicHead(
+        num_classes=3, num_heads=3, hidden_dim=16, dim_feedforward=32, nhead=2, dim_dynamic=4
+    )
+    time_emb = torch.randn(2, 64)
+    got = head.scale_shifts(time_emb)  # one matmul for all stages
+    assert got.shape == (3, 2, 32)
+    for stage, scale_shift in zip(head.head_series, got, strict=True):
+        torch.testing.assert_close(scale_shift, stage.block_time_mlp(time_emb))

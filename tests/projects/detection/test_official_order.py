@@ -1,6 +1,9 @@
-"""The fast path (``DiffusionDet.set_fast_path``) computes what the plain, official order does.
+"""DiffusionDet computes what the official computation order (``official_order.py``) does.
 
-Detections are compared as sets: every detection of one path has a partner in the other with the
+The library runs the head, matcher and loss in a cheaper order and folds FrozenBN into the
+convolutions; ``official_order.py`` is a line-by-line second implementation of the official code on
+the same weights. Detections are compared as sets: every detection of one order has a partner in
+the other with the
 same label, boxes within 1e-3 relative (of max(|coordinate|, 1) px) and score within 1e-4.
 The random-weight R50 runs in float64: a random ResNet-50 with FrozenBN has no normalisation, so
 in float32 a rounding difference of 1e-7 grows through 50 layers, six head stages and four DDIM
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_order import criterion_forward, head_forward, match, official_order
 from torchvision.ops import FrozenBatchNorm2d
 
 import projects  # noqa: F401  (registers the task and its config keys)
@@ -50,14 +54,14 @@ def _randomise_norms(model, images: torch.Tensor) -> None:
 
     hooks = [m.register_forward_pre_hook(pre_hook) for m in model.modules()
              if isinstance(m, FrozenBatchNorm2d)]  # fmt: skip
-    model.set_fast_path(False)
-    with torch.no_grad():
+    with torch.no_grad(), official_order(model):
         model.extract_features(images)
     for h in hooks:
         h.remove()
 
 
 def assert_same_detections(plain: list[dict], fast: list[dict]) -> None:
+    """Every detection of ``plain`` (the official order) has a partner in ``fast``."""
     assert len(plain) == len(fast)
     for image, (a, b) in enumerate(zip(plain, fast, strict=True)):
         assert len(a["scores"]) == len(b["scores"]), f"image {image}: detection counts differ"
@@ -71,43 +75,40 @@ def assert_same_detections(plain: list[dict], fast: list[dict]) -> None:
                 & ((b["boxes"] - box).abs() <= tol).all(1)
                 & ((b["scores"] - score).abs() <= 1e-4)
             )
-            assert close.any(), f"image {image}: no fast-path partner for {label} {score} {box}"
+            assert close.any(), f"image {image}: no partner for {label} {score} {box}"
             unused[close.nonzero()[0, 0]] = False
 
 
 @pytest.mark.parametrize("steps", [1, 4])
-def test_toy_fast_path_same_detections(steps):
+def test_toy_same_detections_as_official_order(steps):
     model = _model("projects/detection/diffdet_toy.yaml").eval()
     batch = _images([(128, 160), (112, 144)])
-    assert model.fast_path  # on by default
     fast = model.inference(batch, steps=steps, num_boxes=64, seeds=[5, 6])
-    model.set_fast_path(False)
-    plain = model.inference(batch, steps=steps, num_boxes=64, seeds=[5, 6])
+    with official_order(model):
+        plain = model.inference(batch, steps=steps, num_boxes=64, seeds=[5, 6])
     assert_same_detections(plain, fast)
 
 
 @pytest.mark.parametrize("steps", [1, 4])
-def test_r50_fast_path_same_detections_float64(steps):
+def test_r50_same_detections_as_official_order_float64(steps):
     model = _model("projects/detection/diffdet_r50.yaml", dtype=torch.float64).eval()
     batch = _images([(64, 96)], seed=1)
     _randomise_norms(model, model.preprocess_image(batch)[0])
-    model.set_fast_path(False)
-    plain = model.inference(batch, steps=steps, num_boxes=24, seeds=[7])
-    model.set_fast_path(True)
+    with official_order(model):
+        plain = model.inference(batch, steps=steps, num_boxes=24, seeds=[7])
     fast = model.inference(batch, steps=steps, num_boxes=24, seeds=[7])
     assert_same_detections(plain, fast)
 
 
 def test_r50_float32_components_close():
-    """float32, the deployed dtype: folded backbone and fast head agree to rounding level."""
+    """float32, the deployed dtype: folded backbone and head agree to rounding level."""
     model = _model("projects/detection/diffdet_r50.yaml").eval()
     batch = _images([(64, 96), (64, 96)], seed=2)
     images, whwh = model.preprocess_image(batch)
     _randomise_norms(model, images)
     with torch.no_grad():
-        model.set_fast_path(False)
-        plain_feats = model.extract_features(images)
-        model.set_fast_path(True)
+        with official_order(model):
+            plain_feats = model.extract_features(images)
         fast_feats = model.extract_features(images)
         for a, b in zip(plain_feats, fast_feats, strict=True):
             # 50 float32 layers, some with near-zero running variance: ~1e-4 of the range
@@ -115,25 +116,11 @@ def test_r50_float32_components_close():
         g = torch.Generator().manual_seed(0)
         boxes = diffusion_to_boxes(torch.randn(2, 50, 4, generator=g), whwh, scale=2.0)
         t = torch.tensor([999, 500])
-        model.set_fast_path(False)
-        plain_logits, plain_boxes = model.head(plain_feats, boxes, t)
-        model.set_fast_path(True)
+        plain_logits, plain_boxes = head_forward(model.head, plain_feats, boxes, t)
         fast_logits, fast_boxes = model.head(plain_feats, boxes, t)
     # the first stage sees identical inputs: only rounding differs
     torch.testing.assert_close(fast_logits[0], plain_logits[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast_boxes[0], plain_boxes[0], rtol=1e-4, atol=1e-3)
-
-
-def test_set_fast_path_switches_every_part_and_keeps_state():
-    model = _model("projects/detection/diffdet_toy.yaml")
-    keys = list(model.state_dict())
-    convs = [m for m in model.backbone.modules() if isinstance(m, ConvNorm)]
-    assert convs and all(m.fold_norm for m in convs)
-    assert model.head.fast_path and model.criterion.batched
-    model.set_fast_path(False)
-    assert not any(m.fold_norm for m in convs)
-    assert not model.head.fast_path and not model.criterion.batched
-    assert list(model.state_dict()) == keys
 
 
 def test_folding_follows_loaded_weights():
@@ -178,7 +165,7 @@ def _random_problem(g, *, n, num_gt, num_classes=5):
     }
 
 
-def test_batched_matcher_equals_per_image():
+def test_batched_matcher_equals_official_per_image():
     g = torch.Generator().manual_seed(0)
     matcher = HungarianMatcherDynamicK()
     whwh = torch.tensor([160.0, 140.0, 160.0, 140.0])
@@ -204,7 +191,9 @@ def test_batched_matcher_equals_per_image():
         target = {"labels": p["labels"], "boxes_xyxy": p["gt"], "image_size_xyxy": whwh,
                   "image_size_xyxy_tgt": whwh.expand(k, 4)}  # fmt: skip
         outputs = {"pred_logits": p["logits"][None], "pred_boxes": p["boxes"][None]}
-        [(selected, gt_indices)] = matcher(outputs, [target])
+        [(selected, gt_indices)] = match(matcher, outputs, [target])
+        [(selected_lib, gt_indices_lib)] = matcher(outputs, [target])
+        assert torch.equal(selected_lib, selected) and torch.equal(gt_indices_lib, gt_indices)
         assert torch.equal(matching[i].any(-1), selected), i
         assert not matching[i, :, k:].any()
         if k:
@@ -225,13 +214,12 @@ def _train_batch(model, sizes, gts_per_image, seed=0):
 
 
 @pytest.mark.parametrize("use_fed_loss", [False, True])
-def test_batched_criterion_equals_per_stage(use_fed_loss):
+def test_batched_criterion_equals_official_per_stage(use_fed_loss):
     g = torch.Generator().manual_seed(1)
     weights = torch.rand(5) + 0.1 if use_fed_loss else None
     kwargs = {"num_classes": 5, "use_fed_loss": use_fed_loss, "fed_loss_cls_weights": weights,
               "fed_loss_num_classes": 4}  # fmt: skip
-    plain, batched = SetCriterionDynamicK(**kwargs), SetCriterionDynamicK(**kwargs)
-    batched.batched = True
+    criterion = SetCriterionDynamicK(**kwargs)
     whwh = torch.tensor([160.0, 140.0, 160.0, 140.0])
     problems = [_random_problem(g, n=20, num_gt=k) for k in (3, 0, 7)]
     targets = []
@@ -260,9 +248,9 @@ def test_batched_criterion_equals_per_stage(use_fed_loss):
 
     out = outputs()
     torch.manual_seed(0)
-    expected = plain(out, targets)
+    expected = criterion_forward(criterion, out, targets)
     torch.manual_seed(0)
-    got = batched(out, targets)
+    got = criterion(out, targets)
     assert got.keys() == expected.keys()
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -275,16 +263,19 @@ def test_batched_criterion_equals_per_stage(use_fed_loss):
 def test_toy_training_step_same_losses_and_gradients():
     model = _model("projects/detection/diffdet_toy.yaml").train()
     batch = _train_batch(model, [(96, 128), (112, 128)], [3, 5])
-    results = {}
-    for fast in (False, True):
-        model.set_fast_path(fast)
+
+    def step():
         model.zero_grad()
         torch.manual_seed(0)  # the same diffusion draws in prepare_targets
         losses = model(batch)
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[fast] = ({k: v.detach() for k, v in losses.items()}, grads)
-    (plain_losses, plain_grads), (fast_losses, fast_grads) = results[False], results[True]
+        return {k: v.detach() for k, v in losses.items()}, grads
+
+    with official_order(model):
+        plain_losses, plain_grads = step()
+    fast_losses, fast_grads = step()
+    assert fast_losses.keys() == plain_losses.keys()
     for k in plain_losses:
         torch.testing.assert_close(fast_losses[k], plain_losses[k], rtol=1e-4, atol=1e-5, msg=k)
     assert fast_grads.keys() == plain_grads.keys()
@@ -295,7 +286,7 @@ def test_toy_training_step_same_losses_and_gradients():
 
 
 def test_eval_forward_outputs_are_editable():
-    """forward runs under inference_mode on the fast path; its outputs are normal tensors."""
+    """forward runs under inference_mode; its outputs are normal tensors."""
     model = _model("projects/detection/diffdet_toy.yaml").eval()
     batch = _images([(96, 128)])
     batch[0]["seed"] = 3
