@@ -271,9 +271,12 @@ def _attach_seeds(items: list[dict[str, Any]], seeds: list[int]) -> list[dict[st
 def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
     """A dataset with more classes than the model's logits would train silently wrong (a class id
     equal to NUM_CLASSES reads as background): the most common custom-dataset mistake."""
-    section = cfg.MODEL.META_ARCHITECTURE  # DiffusionDet, or DiffusionInst (same keys)
+    # the configured task's section (DiffusionInst has DiffusionDet's keys), else DiffusionDet's
+    section = cfg.MODEL.META_ARCHITECTURE
+    if "NUM_CLASSES" not in cfg.MODEL.get(section, {}):
+        section = "DiffusionDet"
     model_cfg = cfg.MODEL.get(section)
-    if model_cfg is None or "NUM_CLASSES" not in model_cfg:
+    if model_cfg is None:
         return
     num_data, num_model = len(metadata.thing_classes), model_cfg.NUM_CLASSES
     if num_data > num_model:

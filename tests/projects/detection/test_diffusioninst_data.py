@@ -200,3 +200,16 @@ def test_test_time_augmentation_is_refused_with_one_line():
 
     with pytest.raises(ConfigError, match="TEST.AUG.ENABLED"):
         DIFFUSIONINST_TASK.build_inference(cfg)
+
+
+def test_class_count_is_checked_against_the_diffusioninst_section(toy, monkeypatch):
+    from diffvision.errors import ConfigError
+
+    cfg = get_cfg()
+    cfg.merge_from_file("projects/detection/diffinst_toy.yaml")
+    cfg.merge_from_list(
+        ["DATASETS.CUSTOM", f"['t:{toy}/annotations/instances_train.json:{toy}/train']",
+         "DATASETS.TRAIN", "('t',)", "MODEL.DiffusionInst.NUM_CLASSES", "3"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="MODEL.DiffusionInst.NUM_CLASSES 4"):
+        DIFFUSIONINST_TASK.build_train_loader(cfg, start_iter=0)
