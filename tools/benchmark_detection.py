@@ -7,6 +7,8 @@
     python tools/benchmark_detection.py --config projects/detection/diffdet_r50.yaml \
         --size 800 1333 --boxes 100 300 500 1000 --steps 1 4 8
     python tools/benchmark_detection.py --config ... --quick      # a smaller grid, 1 repeat
+    # fp32 vs bf16 (and fp16 on CUDA) inference: toy and R50 at 480x640, 100/300/500 x 1/4
+    python tools/benchmark_detection.py --compare-precision --threads 2
 
 Inference (batch 1, one synthetic image of ``--size``; default: the config's test size):
 
@@ -524,6 +526,114 @@ def main_compare(args, parser) -> str:
     return table
 
 
+# --------------------------------------------------------------------------------------------
+# --compare-precision: fp32 vs bf16 / fp16 inference, interleaved in one process
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def precision_cells(name: str, model, *, size, args, device) -> list[dict]:
+    """Every (batch, boxes, steps) cell of one model: median ms per precision, the precisions
+    run in rotation on the same image(s) and seeds (``allow_slow``: fp16 is measured on a CPU
+    too, where ``TEST.PRECISION`` refuses it)."""
+    g = torch.Generator().manual_seed(0)
+    images = [synthetic_image(*size, g) for _ in range(max(args.batches))]
+    model.eval()
+    for p in args.precisions:  # reduced copies and first-call set-up outside the timings
+        model.set_precision(p, allow_slow=True)
+        model.inference(images[:1], num_boxes=10, steps=1, seeds=[0])
+    rows = []
+    for b in args.batches:
+        batch, seeds = images[:b], list(range(b))
+        for n in args.boxes:
+            for s in args.steps:
+                times: dict[str, list[float]] = {p: [] for p in args.precisions}
+                for r in range(WARMUP + args.repeats):
+                    for p in args.precisions:
+                        model.set_precision(p, allow_slow=True)
+                        sync(device)
+                        start = CLOCK()
+                        model.inference(batch, num_boxes=n, steps=s, seeds=seeds)
+                        sync(device)
+                        if r >= WARMUP:
+                            times[p].append((CLOCK() - start) * 1000)
+                ms = {p: statistics.median(v) for p, v in times.items()}
+                base = ms[args.precisions[0]]
+                rows.append({"model": name, "batch": b, "boxes": n, "steps": s, "ms": ms,
+                             "ratio": {p: v / base for p, v in ms.items()}})  # fmt: skip
+                cells = ", ".join(f"{p} {v:.1f} ms ({v / base:.3f})" for p, v in ms.items())
+                print(f"  {name} batch {b} boxes {n:4d} steps {s}: {cells}", flush=True)
+    model.set_precision(args.precisions[0])
+    return rows
+
+
+def precision_report(meta: dict, rows: list[dict], precisions: list[str]) -> str:
+    base, others = precisions[0], precisions[1:]
+    parts = [
+        f"Precision vs {base} eager, interleaved in one process on the same inputs: "
+        f"{meta['models']}, device {meta['device']} ({meta['device_name']}), torch "
+        f"{meta['torch']}, {meta['threads']} threads, {meta['clock']}-clock median of "
+        f"{meta['repeats']} after {meta['warmup']} warm-up, 1-min load average at start "
+        f"{meta['load_average']:.1f}; CPU native bf16: {meta['native_bf16'] or 'no'}. Times in "
+        f"ms; ratio = precision / {base} (lower is better).",
+        "",
+        markdown(
+            ["model", "batch", "boxes", "steps", *[f"{p} ms" for p in precisions],
+             *[f"{p} ratio" for p in others]],
+            [[r["model"], r["batch"], r["boxes"], r["steps"],
+              *[f"{r['ms'][p]:.0f}" for p in precisions],
+              *[f"{r['ratio'][p]:.3f}" for p in others]] for r in rows],
+        ),
+        "",
+        "Geometric mean ratio (max cell) per model and batch:",
+        "",
+    ]  # fmt: skip
+    for model_name, b in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        sel = [r for r in rows if r["model"] == model_name and r["batch"] == b]
+        parts.append(f"- {model_name}, batch {b}: " + ", ".join(
+            f"{p} {geomean([r['ratio'][p] for r in sel]):.3f} "
+            f"(max {max(r['ratio'][p] for r in sel):.3f})" for p in others))  # fmt: skip
+    return "\n".join(parts)
+
+
+def main_compare_precision(args) -> str:
+    from diffvision.modeling.precision import cpu_native_bf16
+
+    global WARMUP, CLOCK
+    WARMUP = args.warmup
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = {
+        "toy": ("projects/detection/diffdet_toy.yaml", args.toy_size),
+        "R50": ("projects/detection/diffdet_r50.yaml", args.r50_size),
+    }
+    rows, meta_models, device = [], [], None
+    for name in args.models:
+        config, size = configs[name]
+        compile_opt = ["MODEL.DiffusionDet.COMPILE", "True"] if args.compile else []
+        cfg = load_config(config, ["MODEL.WEIGHTS", "", *compile_opt, *args.opts])
+        model = build_model(cfg, with_criterion=False)  # random weights: same work
+        device = torch.device(cfg.MODEL.DEVICE)
+        if args.clock == "cpu" and device.type == "cpu":
+            CLOCK = time.process_time
+        meta_models.append(f"{name} (`{config}`, image {size[0]}x{size[1]})")
+        print(f"{name} at {size[0]}x{size[1]}", flush=True)
+        rows += precision_cells(name, model, size=tuple(size), args=args, device=device)
+        del model
+    meta = {
+        "models": ", ".join(meta_models),
+        **device_meta(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "clock": "cpu" if CLOCK is time.process_time else "wall",
+        "load_average": LOAD_AT_START,
+        "native_bf16": ", ".join(cpu_native_bf16()) if device.type == "cpu" else "n/a",
+    }
+    table = precision_report(meta, rows, args.precisions)
+    publish(table, {"meta": meta, "precision": rows}, args.output)
+    return table
+
+
 def publish(table: str, raw: dict, output: str | None) -> None:
     """Print the tables; with ``--output`` also write them (.md) and the raw numbers (.json)."""
     print()
@@ -592,9 +702,22 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--compare-plain", action="store_true",
                         help="optimised vs plain path, interleaved: --models x --batches x "
                         "--boxes x --steps, inference and one training step")  # fmt: skip
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="--precisions against the first (fp32), interleaved: --models x "
+                        "--batches x --boxes x --steps, inference")  # fmt: skip
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
+                        default=None, help="--compare-precision: fp32 first (default: fp32 "
+                        "bf16, plus fp16 on CUDA)")  # fmt: skip
     parser.add_argument("--models", nargs="+", choices=["toy", "R50"], default=["toy", "R50"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--r50-size", type=int, nargs=2, default=[256, 320], metavar=("H", "W"))
+    parser.add_argument(
+        "--r50-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="default 256 320 (--compare-plain), 480 640 (--compare-precision)",
+    )
     parser.add_argument("--toy-size", type=int, nargs=2, default=[128, 171], metavar=("H", "W"))
     parser.add_argument("--no-train", dest="train", action="store_false",
                         help="--compare-plain: skip the training step")  # fmt: skip
@@ -626,6 +749,21 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", help="also write the table (.md) and raw numbers (.json)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.r50_size is None:
+        args.r50_size = [480, 640] if args.compare_precision else [256, 320]
+    if args.compare_precision:
+        if argv is None and "--boxes" not in sys.argv:
+            args.boxes = [100, 300, 500]
+        if argv is None and "--steps" not in sys.argv:
+            args.steps = [1, 4]
+        if argv is None and "--batches" not in sys.argv:
+            args.batches = [1]
+        if args.precisions is None:
+            cuda = any("cuda" in o for o in args.opts)
+            args.precisions = ["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"]
+        if args.precisions[0] != "fp32":
+            parser.error("--precisions: the first one is the baseline and must be fp32")
+        return main_compare_precision(args)
     if args.compare_plain:
         if argv is None and "--boxes" not in sys.argv:
             args.boxes = [100, 300, 500]

@@ -8,7 +8,10 @@ swings hit both columns alike; the detections are checked to match before timing
     python tools/benchmark_onnx.py --config projects/detection/diffdet_toy.yaml \
         --boxes 100 300 --steps 1 4 MODEL.WEIGHTS output/diffdet_toy/model_final.pth
 
-Prints one markdown table (median latency per image, ratio = onnxruntime / eager). ``--clock cpu``
+Prints one markdown table (median latency per image, ratio = onnxruntime / eager). ``--int8
+static dynamic`` also times int8 copies of each file (``tools/export.py --quantize int8``; for
+timing, the static ranges are calibrated on the benchmark image itself), in the same rotation.
+``--clock cpu``
 (default) times the process's CPU seconds: with one thread that is the latency on a dedicated core
 and is robust to other jobs on a shared machine.
 """
@@ -43,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: process CPU time (robust to other jobs)")  # fmt: skip
+    parser.add_argument("--int8", nargs="*", choices=("static", "dynamic"), default=[],
+                        help="also time int8 copies quantized this way")  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
 
     from projects.detection.build import build_inference_model
-    from projects.detection.export import export_onnx
+    from projects.detection.export import export_onnx, quantize_onnx
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,23 +72,35 @@ def main(argv: list[str] | None = None) -> None:
     print(f"config {args.config}, image {h}x{w}, {args.threads} thread(s), {args.clock} clock, "
           f"median of {args.repeats} alternating runs, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}")  # fmt: skip
-    print("| boxes | steps | eager ms | onnxruntime ms | ratio | same labels: detections |")
-    print("|---:|---:|---:|---:|---:|---|")
+    int8_cols = "".join(f" int8 {m} ms | ratio |" for m in args.int8)
+    print(f"| boxes | steps | eager ms | onnxruntime ms | ratio |{int8_cols} same labels: "
+          "detections |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|" + "---:|---:|" * len(args.int8) + "---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.boxes:
             for s in args.steps:
                 path = export_onnx(model, Path(tmp) / f"b{n}_s{s}.onnx", num_boxes=n, steps=s,
                                    image_hw=(h, w))  # fmt: skip
-                session = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
+                feeds, kwargs = draws_for(model, image, n, s, g)
+                files = {"onnx": path}
+                for method in args.int8:
+                    files[f"int8 {method}"] = quantize_onnx(
+                        path, Path(tmp) / f"b{n}_s{s}_{method}.onnx", method=method,
+                        calibration=[feeds],
+                    )  # fmt: skip
+                sessions = {
+                    name: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
+                    for name, f in files.items()
+                }
+                ms, same = compare(model, sessions, feeds, kwargs, image, args.repeats, clock)
+                cells = "".join(
+                    f" {ms[name]:.1f} | {ms[name] / ms['eager']:.2f} |" for name in files
                 )
-                te, to, same = compare(model, session, image, n, s, args.repeats, g, clock)
-                print(f"| {n} | {s} | {te:.1f} | {to:.1f} | {to / te:.2f} | {same} |",
-                      flush=True)  # fmt: skip
+                print(f"| {n} | {s} | {ms['eager']:.1f} |{cells} {same} |", flush=True)
 
 
-def compare(model, session, image, n, s, repeats, g, clock) -> tuple[float, float, str]:
-    """Median ms of eager and onnxruntime (alternating) and how close their detections are."""
+def draws_for(model, image, n, s, g) -> tuple[dict, dict]:
+    """Graph feeds and the matching ``model.inference`` keyword arguments (same draws)."""
     from projects.detection.export import graph_input_names
 
     names = graph_input_names(model, s)
@@ -95,15 +112,25 @@ def compare(model, session, image, n, s, repeats, g, clock) -> tuple[float, floa
     if s > 1:
         kwargs.update(step_noise=draws["step_noise"][None],
                       renewal_boxes=draws["renewal_boxes"][None])  # fmt: skip
+    return feeds, kwargs
+
+
+def compare(model, sessions, feeds, kwargs, image, repeats, clock) -> tuple[dict, str]:
+    """Median ms of eager and of each onnxruntime session (in rotation), and how close the
+    first session's (the float32 file's) detections are to eager."""
 
     def eager():
         with torch.no_grad():
             return model.inference([{"image": image}], **kwargs)[0]
 
-    def onnx():
-        return session.run(["boxes", "scores", "labels"], feeds)
+    def runner(session):
+        return lambda: session.run(["boxes", "scores", "labels"], feeds)
 
-    e, o = eager(), onnx()  # warm-up, and the equality check
+    fns = {"eager": eager, **{name: runner(sess) for name, sess in sessions.items()}}
+    e, o = eager(), fns["onnx"]()  # warm-up, and the equality check
+    for name, fn in fns.items():
+        if name not in ("eager", "onnx"):
+            fn()  # warm-up
     same = "NO (labels differ)"
     if sorted(o[2].tolist()) == sorted(e["labels"].tolist()):
         # match each onnxruntime detection to the eager one of the same label with the highest
@@ -114,13 +141,13 @@ def compare(model, session, image, n, s, repeats, g, clock) -> tuple[float, floa
         d_score = np.abs(o[1] - e["scores"].numpy()[best.indices.numpy()]).max(initial=0.0)
         min_iou = float(best.values.min()) if len(o[2]) else 1.0
         same = f"{len(o[2])} dets, max Δscore {d_score:.1e}, min IoU {min_iou:.6f}"
-    times = {"eager": [], "onnx": []}
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in (("eager", eager), ("onnx", onnx)):
+        for name, fn in fns.items():
             start = clock()
             fn()
             times[name].append(clock() - start)
-    return statistics.median(times["eager"]) * 1e3, statistics.median(times["onnx"]) * 1e3, same
+    return {name: statistics.median(v) * 1e3 for name, v in times.items()}, same
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
         "POOLER_SAMPLING_RATIO": Ranged(2, ">=0"),
         "FED_LOSS_FREQ_WEIGHT_POWER": 0.5,
     })  # fmt: skip
+    # Number format of inference convolutions and matmuls: "fp32", "bf16" or "fp16" (fp16 is
+    # refused on a CPU); boxes, scores and outputs stay float32. DiffusionDet.set_precision
+    # checks the value (diffvision.modeling.precision.PRECISIONS).
+    add_keys(cfg, "TEST", {"PRECISION": "fp32"})
     # Test-time augmentation (projects/detection/tta.py): every short side, each flipped.
     add_keys(cfg, "TEST.AUG", {
         "ENABLED": False,
@@ -117,6 +121,3 @@ def add_diffusiondet_config(cfg: CfgNode) -> None:
     # Short sides of the resize before the random crop of DiffusionDet's crop branch (the
     # official hard-coded (400, 500, 600)); small-image configs lower them.
     add_keys(cfg, "INPUT.CROP", {"PRE_RESIZE_MIN_SIZES": Ranged((400, 500, 600), ">=1")})
-    # number format of inference convolutions/matmuls: fp32, bf16 or fp16 (fp16 refused on CPU);
-    # boxes, scores and outputs stay float32 (DiffusionDet.set_precision checks the value)
-    add_keys(cfg, "TEST", {"PRECISION": "fp32"}, keep_existing=True)

@@ -50,6 +50,7 @@ from torchvision.ops import nms
 
 from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
+from diffvision.utils.seeding import seeded_generator
 
 from .detector import DiffusionDet
 
@@ -90,7 +91,7 @@ def seeded_draws(
     Returns:
         ``{name: float32 array}`` for the draw inputs in ``names`` (not ``image``).
     """
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed)
     init = torch.randn(num_boxes, 4, generator=g)
     noise, refill = [], []
     for _ in range(steps - 1):
@@ -333,6 +334,35 @@ def quantize_onnx(
         ConfigError: an unknown method, or ``static`` without calibration feeds.
     """
     import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in QUANTIZE_METHODS:
+        raise ConfigError(f"quantization method {method!r}: expected one of {QUANTIZE_METHODS}")
+    calibration = list(calibration)
+    if method == "static" and not calibration:
+        raise ConfigError("static int8 quantization needs calibration images")
+    src, dst = Path(src), Path(dst)
+    # onnxruntime's recommended pre-processing: shape inference and graph optimisation, which
+    # folds the exported per-call weight arithmetic (norms folded into convolutions, the
+    # stages' concatenated time-MLP weights) into constants the quantizer can convert
+    prepared = dst.with_name(dst.stem + ".prepared.tmp.onnx")
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    try:
+        _quantize(prepared, dst, method, calibration)
+    finally:
+        prepared.unlink(missing_ok=True)
+    proto = onnx.load(str(dst))
+    del proto.metadata_props[:]
+    for prop in onnx.load(str(src)).metadata_props:
+        proto.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(proto, str(dst))
+    write_metadata(dst, {"quantized": f"int8 {method}"})
+    return dst
+
+
+def _quantize(
+    src: Path, dst: Path, method: str, calibration: Sequence[dict[str, np.ndarray]]
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -341,15 +371,10 @@ def quantize_onnx(
         quantize_static,
     )
 
-    if method not in QUANTIZE_METHODS:
-        raise ConfigError(f"quantization method {method!r}: expected one of {QUANTIZE_METHODS}")
-    src, dst = Path(src), Path(dst)
     if method == "dynamic":
         quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
     else:
         feeds = list(calibration)
-        if not feeds:
-            raise ConfigError("static int8 quantization needs calibration images")
 
         class _Feeds(CalibrationDataReader):
             def __init__(self) -> None:
@@ -363,13 +388,6 @@ def quantize_onnx(
             op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )  # fmt: skip
-    proto = onnx.load(str(dst))
-    del proto.metadata_props[:]
-    for prop in onnx.load(str(src)).metadata_props:
-        proto.metadata_props.add(key=prop.key, value=prop.value)
-    onnx.save(proto, str(dst))
-    write_metadata(dst, {"quantized": f"int8 {method}"})
-    return dst
 
 
 class OnnxDetector:
