@@ -1,13 +1,13 @@
 """DiffusionInst's mask parts: the mask branch on the FPN, the per-box parameter generators
 ("controllers") and the dynamic mask head whose filters they produce.
 
-Gu et al., "DiffusionInst: Diffusion Model for Instance Segmentation" (arXiv:2212.02773), §3.2;
+Gu et al., "DiffusionInst: Diffusion Model for Instance Segmentation" (arXiv:2212.02773), Sec. 3.2;
 official code github.com/chenhaoxing/DiffusionInst ``diffusioninst/head.py`` and
 ``diffusioninst/detector.py``. Module names and ``nn.Sequential`` index layouts are the official
 ones, so official checkpoints load strictly (``head.mask_refine.*``, ``head.mask_head.*``,
 ``head.head_series.{i}.controller.*``).
 
-Computation (CondInst-style, Tian et al. arXiv:2003.05664 §3.2, without its relative
+Computation (CondInst-style, Tian et al. arXiv:2003.05664 Sec. 3.2, without its relative
 coordinates):
 
 - mask branch, once per image: p2, p3, p4 (the first three ``ROI_HEADS.IN_FEATURES``, p5 is
