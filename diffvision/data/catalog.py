@@ -8,6 +8,7 @@ Builtin names use detectron2's layout under :func:`diffvision.data.paths.dataset
     lvis_v1_train     lvis/lvis_v1_train.json                     images coco/  (via coco_url)
     lvis_v1_val       lvis/lvis_v1_val.json                       images coco/  (via coco_url)
     toy_detection_train / toy_detection_val   generated on first use (diffvision.data.toy_detection)
+    toy_instances_train / toy_instances_val   the same, with exact masks (COCO RLE segmentations)
     toy_glyphs_{train,val}, toy_glyphs_lvis_{train,val}   generated on first use (.toy_glyphs)
 
 Custom COCO-format datasets are added with :func:`register_coco_dataset` (the detection project
@@ -98,8 +99,25 @@ def _toy(split: str) -> Callable[[], DetectionDatasetInfo]:
     return resolve
 
 
+def _toy_instances(split: str) -> Callable[[], DetectionDatasetInfo]:
+    def resolve() -> DetectionDatasetInfo:
+        from diffvision.data.toy_detection import ensure_toy_detection
+
+        root = ensure_toy_detection(datasets_root() / "toy_instances", masks=True)
+        return DetectionDatasetInfo(
+            f"toy_instances_{split}",
+            root / "annotations" / f"instances_{split}.json",
+            root / split,
+            "coco",
+        )
+
+    return resolve
+
+
 for _split in ("train", "val"):
     _REGISTRY[f"toy_detection_{_split}"] = _toy(_split)
+    # the same images with each object's exact visible mask as a COCO RLE segmentation
+    _REGISTRY[f"toy_instances_{_split}"] = _toy_instances(_split)
 
 
 def _toy_glyphs(split: str, fmt: str) -> Callable[[], DetectionDatasetInfo]:
@@ -193,7 +211,8 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
     return _REGISTRY[name]()
 
 
-_GENERATED_PREFIXES = ("toy_detection", "toy_glyphs")  # written on first use, never missing
+# written on first use, never missing
+_GENERATED_PREFIXES = ("toy_detection", "toy_instances", "toy_glyphs")
 
 
 def check_dataset_files(name: str) -> None:
@@ -230,20 +249,23 @@ def missing_data_hint() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(info: DetectionDatasetInfo) -> tuple[list[dict], DetectionMetadata]:
+def _load(info: DetectionDatasetInfo, masks: bool) -> tuple[list[dict], DetectionMetadata]:
     builtin = info.name in _BUILTIN_NAMES and not info.name.startswith(_GENERATED_PREFIXES)
     return load_coco_json(
         info.json_file,
         info.image_root,
         dataset_name=info.name,
         env_hint=missing_data_hint() if builtin else None,
+        masks=masks,
     )
 
 
-def load_detection_dataset(name: str) -> tuple[list[dict], DetectionMetadata]:
+def load_detection_dataset(
+    name: str, *, masks: bool = False
+) -> tuple[list[dict], DetectionMetadata]:
     """Dataset dicts and class metadata of a registered dataset (cached per process).
 
-    See :func:`diffvision.data.coco.load_coco_json` for the dict layout. Callers that modify the
-    dicts must copy them first.
+    See :func:`diffvision.data.coco.load_coco_json` for the dict layout (``masks``: with the
+    annotations' ``segmentation``). Callers that modify the dicts must copy them first.
     """
-    return _load(get_detection_dataset(name))
+    return _load(get_detection_dataset(name), bool(masks))

@@ -26,7 +26,7 @@ from typing import Any
 from diffvision.data.image_io import image_size
 from diffvision.errors import DataError, InputFileNotFoundError
 
-__all__ = ["IMAGE_CHECK_LIMIT", "DetectionMetadata", "load_coco_json"]
+__all__ = ["IMAGE_CHECK_LIMIT", "DetectionMetadata", "decode_segmentation", "load_coco_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,86 @@ def _image_records(data: dict, json_file: Path) -> dict[Any, dict[str, Any]]:
     return images
 
 
+def _checked_segmentation(
+    ann: dict[str, Any], width: int, height: int, json_file: Path, report: _Report
+) -> list[list[float]] | dict[str, Any] | None:
+    """An annotation's ``segmentation`` in a form :func:`decode_segmentation` takes, or None
+    when it has no usable mask (counted in ``report``: the box still trains detection).
+
+    Polygons with fewer than 3 points are dropped (counted); polygons reaching outside the image
+    are kept and clipped when rasterised (counted). An RLE must have the image's size.
+
+    Raises:
+        DataError: an RLE of another size than its image, or a segmentation that is neither a
+            list of polygons nor an RLE dict.
+    """
+    ann_id = ann.get("id")
+    segm = ann.get("segmentation")
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        if "counts" not in segm or not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise DataError(
+                f"{json_file}: annotation {ann_id} has an RLE segmentation without 'counts' and "
+                "a 2-element 'size'"
+            )
+        if [int(size[0]), int(size[1])] != [height, width]:
+            raise DataError(
+                f"{json_file}: annotation {ann_id} has an RLE of size {list(size)} (h, w) but its "
+                f"image is {[height, width]}"
+            )
+        return segm
+    if not isinstance(segm, list) or not segm:
+        report.add("annotations without a segmentation (no mask loss)", f"{ann_id}")
+        return None
+    polygons = []
+    for poly in segm:
+        if not isinstance(poly, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in poly
+        ):
+            raise DataError(
+                f"{json_file}: annotation {ann_id} has segmentation {str(segm)[:80]}; expected a "
+                "list of polygons [x1, y1, x2, y2, ...] or an RLE dict"
+            )
+        if len(poly) < 6 or len(poly) % 2:
+            report.add("polygons with fewer than 3 points dropped", f"{ann_id}")
+            continue
+        polygons.append([float(v) for v in poly])
+    if not polygons:
+        report.add("annotations without a segmentation (no mask loss)", f"{ann_id}")
+        return None
+    xs = [v for poly in polygons for v in poly[0::2]]
+    ys = [v for poly in polygons for v in poly[1::2]]
+    if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+        report.add("segmentations clipped to their image", f"{ann_id}")
+    return polygons
+
+
+def decode_segmentation(segm: list | dict | None, height: int, width: int):
+    """A checked segmentation (polygons or RLE) -> (height, width) uint8 {0, 1} mask, or None.
+
+    Polygons are rasterised by pycocotools (parts outside the image are cut off)."""
+    if segm is None:
+        return None
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = dict(segm)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle)
+
+
 def _build_records(
-    data: dict, id_map: dict[int, int], image_root: Path, json_file: Path
+    data: dict,
+    id_map: dict[int, int],
+    image_root: Path,
+    json_file: Path,
+    *,
+    masks: bool = False,
 ) -> tuple[list[dict[str, Any]], _Report]:
     """Dataset dicts with every annotation checked against its image (see load_coco_json)."""
     report = _Report()
@@ -156,13 +234,14 @@ def _build_records(
             continue
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
             report.add("boxes clipped to their image", f"{ann_id}")
-        anns_per_image.setdefault(image["id"], []).append(
-            {
-                "bbox": [x1, y1, x2, y2],
-                "category_id": id_map[ann["category_id"]],
-                "iscrowd": ann.get("iscrowd", 0),
-            }
-        )
+        record = {
+            "bbox": [x1, y1, x2, y2],
+            "category_id": id_map[ann["category_id"]],
+            "iscrowd": ann.get("iscrowd", 0),
+        }
+        if masks:
+            record["segmentation"] = _checked_segmentation(ann, width, height, json_file, report)
+        anns_per_image.setdefault(image["id"], []).append(record)
     dicts = [
         {
             "file_name": str(_image_file_name(image, image_root, json_file)),
@@ -206,6 +285,7 @@ def load_coco_json(
     dataset_name: str | None = None,
     env_hint: str | None = None,
     check_images: bool | None = None,
+    masks: bool = False,
 ) -> tuple[list[dict[str, Any]], DetectionMetadata]:
     """Read a COCO- or LVIS-format instances json, checking it once (summary in the log).
 
@@ -213,8 +293,10 @@ def load_coco_json(
     is not among the images or whose ``category_id`` is not among the categories, boxes with a
     non-positive or non-finite width/height, boxes entirely outside their image, and (when
     ``check_images``) images that are missing, unreadable or whose size disagrees with the
-    json. Boxes partly outside their image are clipped to it (counted too). Segmentations and
-    keypoints are not loaded.
+    json. Boxes partly outside their image are clipped to it (counted too). Keypoints are not
+    loaded; segmentations only with ``masks`` (each annotation then has ``segmentation``:
+    polygons, an RLE dict, or None when it has no usable mask, see
+    :func:`decode_segmentation`).
 
     Args:
         json_file: the annotation file.
@@ -223,6 +305,8 @@ def load_coco_json(
         env_hint: appended to "not found" errors (e.g. which environment variable to set).
         check_images: read every image header (existence, size); default: when the dataset has
             at most :data:`IMAGE_CHECK_LIMIT` images (the loader checks each image it reads).
+        masks: also load and check the segmentations (empty ones and polygons outside the
+            image are counted in the summary; an RLE of another size is an error).
 
     Returns:
         ``(dataset_dicts, metadata)``; dataset dicts are in the json's image order.
@@ -272,7 +356,7 @@ def load_coco_json(
         ),
     )
 
-    dataset_dicts, report = _build_records(data, id_map, image_root, json_file)
+    dataset_dicts, report = _build_records(data, id_map, image_root, json_file, masks=masks)
     if check_images is None:
         check_images = len(dataset_dicts) <= IMAGE_CHECK_LIMIT
     if check_images:

@@ -7,6 +7,11 @@ Output, per image (detectron2's batch layout)::
      "image_id", "file_name",
      "instances": {"gt_boxes": float32 (n, 4) xyxy in resized pixels, "gt_classes": int64 (n,)}}
 
+With ``masks=True`` the instances also hold ``gt_masks`` (n, H, W) bool at the augmented image
+size (each annotation's ``segmentation`` decoded at the original size and put through the same
+transforms as the image) and ``gt_mask_valid`` (n,) bool (False for an annotation without a
+usable segmentation: its mask is all False and no mask loss uses it).
+
 ``instances`` only in training. Crowd boxes are dropped and boxes that are empty after
 clipping (width or height <= 1e-5) are removed, so ``n`` may be 0 (as in DiffusionDet's
 ``diffusiondet/dataset_mapper.py``).
@@ -20,11 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffvision.data.coco import decode_segmentation
 from diffvision.data.detection_transforms import (
     Augmentation,
     apply_augmentations,
     filter_empty_boxes,
     transform_boxes,
+    transform_masks,
 )
 from diffvision.data.image_io import read_image_rgb
 from diffvision.errors import DataError
@@ -41,6 +48,7 @@ class DetectionDatasetMapper:
             instead of ``augmentations`` with probability ``crop_prob`` per image.
         crop_prob: probability of the crop branch (official 0.5).
         is_train: keep annotations as ``instances``.
+        masks: also map the annotations' segmentations (see the module docstring).
     """
 
     def __init__(
@@ -50,7 +58,9 @@ class DetectionDatasetMapper:
         crop_augmentations: Sequence[Augmentation] | None = None,
         crop_prob: float = 0.5,
         is_train: bool,
+        masks: bool = False,
     ) -> None:
+        self.masks = masks
         self.augmentations = list(augmentations)
         self.crop_augmentations = None if crop_augmentations is None else list(crop_augmentations)
         self.crop_prob = crop_prob
@@ -96,4 +106,29 @@ class DetectionDatasetMapper:
                 "gt_boxes": torch.from_numpy(boxes[keep]),
                 "gt_classes": torch.from_numpy(classes[keep]),
             }
+            if self.masks:
+                masks, valid = self._masks(anns, height, width, transforms, image.shape[:2])
+                out["instances"]["gt_masks"] = torch.from_numpy(masks[keep].astype(bool))
+                out["instances"]["gt_mask_valid"] = torch.from_numpy(valid[keep])
         return out
+
+    @staticmethod
+    def _masks(
+        anns: list[dict[str, Any]],
+        height: int,
+        width: int,
+        transforms: list,
+        out_size: tuple[int, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, H', W') uint8 augmented masks and (n,) bool validity of ``anns``."""
+        decoded = [decode_segmentation(a.get("segmentation"), height, width) for a in anns]
+        masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+        for i, m in enumerate(decoded):
+            if m is not None:
+                masks[i] = m
+        masks = transform_masks(masks, transforms)
+        if masks.shape[1:] != tuple(out_size):
+            raise DataError(f"masks are {masks.shape[1:]} after augmentation, image {out_size}")
+        # a mask that is empty (or cropped away) while its box is not gives the loss nothing
+        valid = masks.any(axis=(1, 2))
+        return masks, valid

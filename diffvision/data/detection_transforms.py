@@ -39,6 +39,7 @@ __all__ = [
     "filter_empty_boxes",
     "resized_shape",
     "transform_boxes",
+    "transform_masks",
 ]
 
 
@@ -58,6 +59,12 @@ class Transform:
         """(n, 4) absolute xyxy float -> transformed (n, 4) absolute xyxy."""
         raise NotImplementedError
 
+    def apply_masks(self, masks: np.ndarray) -> np.ndarray:
+        """(n, H, W) uint8 {0, 1} instance masks -> transformed (n, H', W'), consistent with
+        :meth:`apply_image` (resizing is nearest-neighbour, detectron2's
+        ``apply_segmentation``)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class FlipTransform(Transform):
@@ -69,6 +76,9 @@ class FlipTransform(Transform):
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(image[:, ::-1] if self.horizontal else image[::-1])
+
+    def apply_masks(self, masks: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(masks[:, :, ::-1] if self.horizontal else masks[:, ::-1])
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
         out = boxes.copy()
@@ -100,6 +110,13 @@ class ResizeTransform(Transform):
         scale = np.array([self.new_w / self.w, self.new_h / self.h] * 2, dtype=boxes.dtype)
         return boxes * scale
 
+    def apply_masks(self, masks: np.ndarray) -> np.ndarray:
+        if masks.shape[1:] != (self.h, self.w):
+            raise ValueError(f"expected masks of size {(self.h, self.w)}, got {masks.shape[1:]}")
+        size = (self.new_w, self.new_h)
+        out = [np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]
+        return np.stack(out) if out else np.zeros((0, self.new_h, self.new_w), dtype=masks.dtype)
+
 
 @dataclass(frozen=True)
 class CropTransform(Transform):
@@ -115,6 +132,9 @@ class CropTransform(Transform):
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
         return boxes - np.array([self.x0, self.y0, self.x0, self.y0], dtype=boxes.dtype)
+
+    def apply_masks(self, masks: np.ndarray) -> np.ndarray:
+        return masks[:, self.y0 : self.y0 + self.h, self.x0 : self.x0 + self.w]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +318,14 @@ def transform_boxes(
         boxes = tfm.apply_boxes(boxes)
     h, w = image_size
     return np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32))
+
+
+def transform_masks(masks: np.ndarray, transforms: Sequence[Transform]) -> np.ndarray:
+    """Replay ``transforms`` on (n, H, W) uint8 instance masks (as :func:`transform_boxes` does
+    on boxes): the masks stay aligned with the augmented image."""
+    for tfm in transforms:
+        masks = tfm.apply_masks(masks)
+    return masks
 
 
 def filter_empty_boxes(boxes: np.ndarray, *, threshold: float = 1e-5) -> np.ndarray:

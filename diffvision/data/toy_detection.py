@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from diffvision.data.generated import generate_once
 from diffvision.data.paths import datasets_root
@@ -63,6 +64,22 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area + areas - inter)
 
 
+def _visible_masks(
+    objects: list[tuple[int, list[int]]], width: int, height: int
+) -> list[np.ndarray]:
+    """Each object's exact visible pixels: its shape drawn with the same PIL calls as the image,
+    minus the shapes drawn after it (which paint over it). (height, width) uint8 {0, 1} each."""
+    masks = []
+    covered = np.zeros((height, width), dtype=np.uint8)  # union of the shapes drawn later
+    for cls, (x, y, w, h) in reversed(objects):
+        canvas = Image.new("L", (width, height), 0)
+        _draw_shape(ImageDraw.Draw(canvas), cls, (x, y, x + w, y + h), 1)
+        shape = np.asarray(canvas, dtype=np.uint8)
+        masks.append(shape & (1 - covered))
+        covered |= shape
+    return masks[::-1]
+
+
 def _make_image(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, list[int]]]]:
     width, height = (int(v) for v in rng.integers(128, 193, size=2))
     base = rng.integers(70, 170, size=3)
@@ -95,7 +112,11 @@ def _make_image(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[int, 
 
 
 def generate_toy_detection(
-    root: str | os.PathLike, *, seed: int = 0, sizes: dict[str, int] | None = None
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    masks: bool = False,
 ) -> Path:
     """Write the toy dataset to ``root`` (which must not exist yet).
 
@@ -103,6 +124,9 @@ def generate_toy_detection(
         root: output folder.
         seed: the dataset is a pure function of it (and of ``sizes``).
         sizes: images per split, default ``{"train": 400, "val": 100}``.
+        masks: give each annotation its exact visible mask as a compressed COCO RLE
+            ``segmentation`` (and that mask's pixel count as ``area``); the images and boxes are
+            the same either way.
 
     Returns:
         ``root`` as a Path.
@@ -129,17 +153,24 @@ def generate_toy_detection(
                     "height": image.height,
                 }
             )
-            for cls, (x, y, w, h) in objects:
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": cls + 1,
-                        "bbox": [x, y, w, h],
-                        "area": w * h,
-                        "iscrowd": 0,
+            visible = _visible_masks(objects, image.width, image.height) if masks else None
+            for k, (cls, (x, y, w, h)) in enumerate(objects):
+                ann = {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cls + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+                if visible is not None:
+                    rle = mask_utils.encode(np.asfortranarray(visible[k]))
+                    ann["segmentation"] = {
+                        "size": [int(v) for v in rle["size"]],
+                        "counts": rle["counts"].decode("ascii"),
                     }
-                )
+                    ann["area"] = int(visible[k].sum())
+                annotations.append(ann)
         data = {
             "info": {"description": "diffvision toy detection", "seed": seed},
             "images": images,
@@ -152,7 +183,11 @@ def generate_toy_detection(
 
 
 def ensure_toy_detection(
-    root: str | os.PathLike | None = None, *, seed: int = 0, sizes: dict[str, int] | None = None
+    root: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    masks: bool = False,
 ) -> Path:
     """Return the toy dataset folder, generating it first when missing.
 
@@ -161,9 +196,11 @@ def ensure_toy_detection(
 
     Args:
         root: default ``datasets_root() / "toy_detection"``.
-        seed, sizes: see :func:`generate_toy_detection`.
+        seed, sizes, masks: see :func:`generate_toy_detection`.
     """
     root = Path(root) if root is not None else datasets_root() / "toy_detection"
     return generate_once(
-        root, lambda out: generate_toy_detection(out, seed=seed, sizes=sizes), what="toy detection"
+        root,
+        lambda out: generate_toy_detection(out, seed=seed, sizes=sizes, masks=masks),
+        what="toy instances" if masks else "toy detection",
     )

@@ -1,4 +1,4 @@
-"""COCO box AP with pycocotools, gathered across processes.
+"""COCO box AP (and mask AP) with pycocotools, gathered across processes.
 
 Usage (the detectron2 evaluator protocol)::
 
@@ -19,6 +19,11 @@ no large objects) is NaN.
 After scoring, a per-class table (AP and AP50) goes to the log and, with ``output_dir``, to
 ``<dataset>_per_class.csv``, and the precision-recall curves (all classes, worst classes) to
 ``<dataset>_pr_curves.png`` (:mod:`diffvision.evaluation.reports`).
+
+Instance segmentation (``iou_types=("bbox", "segm")``): predictions also carry ``masks`` (n, H, W)
+bool at the original size, stored as compressed RLE; ``segm/AP``, ... are scored on them (the
+box is left out of a mask result, so that pycocotools takes the area from the mask, as
+detectron2's evaluator does).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ __all__ = [
     "demo_json_to_coco_results",
     "instances_to_coco_results",
     "resolve_json_file",
+    "results_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,17 +94,29 @@ def instances_to_coco_results(
         contiguous_to_dataset_id: label -> json category id (identity if None).
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``, each with
+        ``segmentation`` (compressed RLE, ``counts`` a str) when ``output`` has ``masks``.
     """
     output = _unwrap(output)
     boxes = torch.as_tensor(output["boxes"]).detach().cpu().double().reshape(-1, 4)
     scores = torch.as_tensor(output["scores"]).detach().cpu().double().reshape(-1).tolist()
     labels = torch.as_tensor(output["labels"]).detach().cpu().reshape(-1).tolist()
     boxes[:, 2:] -= boxes[:, :2]
+    rles = None
+    if output.get("masks") is not None:
+        from pycocotools import mask as mask_utils
+
+        masks = torch.as_tensor(output["masks"]).detach().cpu().bool().numpy()
+        rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("ascii")
     results = []
-    for box, score, label in zip(boxes.tolist(), scores, labels):
+    for i, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
         category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
-        results.append({"image_id": image_id, "category_id": category, "bbox": box, "score": score})
+        result = {"image_id": image_id, "category_id": category, "bbox": box, "score": score}
+        if rles is not None:
+            result["segmentation"] = rles[i]
+        results.append(result)
     return results
 
 
@@ -149,6 +167,13 @@ def demo_json_to_coco_results(
     return results
 
 
+def results_for(results: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+    """The entries scored for ``iou_type``: masks without their box for ``segm`` (the area is
+    then the mask's), boxes without their mask for ``bbox``."""
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    return [{k: v for k, v in r.items() if k != drop} for r in results]
+
+
 class COCOEvaluator:
     """Box AP on a COCO-format dataset.
 
@@ -158,6 +183,7 @@ class COCOEvaluator:
         output_dir: where ``coco_instances_results.json`` is written (nothing written if None).
         distributed: gather predictions from every process; only the main process evaluates
             and the others return ``{}``. With False each process evaluates what it saw.
+        iou_types: ``("bbox",)``, or ``("bbox", "segm")`` for predictions with ``masks``.
     """
 
     results_file_name = "coco_instances_results.json"
@@ -168,7 +194,12 @@ class COCOEvaluator:
         output_dir: str | os.PathLike | None = None,
         *,
         distributed: bool = True,
+        iou_types: tuple[str, ...] = ("bbox",),
     ) -> None:
+        bad = [t for t in iou_types if t not in ("bbox", "segm")]
+        if bad or not iou_types:
+            raise ValueError(f"iou_types must be 'bbox' and/or 'segm', got {iou_types!r}")
+        self.iou_types = tuple(iou_types)
         self.json_file = resolve_json_file(dataset)
         self.dataset_name = str(dataset)
         self.output_dir = None if output_dir is None else Path(output_dir)
@@ -230,13 +261,17 @@ class COCOEvaluator:
                 json.dump(results, f)
             logger.info("Wrote %d detections to %s", len(results), path)
         image_ids = sorted({p["image_id"] for p in predictions})
-        metrics = self._score(gt, results, image_ids)
-        logger.info(
-            "%s box AP (%d images): %s",
-            self.dataset_name,
-            len(image_ids),
-            ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "-" not in k),
-        )
+        metrics = {}
+        for iou_type in self.iou_types:
+            scored = self._score(gt, results_for(results, iou_type), image_ids, iou_type)
+            logger.info(
+                "%s %s AP (%d images): %s",
+                self.dataset_name,
+                iou_type,
+                len(image_ids),
+                ", ".join(f"{k}={v:.2f}" for k, v in scored.items() if "-" not in k),
+            )
+            metrics.update(scored)
         return metrics
 
     # -- backend specific ------------------------------------------------------------------
@@ -261,49 +296,53 @@ class COCOEvaluator:
     def _sorted_category_ids(gt: Any) -> list[int]:
         return sorted(gt.getCatIds())
 
-    def _report(self, precision: np.ndarray, class_names: list[str]) -> None:
+    def _report(self, precision: np.ndarray, class_names: list[str], iou_type: str) -> None:
         """Per-class AP / AP50 table to the log (and CSV), PR curves to a PNG (with
         ``output_dir``), from the accumulated ``precision`` array."""
         rows = coco_per_class(precision, class_names)
         header = ("class", "AP", "AP50")
-        logger.info("%s per-class box AP:\n%s", self.dataset_name, format_table(header, rows))
+        what = "box" if iou_type == "bbox" else "mask"
+        logger.info("%s per-class %s AP:\n%s", self.dataset_name, what, format_table(header, rows))
         if self.output_dir is None:
             return
-        csv_path = write_csv(report_file(self.output_dir, self.dataset_name, "per_class.csv"),
-                             header, rows)  # fmt: skip
+        suffix = "" if iou_type == "bbox" else f"{iou_type}_"  # the box files keep their names
+        csv_file = report_file(self.output_dir, self.dataset_name, f"{suffix}per_class.csv")
+        csv_path = write_csv(csv_file, header, rows)
         png_path = plot_pr_curves(
             precision,
             class_names,
-            report_file(self.output_dir, self.dataset_name, "pr_curves.png"),
-            title=f"{self.dataset_name} box precision-recall",
+            report_file(self.output_dir, self.dataset_name, f"{suffix}pr_curves.png"),
+            title=f"{self.dataset_name} {what} precision-recall",
         )
         logger.info("Wrote %s and %s", csv_path, png_path)
 
-    def _score(self, gt: Any, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+    def _score(
+        self, gt: Any, results: list[dict], image_ids: list[int], iou_type: str = "bbox"
+    ) -> dict[str, float]:
         from pycocotools.cocoeval import COCOeval
 
         class_names = [gt.cats[c]["name"] for c in self._sorted_category_ids(gt)]
         if not results:
             logger.warning("%s: no predictions; all AP are 0", self.dataset_name)
-            metrics = {f"bbox/{m}": 0.0 for m in _COCO_METRICS}
-            metrics.update({f"bbox/AP-{name}": 0.0 for name in class_names})
+            metrics = {f"{iou_type}/{m}": 0.0 for m in _COCO_METRICS}
+            metrics.update({f"{iou_type}/AP-{name}": 0.0 for name in class_names})
             return metrics
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             dt = gt.loadRes(copy.deepcopy(results))
-            coco_eval = COCOeval(gt, dt, "bbox")
+            coco_eval = COCOeval(gt, dt, iou_type)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
         logger.info("COCOeval:\n%s", buf.getvalue())
         metrics = {
-            f"bbox/{m}": float(s * 100) if s >= 0 else float("nan")
+            f"{iou_type}/{m}": float(s * 100) if s >= 0 else float("nan")
             for m, s in zip(_COCO_METRICS, coco_eval.stats)
         }
         # precision: (iou thresholds, recall thresholds, classes, area ranges, max dets)
         precision = coco_eval.eval["precision"]
         for name, ap, _ in coco_per_class(precision, class_names):
-            metrics[f"bbox/AP-{name}"] = ap
-        self._report(precision, class_names)
+            metrics[f"{iou_type}/AP-{name}"] = ap
+        self._report(precision, class_names, iou_type)
         return metrics

@@ -1,4 +1,4 @@
-"""LVIS box AP (with APr / APc / APf) using the ``lvis`` package.
+"""LVIS box (and mask) AP (with APr / APc / APf) using the ``lvis`` package.
 
 Same protocol and prediction format as :class:`~.coco_evaluation.COCOEvaluator`; results go to
 ``lvis_instances_results.json``, the per-class table and precision-recall curves as for COCO.
@@ -56,8 +56,16 @@ class LVISEvaluator(COCOEvaluator):
 
     results_file_name = "lvis_instances_results.json"
 
-    def __init__(self, dataset, output_dir=None, *, distributed=True, max_dets_per_image=300):
-        super().__init__(dataset, output_dir, distributed=distributed)
+    def __init__(
+        self,
+        dataset,
+        output_dir=None,
+        *,
+        distributed=True,
+        max_dets_per_image=300,
+        iou_types=("bbox",),
+    ):
+        super().__init__(dataset, output_dir, distributed=distributed, iou_types=iou_types)
         self.max_dets_per_image = max_dets_per_image
 
     def _load_ground_truth(self) -> Any:
@@ -69,17 +77,19 @@ class LVISEvaluator(COCOEvaluator):
     def _sorted_category_ids(gt: Any) -> list[int]:
         return sorted(gt.get_cat_ids())
 
-    def _score(self, gt: Any, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+    def _score(
+        self, gt: Any, results: list[dict], image_ids: list[int], iou_type: str = "bbox"
+    ) -> dict[str, float]:
         from lvis import LVISEval, LVISResults
 
         if not results:
             logger.warning("%s: no predictions; all AP are 0", self.dataset_name)
-            return {f"bbox/{m}": 0.0 for m in _LVIS_METRICS}
+            return {f"{iou_type}/{m}": 0.0 for m in _LVIS_METRICS}
         with numpy_float_alias(), warnings.catch_warnings():
             # lvis calls the deprecated Logger.warn on in-memory results
             warnings.simplefilter("ignore", DeprecationWarning)
             dt = LVISResults(gt, copy.deepcopy(results), max_dets=self.max_dets_per_image)
-            lvis_eval = LVISEval(gt, dt, "bbox")
+            lvis_eval = LVISEval(gt, dt, iou_type)
             lvis_eval.params.img_ids = image_ids
             lvis_eval.run()
         buf = io.StringIO()
@@ -90,6 +100,6 @@ class LVISEvaluator(COCOEvaluator):
         ids = self._sorted_category_ids(gt)
         self._report(lvis_eval.eval["precision"], [gt.cats[c]["name"] for c in ids])
         return {
-            f"bbox/{m}": float(stats[m] * 100) if stats[m] >= 0 else float("nan")
+            f"{iou_type}/{m}": float(stats[m] * 100) if stats[m] >= 0 else float("nan")
             for m in _LVIS_METRICS
         }

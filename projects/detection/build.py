@@ -32,7 +32,13 @@ from .data import build_fed_loss_cls_weights
 from .detector import DiffusionDet
 from .head import DynamicHead
 
-__all__ = ["build_backbone", "build_inference", "build_inference_model", "build_model"]
+__all__ = [
+    "build_backbone",
+    "build_detector",
+    "build_inference",
+    "build_inference_model",
+    "build_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +69,11 @@ def build_backbone(cfg: CfgNode) -> FPN:
     return convert_sync_batchnorm(backbone) if sync_bn else backbone
 
 
-def _build_criterion(cfg: CfgNode) -> nn.Module:
-    d = cfg.MODEL.DiffusionDet
+def _build_criterion(
+    cfg: CfgNode, d: CfgNode, criterion_cls: type[SetCriterionDynamicK] = SetCriterionDynamicK
+) -> nn.Module:
     fed_weights = build_fed_loss_cls_weights(cfg) if d.USE_FED_LOSS else None
-    return SetCriterionDynamicK(
+    return criterion_cls(
         num_classes=d.NUM_CLASSES,
         class_weight=d.CLASS_WEIGHT,
         giou_weight=d.GIOU_WEIGHT,
@@ -91,7 +98,22 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         with_criterion: False builds an inference-only model (no dataset needed for LVIS's
             federated-loss weights).
     """
-    d = cfg.MODEL.DiffusionDet
+    return build_detector(cfg, cfg.MODEL.DiffusionDet, with_criterion=with_criterion)
+
+
+def build_detector(
+    cfg: CfgNode,
+    d: CfgNode,
+    *,
+    with_criterion: bool = True,
+    detector_cls: type[DiffusionDet] = DiffusionDet,
+    head_cls: type[DynamicHead] = DynamicHead,
+    criterion_cls: type[SetCriterionDynamicK] = SetCriterionDynamicK,
+    head_kwargs: dict[str, Any] | None = None,
+) -> DiffusionDet:
+    """:func:`build_model` with the model's key section ``d``, classes and extra head arguments
+    as arguments, for the tasks built on DiffusionDet (DiffusionInst: ``MODEL.DiffusionInst``
+    and its subclasses)."""
     if d.ACTIVATION != "relu":
         raise ConfigError(f"MODEL.DiffusionDet.ACTIVATION {d.ACTIVATION!r} is not supported (relu)")
     if not (d.USE_FOCAL or d.USE_FED_LOSS):
@@ -111,7 +133,7 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
             raise ValueError(
                 f"ROI_HEADS.IN_FEATURES {f!r} is not a backbone output {backbone.out_features}"
             )
-    head = DynamicHead(
+    head = head_cls(
         num_classes=d.NUM_CLASSES,
         num_heads=d.NUM_HEADS,
         hidden_dim=d.HIDDEN_DIM,
@@ -127,11 +149,12 @@ def build_model(cfg: CfgNode, *, with_criterion: bool = True) -> DiffusionDet:
         num_reg=d.NUM_REG,
         dim_dynamic=d.DIM_DYNAMIC,
         num_dynamic=d.NUM_DYNAMIC,
+        **(head_kwargs or {}),
     )
-    model = DiffusionDet(
+    model = detector_cls(
         backbone=backbone,
         head=head,
-        criterion=_build_criterion(cfg) if with_criterion else None,
+        criterion=_build_criterion(cfg, d, criterion_cls) if with_criterion else None,
         num_proposals=d.NUM_PROPOSALS,
         in_features=in_features,
         pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),

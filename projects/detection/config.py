@@ -34,7 +34,10 @@ from diffvision.modeling.backbones import add_backbone_config
 
 __all__ = ["add_diffusiondet_config"]
 
-add_compat_key("MODEL.ROI_HEADS.NUM_CLASSES", lambda cfg: cfg.MODEL.DiffusionDet.NUM_CLASSES)
+add_compat_key(  # the class count of the configured task's section (DiffusionDet, DiffusionInst)
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    lambda cfg: cfg.MODEL.get(cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.DiffusionDet).NUM_CLASSES,
+)
 add_compat_key("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"])
 add_compat_key("MODEL.SWIN.OUT_FEATURES", [0, 1, 2, 3])
 add_compat_key("MODEL.DiffusionDet.NO_OBJECT_WEIGHT", 0.1)

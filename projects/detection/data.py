@@ -107,13 +107,14 @@ def check_detection_inputs(cfg: CN) -> None:
 
 
 def get_detection_dataset_dicts(
-    names: str | Sequence[str], *, filter_empty: bool = False
+    names: str | Sequence[str], *, filter_empty: bool = False, masks: bool = False
 ) -> tuple[list[dict[str, Any]], DetectionMetadata]:
     """Dataset dicts of one or more registered datasets, concatenated.
 
     Args:
         names: dataset name(s); all must share the same classes.
         filter_empty: drop images without non-crowd annotations.
+        masks: with the annotations' segmentations (instance segmentation).
 
     Returns:
         ``(dicts, metadata)`` (the dicts are shared with the loader cache: do not modify).
@@ -123,7 +124,7 @@ def get_detection_dataset_dicts(
         raise ConfigError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")
     all_dicts, metadata = [], None
     for name in names:
-        dicts, meta = load_detection_dataset(name)
+        dicts, meta = load_detection_dataset(name, masks=masks)
         if metadata is not None and meta.thing_classes != metadata.thing_classes:
             raise DataError(f"dataset '{name}' has other classes than '{names[0]}'")
         metadata = meta
@@ -187,8 +188,9 @@ def _check_format(cfg: CN) -> None:
         )
 
 
-def build_train_mapper(cfg: CN) -> DetectionDatasetMapper:
-    """DiffusionDet's training mapper: flip + multi-scale resize, or the crop branch (p=0.5)."""
+def build_train_mapper(cfg: CN, *, masks: bool = False) -> DetectionDatasetMapper:
+    """DiffusionDet's training mapper: flip + multi-scale resize, or the crop branch (p=0.5);
+    ``masks``: instance masks through the same transforms."""
     _check_format(cfg)
     resize = ResizeShortestEdge(
         short_edge_length=tuple(cfg.INPUT.MIN_SIZE_TRAIN),
@@ -206,7 +208,10 @@ def build_train_mapper(cfg: CN) -> DetectionDatasetMapper:
             resize,
         ]
     return DetectionDatasetMapper(
-        augmentations=augmentations, crop_augmentations=crop_augmentations, is_train=True
+        augmentations=augmentations,
+        crop_augmentations=crop_augmentations,
+        is_train=True,
+        masks=masks,
     )
 
 
@@ -267,36 +272,44 @@ def _attach_seeds(items: list[dict[str, Any]], seeds: list[int]) -> list[dict[st
 def _check_num_classes(cfg: CN, metadata: DetectionMetadata) -> None:
     """A dataset with more classes than the model's logits would train silently wrong (a class id
     equal to NUM_CLASSES reads as background): the most common custom-dataset mistake."""
-    model_cfg = cfg.MODEL.get("DiffusionDet")
+    # the configured task's section (DiffusionInst has DiffusionDet's keys), else DiffusionDet's
+    section = cfg.MODEL.META_ARCHITECTURE
+    if "NUM_CLASSES" not in cfg.MODEL.get(section, {}):
+        section = "DiffusionDet"
+    model_cfg = cfg.MODEL.get(section)
     if model_cfg is None:
         return
     num_data, num_model = len(metadata.thing_classes), model_cfg.NUM_CLASSES
     if num_data > num_model:
         raise ConfigError(
-            f"the training data has {num_data} classes but MODEL.DiffusionDet.NUM_CLASSES is "
-            f"{num_model}; set MODEL.DiffusionDet.NUM_CLASSES {num_data}"
+            f"the training data has {num_data} classes but MODEL.{section}.NUM_CLASSES is "
+            f"{num_model}; set MODEL.{section}.NUM_CLASSES {num_data}"
         )
     if num_data < num_model:
         logger.warning(
-            "the training data has %d classes, MODEL.DiffusionDet.NUM_CLASSES is %d",
+            "the training data has %d classes, MODEL.%s.NUM_CLASSES is %d",
             num_data,
+            section,
             num_model,
         )
 
 
-def build_detection_train_loader(cfg: CN, *, start_iter: int = 0) -> GlobalBatchLoader:
+def build_detection_train_loader(
+    cfg: CN, *, start_iter: int = 0, masks: bool = False
+) -> GlobalBatchLoader:
     """Infinite training loader of this process, from global batch ``start_iter`` on.
 
     Yields lists of ``SOLVER.IMS_PER_BATCH // world_size`` mapped dicts (see
     :mod:`diffvision.data.detection_mapper` for their layout) plus ``seed``: this rank's slice of
     each global batch; sampling, augmentation and diffusion draws depend on ``(SEED, iteration,
-    position)`` only (:class:`~diffvision.data.samplers.GlobalBatchLoader`).
+    position)`` only (:class:`~diffvision.data.samplers.GlobalBatchLoader`). ``masks``: the
+    instances also carry ``gt_masks`` / ``gt_mask_valid`` (DiffusionInst).
     ``DATALOADER.ASPECT_RATIO_GROUPING`` is not honoured: grouping would make a batch depend on
     what earlier batches left in the buckets.
     """
     register_custom_datasets(cfg)
     dicts, metadata = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, masks=masks
     )
     require_annotations(dicts, cfg.DATASETS.TRAIN)
     _check_num_classes(cfg, metadata)
@@ -321,7 +334,7 @@ def build_detection_train_loader(cfg: CN, *, start_iter: int = 0) -> GlobalBatch
         )
     logger.info("Training on %d images of %s with %s", len(dicts), cfg.DATASETS.TRAIN, sampler_name)
     return GlobalBatchLoader(
-        _MappedDataset(_SerializedList(dicts), build_train_mapper(cfg)),
+        _MappedDataset(_SerializedList(dicts), build_train_mapper(cfg, masks=masks)),
         sampler=sampler,
         seed=seed,
         global_batch_size=cfg.SOLVER.IMS_PER_BATCH,

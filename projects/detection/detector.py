@@ -540,9 +540,16 @@ class DiffusionDet(nn.Module):
                 step_draws[i] = (randn(), randn())
             return step_draws[i]
 
-        cand_boxes, cand_scores, cand_labels = self.sample_boxes(
-            features, images_whwh, x_t, steps=n_steps, draws=draws
-        )
+        candidates = self.sample_boxes(features, images_whwh, x_t, steps=n_steps, draws=draws)
+        return self.finalize(batched_inputs, features, candidates)
+
+    def finalize(
+        self, batched_inputs: Sequence[dict], features: Sequence[Tensor], candidates: tuple
+    ) -> list[dict[str, Tensor]]:
+        """Per image: class-aware NMS of :meth:`sample_boxes`'s candidates, then
+        :meth:`_postprocess` to the original size (a subclass adding per-box outputs overrides
+        this together with :meth:`sample_boxes`)."""
+        cand_boxes, cand_scores, cand_labels = candidates
         results = []
         for i, x in enumerate(batched_inputs):
             b, s, lab = cand_boxes[i], cand_scores[i], cand_labels[i]

@@ -21,7 +21,11 @@ input              shape, dtype            meaning
 =================  ======================  =====================================================
 
 Draw all of them from N(0, I) to sample like the eager model. Outputs: ``boxes`` (K, 4) float32
-xyxy in ``image``'s pixels, ``scores`` (K,) float32, ``labels`` (K,) int64 (contiguous class ids).
+xyxy in ``image``'s pixels, ``scores`` (K,) float32, ``labels`` (K,) int64 (contiguous class ids),
+and the per-detection outputs a model adds (DiffusionInst: ``mask_probs`` (K, h/4, w/4) of the
+padded image, turned into masks at the original size by :class:`OnnxDetector`). A model adds
+outputs by returning per-candidate tensors after ``(boxes, scores, labels)`` from
+``sample_boxes`` and defining ``graph_output_names`` and ``graph_outputs(features, extras)``.
 
 Capture: ``torch.export.export(strict=True)`` (dynamo), where the python-int timesteps and the
 DDIM coefficients (python floats, float64) of the core's loop are constants baked into the graph;
@@ -57,6 +61,7 @@ __all__ = [
     "OnnxDetector",
     "export_onnx",
     "graph_input_names",
+    "output_names",
     "quantize_onnx",
     "seeded_draws",
     "write_metadata",
@@ -147,18 +152,28 @@ class DetectorGraph(nn.Module):
             refill = zeros if renewal_boxes is None else renewal_boxes[i][None]
             return noise, refill
 
-        boxes, scores, labels = model.sample_boxes(
+        candidates = model.sample_boxes(
             features, images_whwh, init_boxes[None], steps=self.steps, draws=step_draws
         )
-        boxes, scores, labels = boxes[0], scores[0], labels[0]
+        boxes, scores, labels, *extras = (c[0] for c in candidates)  # per-candidate extras
         if model.use_nms:
             keep = _batched_nms(boxes, scores, labels, model.nms_threshold)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            extras = [e[keep] for e in extras]
         # DiffusionDet._postprocess at scale 1: clip to the image, drop empty boxes
         limits = images_whwh[0]
         boxes = torch.minimum(boxes.clamp(min=0), limits)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return boxes[keep], scores[keep], labels[keep].long()
+        outputs = (boxes[keep], scores[keep], labels[keep].long())
+        if extras:
+            outputs += tuple(model.graph_outputs(features, [e[keep] for e in extras]))
+        return outputs
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """The graph's output names: ``boxes, scores, labels`` and the model's
+    ``graph_output_names`` (DiffusionInst: ``mask_probs``)."""
+    return [*OUTPUT_NAMES, *getattr(model, "graph_output_names", ())]
 
 
 def _batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float) -> Tensor:
@@ -242,7 +257,7 @@ def export_onnx(
                 exported,
                 dynamo=True,
                 input_names=graph.input_names,
-                output_names=list(OUTPUT_NAMES),
+                output_names=output_names(model),
                 opset_version=opset,
                 optimize=True,
                 verify=False,
@@ -509,11 +524,14 @@ class OnnxDetector:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.fixed_hw = _check_graph(path, self.session, self.num_boxes, self.steps)
 
+
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
     def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph call: ``image`` (3, H, W) uint8 at network resolution plus the draws."""
         feeds = {"image": np.ascontiguousarray(image_chw, dtype=np.uint8), **draws}
-        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
-        return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+        outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs, strict=True))
 
     def predict(
         self, images: np.ndarray | Sequence[np.ndarray], seed: int | Sequence[int] | None = None
@@ -522,7 +540,7 @@ class OnnxDetector:
 
         ``seed``: int (image i uses ``seed + i``), one int per image, or None (torch's global
         RNG picks the seeds). Returns per image ``{"boxes", "scores", "labels"}`` tensors in
-        original pixels.
+        original pixels (and ``masks`` (K, H, W) bool for a DiffusionInst graph).
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
@@ -556,13 +574,17 @@ class OnnxDetector:
                 s, num_boxes=self.num_boxes, steps=self.steps, names=self.input_names
             )
             out = self.run(arr.transpose(2, 0, 1), draws)
-            results.append(
-                DiffusionDet._postprocess(
-                    torch.from_numpy(out["boxes"]),
-                    torch.from_numpy(out["scores"]),
-                    torch.from_numpy(out["labels"]),
-                    (new_h, new_w),
-                    (h, w),
-                )
-            )
+            result = DiffusionDet._postprocess(
+                torch.from_numpy(out["boxes"]),
+                torch.from_numpy(out["scores"]),
+                torch.from_numpy(out["labels"]),
+                (new_h, new_w),
+                (h, w),
+            )  # the graph dropped empty boxes already: scaling keeps every one
+            if "mask_probs" in out:  # a DiffusionInst graph
+                from .diffusioninst.model import postprocess_masks
+
+                probs = torch.from_numpy(out["mask_probs"])
+                result["masks"] = postprocess_masks(probs, result["boxes"], (new_h, new_w), (h, w))
+            results.append(result)
         return results

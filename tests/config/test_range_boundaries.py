@@ -27,6 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TASK_KEYS = {
     "diffdet": ("MODEL.DiffusionDet.", "MODEL.ROI_", "MODEL.FPN.", "MODEL.RESNETS.",
                 "MODEL.BACKBONE.", "MODEL.PIXEL_STD"),
+    "diffinst": ("MODEL.DiffusionInst.",),  # the shared sections are diffdet's
     "ddpm": ("MODEL.DDPM.",),
     "ddep": ("MODEL.DDEP.", "MODEL.SEM_SEG_HEAD."),
     "pixel_mlp": ("MODEL.PIXEL_MLP.", "MODEL.SEM_SEG_HEAD."),
@@ -35,6 +36,13 @@ TASK_KEYS = {
 # checks: their boundaries are tested with that other key set to fit.
 PARTNERS = {
     "MODEL.DiffusionDet.HIDDEN_DIM": ["MODEL.DiffusionDet.NHEADS", "1"],
+    # DiffusionInst's mask branch reads the FPN maps: its HIDDEN_DIM is the FPN width
+    "MODEL.DiffusionInst.HIDDEN_DIM": [
+        "MODEL.DiffusionInst.NHEADS",
+        "1",
+        "MODEL.FPN.OUT_CHANNELS",
+        "1",
+    ],
     "MODEL.DDEP.NOISE_SIGMA": ["MODEL.DDEP.NOISE_LEVELS", "fixed"],
     "MODEL.DDEP.TRANSFORMER_DIM": ["MODEL.DDEP.TRANSFORMER_HEADS", "1"],
 }
@@ -107,6 +115,8 @@ def test_every_admitted_boundary_value_builds_the_model(task, key, value, tmp_pa
     ("task", "opts", "message"),
     [
         ("diffdet", ["MODEL.DiffusionDet.HIDDEN_DIM", "33"], "divisible by NHEADS"),
+        ("diffinst", ["MODEL.DiffusionInst.HIDDEN_DIM", "64"],
+         "HIDDEN_DIM .64. must equal MODEL.FPN.OUT_CHANNELS"),
         ("ddep", ["MODEL.DDEP.TRANSFORMER_LAYERS", "1", "MODEL.DDEP.TRANSFORMER_DIM", "13",
                   "MODEL.DDEP.DECODER_CHANNELS", "[8, 8, 8, 8]"], "divisible by TRANSFORMER_HEADS"),
     ],

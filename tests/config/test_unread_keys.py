@@ -139,7 +139,10 @@ def test_every_default_key_is_read():
 def test_allow_lists_are_not_stale():
     keys = set(_key_paths(get_cfg()))
     assert not (set(COMPAT_KEYS) | PENDING) - keys, "allow-listed keys missing from the tree"
-    read_compat = [k for k in COMPAT_KEYS if is_read(k)]
+    # only explicit reads count here: a chain rooted at a section passed as an argument (a
+    # builder shared by tasks with the same keys, e.g. d.NUM_CLASSES) reads that section's key,
+    # not every key with the same last name
+    read_compat = [k for k in COMPAT_KEYS if k in _reads()[0]]
     assert not read_compat, (
         f"compatibility keys that code reads (honour them instead): {read_compat}"
     )

@@ -1,0 +1,215 @@
+"""DiffusionInst data: toy masks, masks through augmentation, segmentation checks at load time,
+COCO segm evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import projects  # noqa: F401  (registers the tasks)
+from diffvision.config import get_cfg
+from diffvision.data.coco import decode_segmentation, load_coco_json
+from diffvision.data.detection_transforms import (
+    CropTransform,
+    FlipTransform,
+    ResizeTransform,
+    transform_boxes,
+    transform_masks,
+)
+from diffvision.data.toy_detection import generate_toy_detection
+from diffvision.errors import DataError
+from diffvision.evaluation.coco_evaluation import COCOEvaluator
+from projects.detection.diffusioninst.task import DIFFUSIONINST_TASK
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return generate_toy_detection(
+        tmp_path_factory.mktemp("d") / "toy", sizes={"train": 12, "val": 6}, masks=True
+    )
+
+
+def _mask_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_toy_masks_are_the_drawn_shapes(toy):
+    dicts, _ = load_coco_json(toy / "annotations/instances_train.json", toy / "train", masks=True)
+    image_pixels = 0
+    for d in dicts:
+        masks = [
+            decode_segmentation(a["segmentation"], d["height"], d["width"])
+            for a in d["annotations"]
+        ]
+        if masks:
+            # visible masks of one image never overlap; each lies inside its box
+            assert (np.sum(masks, axis=0) <= 1).all()
+        for a, m in zip(d["annotations"], masks, strict=True):
+            x1, y1, x2, y2 = a["bbox"]
+            assert m.sum() > 0 and not m[:, : int(x1)].any() and not m[: int(y1)].any()
+            assert not m[:, int(x2) :].any() and not m[int(y2) :].any()
+            image_pixels += int(m.sum())
+    assert image_pixels > 0
+    # the images and boxes are those of the mask-less toy set
+    plain = generate_toy_detection(toy.parent / "plain", sizes={"train": 12, "val": 6})
+    a = json.loads((plain / "annotations/instances_train.json").read_text())
+    b = json.loads((toy / "annotations/instances_train.json").read_text())
+    assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+
+
+def test_masks_follow_flip_resize_and_crop():
+    mask = np.zeros((1, 40, 60), dtype=np.uint8)
+    mask[0, 10:20, 5:35] = 1
+    box = np.array([[5.0, 10.0, 35.0, 20.0]])
+    tfms = [FlipTransform(40, 60), ResizeTransform(40, 60, 80, 120), CropTransform(10, 8, 90, 60)]
+    out = transform_masks(mask, tfms)
+    boxes = transform_boxes(box, tfms, image_size=out.shape[1:])
+    assert out.shape == (1, 60, 90)
+    np.testing.assert_allclose(_mask_box(out[0]), boxes[0])
+
+
+def test_mapper_masks_match_boxes_under_augmentation(toy, monkeypatch):
+    monkeypatch.setenv("DIFFVISION_DATASETS", str(toy.parent))
+    cfg = get_cfg()
+    cfg.merge_from_file("projects/detection/diffinst_toy.yaml")
+    cfg.merge_from_list(
+        ["DATASETS.CUSTOM", f"['t:{toy}/annotations/instances_train.json:{toy}/train']",
+         "DATASETS.TRAIN", "('t',)", "INPUT.CROP.ENABLED", "True",
+         "INPUT.CROP.PRE_RESIZE_MIN_SIZES", "(160,)", "INPUT.CROP.SIZE", "(96, 128)"]
+    )  # fmt: skip
+    loader = DIFFUSIONINST_TASK.build_train_loader(cfg, start_iter=0)
+    ious = []
+    for _, batch in zip(range(4), loader):
+        for x in batch:
+            inst = x["instances"]
+            masks, boxes = inst["gt_masks"], inst["gt_boxes"]
+            assert masks.dtype == torch.bool and masks.shape[1:] == x["image"].shape[1:]
+            assert masks.shape[0] == boxes.shape[0] == inst["gt_mask_valid"].shape[0]
+            for m, b, valid in zip(masks, boxes, inst["gt_mask_valid"], strict=True):
+                if not valid:
+                    assert not m.any()
+                    continue
+                # inside its box (up to resize rounding), and filling most of it (shapes fill
+                # their box; a later shape may hide part of one)
+                mb = np.array(_mask_box(m.numpy()), dtype=np.float32)
+                b = b.numpy()
+                assert (mb[:2] >= b[:2] - 2).all() and (mb[2:] <= b[2:] + 2).all()
+                inter = np.prod(
+                    np.clip(np.minimum(mb[2:], b[2:]) - np.maximum(mb[:2], b[:2]), 0, None)
+                )
+                ious.append(inter / (np.prod(mb[2:] - mb[:2]) + np.prod(b[2:] - b[:2]) - inter))
+    assert len(ious) > 5 and np.median(ious) > 0.85
+
+
+def _json_with(tmp_path, segmentation, *, width=20, height=10):
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": width, "height": height}],
+        "annotations": [
+            {
+                "id": 7,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [2, 2, 5, 5],
+                "iscrowd": 0,
+                "segmentation": segmentation,
+            }
+        ],  # fmt: skip
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_rle_of_another_size_is_one_clear_error(tmp_path):
+    path = _json_with(tmp_path, {"size": [12, 20], "counts": [240]})
+    with pytest.raises(DataError, match=r"annotation 7 has an RLE of size \[12, 20\].*\[10, 20\]"):
+        load_coco_json(path, tmp_path, masks=True, check_images=False)
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "kind"),
+    [
+        ([], "annotations without a segmentation"),
+        ([[1, 2, 3, 4]], "polygons with fewer than 3 points dropped"),
+        ([[-5, 1, 30, 1, 30, 8]], "segmentations clipped to their image"),
+    ],
+)
+def test_bad_segmentations_are_counted_fixups(tmp_path, caplog, segmentation, kind):
+    path = _json_with(tmp_path, segmentation)
+    with caplog.at_level(logging.WARNING):
+        dicts, _ = load_coco_json(path, tmp_path, masks=True, check_images=False)
+    assert f"1 {kind}" in caplog.text
+    segm = dicts[0]["annotations"][0]["segmentation"]
+    if kind.startswith("segmentations clipped"):
+        mask = decode_segmentation(segm, 10, 20)
+        assert mask.shape == (10, 20) and mask.any()  # kept, rasterised inside the image
+    else:
+        assert segm is None  # no mask: the box trains, the mask loss skips it
+
+
+def test_segm_evaluation_of_the_ground_truth_is_perfect(toy):
+    json_file = toy / "annotations/instances_val.json"
+    dicts, _ = load_coco_json(json_file, toy / "val", masks=True)
+    evaluator = COCOEvaluator(json_file, iou_types=("bbox", "segm"), distributed=False)
+    evaluator.reset()
+    for d in dicts:
+        anns = d["annotations"]
+        masks = [decode_segmentation(a["segmentation"], d["height"], d["width"]) for a in anns]
+        out = {
+            "boxes": torch.tensor([a["bbox"] for a in anns]).reshape(-1, 4),
+            "scores": torch.ones(len(anns)),
+            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "masks": torch.from_numpy(
+                np.array(masks, dtype=bool).reshape(-1, d["height"], d["width"])
+            ),
+        }
+        evaluator.process([{"image_id": d["image_id"]}], [out])
+    metrics = evaluator.evaluate()
+    assert metrics["segm/AP"] == pytest.approx(100.0)
+    assert metrics["bbox/AP"] == pytest.approx(100.0)
+    # a mask shifted by its own height scores zero mask AP (the mask, not the box, is scored)
+    evaluator.reset()
+    for d in dicts:
+        anns = d["annotations"]
+        masks = np.array(
+            [np.roll(decode_segmentation(a["segmentation"], d["height"], d["width"]), 80, axis=0)
+             for a in anns], dtype=bool,
+        ).reshape(-1, d["height"], d["width"])  # fmt: skip
+        out = {
+            "boxes": torch.tensor([a["bbox"] for a in anns]).reshape(-1, 4),
+            "scores": torch.ones(len(anns)),
+            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+        }
+        evaluator.process([{"image_id": d["image_id"]}], [out])
+    shifted = evaluator.evaluate()
+    assert shifted["bbox/AP"] == pytest.approx(100.0) and shifted["segm/AP"] < 5.0
+
+
+def test_test_time_augmentation_is_refused_with_one_line():
+    cfg = get_cfg()
+    cfg.merge_from_file("projects/detection/diffinst_toy.yaml")
+    cfg.merge_from_list(["TEST.AUG.ENABLED", "True"])
+    from diffvision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TEST.AUG.ENABLED"):
+        DIFFUSIONINST_TASK.build_inference(cfg)
+
+
+def test_class_count_is_checked_against_the_diffusioninst_section(toy, monkeypatch):
+    from diffvision.errors import ConfigError
+
+    cfg = get_cfg()
+    cfg.merge_from_file("projects/detection/diffinst_toy.yaml")
+    cfg.merge_from_list(
+        ["DATASETS.CUSTOM", f"['t:{toy}/annotations/instances_train.json:{toy}/train']",
+         "DATASETS.TRAIN", "('t',)", "MODEL.DiffusionInst.NUM_CLASSES", "3"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="MODEL.DiffusionInst.NUM_CLASSES 4"):
+        DIFFUSIONINST_TASK.build_train_loader(cfg, start_iter=0)
