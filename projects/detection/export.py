@@ -523,8 +523,6 @@ class OnnxDetector:
         self.steps = int(self.metadata["steps"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.fixed_hw = _check_graph(path, self.session, self.num_boxes, self.steps)
-
-
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

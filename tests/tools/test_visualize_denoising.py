@@ -118,7 +118,7 @@ def test_bad_input_is_one_line(env, capsys):
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "x.jpg")]) == 2
     assert "ending in .png" in capsys.readouterr().err
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "x.png"), "--steps", "0"]) == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert "--steps: expected an integer in [1, 1000], got 0" in capsys.readouterr().err
     _run(env, "done.png")
     before = (env["tmp"] / "done.png").read_bytes()
     assert run_main(tool.main, [*base, "--output", str(env["tmp"] / "done.png")]) == 2
