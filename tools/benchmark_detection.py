@@ -486,6 +486,18 @@ def compare_report(meta: dict, results: dict, mm: dict) -> str:
     return "\n".join(parts)
 
 
+def run_meta(args, model_descriptions: list[str], device: torch.device) -> dict:
+    """What every comparison table's header states: models, device, repeats, clock, load."""
+    return {
+        "models": ", ".join(model_descriptions),
+        **device_meta(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "clock": "cpu" if CLOCK is time.process_time else "wall",
+        "load_average": LOAD_AT_START,
+    }
+
+
 def comparison_models(args, *, with_criterion: bool):
     """Set the timing globals from ``args``, then yield ``(name, description, size, model,
     device)`` for each of ``--models``, built with random weights (the work does not depend on
@@ -533,12 +545,7 @@ def main_compare(args, parser) -> str:
     )
     mm["square 1024x1024x1024"] = mm_gflops(1024, 1024, 1024, repeats=args.repeats, device=device)
     meta = {
-        "models": ", ".join(meta_models),
-        **device_meta(device),
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "clock": "cpu" if CLOCK is time.process_time else "wall",
-        "load_average": LOAD_AT_START,
+        **run_meta(args, meta_models, device),
         "train_gts": args.train_gts,
         "compile": args.compile,
     }
@@ -626,12 +633,7 @@ def main_compare_precision(args) -> str:
         rows += precision_cells(name, model, size=size, args=args, device=device)
         del model
     meta = {
-        "models": ", ".join(meta_models),
-        **device_meta(device),
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "clock": "cpu" if CLOCK is time.process_time else "wall",
-        "load_average": LOAD_AT_START,
+        **run_meta(args, meta_models, device),
         "native_bf16": ", ".join(cpu_native_bf16()) if device.type == "cpu" else "n/a",
     }
     table = precision_report(meta, rows, args.precisions)
