@@ -98,7 +98,7 @@ class LVISEvaluator(COCOEvaluator):
         logger.info("LVISEval:\n%s", buf.getvalue())
         stats = lvis_eval.get_results()
         ids = self._sorted_category_ids(gt)
-        self._report(lvis_eval.eval["precision"], [gt.cats[c]["name"] for c in ids])
+        self._report(lvis_eval.eval["precision"], [gt.cats[c]["name"] for c in ids], iou_type)
         return {
             f"{iou_type}/{m}": float(stats[m] * 100) if stats[m] >= 0 else float("nan")
             for m in _LVIS_METRICS
