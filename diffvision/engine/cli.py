@@ -88,7 +88,11 @@ USER_ERROR = 2
 RUN_FAILED = 1
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "DIFFVISION_DEBUG"
-_OTHER_RANKS_WAIT_S = 5.0
+# How long a rank other than 0 waits before reporting a user error itself. When rank 0 fails too
+# (the usual case: every rank reads the same inputs), the launcher ends this process while it
+# waits; the wait only delays the report when rank 0 did not fail. Long enough for rank 0 to
+# reach the same error on a heavily loaded machine.
+_OTHER_RANKS_WAIT_S = 30.0
 SEED_MAX = 2**63 - 1
 """Largest seed: ``torch.manual_seed`` takes < 2**64, NumPy's generators any n >= 0, the seed
 derivation hashes 64-bit words; the legacy ``np.random.seed`` gets ``seed % 2**32``."""
