@@ -174,15 +174,14 @@ class JsonRecords:
 
 
 def check_json_path(path: str, overwrite: bool) -> None:
-    """``--json``'s folder exists, the path is no folder, an existing file only with
-    ``--overwrite`` (checked before any work).
+    """``--json`` is a writable ``.json`` file name (the shared output check, which also refuses
+    a folder), its folder exists, and an existing file is replaced only with ``--overwrite``
+    (checked before any work).
 
     Raises:
         CLIError: naming the path and what is wrong.
     """
     target = check_output_path(path, "--json", kind="file", suffixes=(".json",))
-    if target.is_dir():
-        raise CLIError(f"--json {path} is a folder; expected a file name such as out.json")
     parent = target.parent
     if not parent.is_dir():
         raise CLIError(f"--json {path}: folder {parent} does not exist; create it first")
