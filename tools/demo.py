@@ -181,10 +181,9 @@ def check_json_path(path: str, overwrite: bool) -> None:
     Raises:
         CLIError: naming the path and what is wrong.
     """
-    target = check_output_path(path, "--json", kind="file", suffixes=(".json",))
-    parent = target.parent
-    if not parent.is_dir():
-        raise CLIError(f"--json {path}: folder {parent} does not exist; create it first")
+    target = check_output_path(
+        path, "--json", kind="file", suffixes=(".json",), folder_must_exist=True
+    )
     refuse_to_replace([target], overwrite=overwrite, flag="--json")
 
 

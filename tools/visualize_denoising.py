@@ -42,7 +42,7 @@ from diffvision.engine.outputs import (  # noqa: E402
     check_output_path,
     refuse_to_replace,
 )
-from diffvision.errors import CLIError, InputFileNotFoundError  # noqa: E402
+from diffvision.errors import InputFileNotFoundError  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
 from projects.detection.export import check_box_memory  # noqa: E402
 
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         [(args.gif, "--gif", ".gif")] if args.gif else []
     )
     for path, flag, suffix in outputs:
-        check_output_path(path, flag, kind="file", suffixes=(suffix,))
-        if not Path(path).parent.is_dir():
-            raise CLIError(f"{flag} {path}: folder {Path(path).parent} does not exist")
+        check_output_path(path, flag, kind="file", suffixes=(suffix,), folder_must_exist=True)
         refuse_to_replace([path], overwrite=args.overwrite, flag=flag)
     rgb = read_image_rgb(args.input)  # DataError naming the file when unreadable
 

@@ -59,6 +59,7 @@ def check_output_path(
     *,
     kind: Literal["file", "folder"],
     suffixes: Iterable[str] | None = None,
+    folder_must_exist: bool = False,
 ) -> Path:
     """Check that the tool can write ``path`` (nothing is created).
 
@@ -67,6 +68,8 @@ def check_output_path(
         name: the flag or config key that chose it (``"--output"``, ``"OUTPUT_DIR"``).
         kind: ``"file"`` (written as one file) or ``"folder"`` (outputs go inside it).
         suffixes: for a file, the extensions that fit what is written (lower case, with dot).
+        folder_must_exist: for a file, refuse a missing folder instead of creating it (for
+            tools that write one file and create nothing else).
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -74,7 +77,8 @@ def check_output_path(
     Raises:
         CLIError (for a flag) or ConfigError (for a config key): ``path`` is a folder where a
             file goes or a file where a folder goes, has another extension, lies below a file,
-            or its nearest existing folder is not writable.
+            or its nearest existing folder is not writable; with ``folder_must_exist``, its folder
+            does not exist.
     """
     path = Path(path)
     if kind == "folder" and path.exists() and not path.is_dir():
@@ -89,6 +93,8 @@ def check_output_path(
                 f"{path}: expected a file ending in {' or '.join(suffixes)} for what is written "
                 f"here, got {path.suffix or 'no extension'!r}",
             )
+    if kind == "file" and folder_must_exist and not path.parent.exists():
+        raise _error(name, f"{path}: folder {path.parent} does not exist; create it first")
     existing = path if kind == "folder" else path.parent  # relative paths end at "."
     while not existing.exists():
         existing = existing.parent
