@@ -314,6 +314,25 @@ class SetCriterionDynamicK(nn.Module):
 
     # ---------------------------------------------------------------------------------------
 
+    def supervised_stages(self, outputs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """``(suffix, stage outputs)`` of every supervised stage: the last (suffix ``""``) and,
+        with deep supervision, aux stage i (suffix ``"_{i}"``)."""
+        stages = [("", outputs)]
+        if self.deep_supervision:
+            stages += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        return stages
+
+    @staticmethod
+    def finite_stages(stages: Sequence[tuple[str, dict[str, Any]]]) -> list[bool]:
+        """Per stage: are its predicted boxes finite on every process. A stage is matched and
+        normalised (a collective) only where this is True, so every rank must skip the same
+        stages; a subclass adding collective terms per stage uses the same flags."""
+        finite = torch.stack([torch.isfinite(st["pred_boxes"]).all() for _, st in stages])
+        if _distributed():
+            finite = finite.to(torch.int32)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return finite.bool().tolist()  # one host sync for all stages
+
     def forward(
         self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
@@ -332,14 +351,8 @@ class SetCriterionDynamicK(nn.Module):
 
         A stage whose predicted boxes hold a NaN or infinite value gets NaN losses (unmatched).
         """
-        stages = [("", outputs)]
-        if self.deep_supervision:
-            stages += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        finite = torch.stack([torch.isfinite(st["pred_boxes"]).all() for _, st in stages])
-        if _distributed():  # every rank must skip the same stages (the normalisers are collective)
-            finite = finite.to(torch.int32)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        finite = finite.bool().tolist()  # one host sync for all stages
+        stages = self.supervised_stages(outputs)
+        finite = self.finite_stages(stages)
         ok = [st for (_, st), f in zip(stages, finite, strict=True) if f]
         per_stage = self.stage_losses(ok, targets) if ok else []
         computed = iter(per_stage)

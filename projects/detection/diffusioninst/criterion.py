@@ -103,11 +103,11 @@ class SetCriterionWithMasks(SetCriterionDynamicK):
     ) -> dict[str, Tensor]:
         """DiffusionDet's weighted losses plus ``loss_masks`` (and ``loss_masks_{i}``)."""
         losses = super().forward(outputs, targets)
-        stages = [("", outputs)]
-        if self.deep_supervision:
-            stages += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        for suffix, stage in stages:
-            if not torch.isfinite(stage["pred_boxes"]).all():  # its box terms are NaN already
+        stages = self.supervised_stages(outputs)
+        # the box terms' flags: a stage diverged on any process is skipped on all of them, so
+        # every rank makes the same mask-normaliser collectives
+        for (suffix, stage), finite in zip(stages, self.finite_stages(stages), strict=True):
+            if not finite:  # its box terms are NaN already
                 losses["loss_masks" + suffix] = stage["pred_mask_params"].sum() * float("nan")
                 continue
             stage = {**stage, "mask_feat": outputs["mask_feat"]}
