@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Run a DiffusionDet model on images, a video file or a webcam and draw its detections
-(or a DDeP / pixel-MLP segmentation model on images).
+"""Draw a detection model's boxes (and masks) on images, a video file or a webcam.
+
+DiffusionDet and DiffusionInst configs (or DDeP / pixel-MLP segmentation models, on images):
 
     python tools/demo.py --config projects/detection/diffdet_r50.yaml \
         --input photos/*.jpg --output out/ MODEL.WEIGHTS diffdet_coco_res50.pth
@@ -29,6 +30,16 @@ torch model; same resize, seeds, threshold and drawing, class names from the fil
 video frame adds ``"frame"`` (0-based), an unreadable image ``"error"`` instead of detections.
 ``diffvision.evaluation.coco_evaluation.demo_json_to_coco_results`` turns it into COCO results
 for an annotation file (images matched by file name, categories by name).
+
+DiffusionInst configs (and files exported from them) draw each detection's mask as a
+translucent fill in its class colour under the box and label, and every ``--json`` detection
+carries its mask as COCO compressed RLE (the COCO results format, decoded by
+``pycocotools.mask.decode``)::
+
+    "segmentation": {"size": [480, 640], "counts": "Xk`0=l5..."}
+
+    python tools/demo.py --config projects/detection/diffinst_toy.yaml --input shapes/ \
+        --output out/ --json out/detections.json MODEL.WEIGHTS output/diffinst_toy/model_final.pth
 
 Segmentation configs (``MODEL.META_ARCHITECTURE`` DDeP in segment mode, or PixelMLP) write, per
 input image, ``<stem>_seg.png`` (the colourised prediction with a legend of class names) and
@@ -72,7 +83,9 @@ from diffvision.engine.outputs import (  # noqa: E402
     refuse_to_replace,
 )
 from diffvision.errors import CLIError, ConfigError, DataError, InputFileNotFoundError  # noqa: E402
+from diffvision.evaluation.coco_evaluation import masks_to_rle  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
+from projects.detection.config import DETECTOR_ARCHITECTURES, detector_section  # noqa: E402
 from projects.detection.export import check_box_memory  # noqa: E402
 
 COCO_CLASSES = (
@@ -90,17 +103,18 @@ def class_names(cfg) -> list[str]:
     """Names from the test dataset's json if it is on disk; COCO's for 80 classes; else ids."""
     from projects.detection.data import get_detection_metadata
 
+    num_classes = detector_section(cfg)[1].NUM_CLASSES
     try:
         names = get_detection_metadata(
             cfg, (cfg.DATASETS.TEST or cfg.DATASETS.TRAIN)[0]
         ).thing_classes
-        if len(names) == cfg.MODEL.DiffusionDet.NUM_CLASSES:
+        if len(names) == num_classes:
             return list(names)
     except (FileNotFoundError, KeyError, IndexError, ValueError):
         pass
-    if cfg.MODEL.DiffusionDet.NUM_CLASSES == 80:
+    if num_classes == 80:
         return [n.replace("_", " ") for n in COCO_CLASSES]
-    return [str(i) for i in range(cfg.MODEL.DiffusionDet.NUM_CLASSES)]
+    return [str(i) for i in range(num_classes)]
 
 
 def color_of(label: int) -> tuple[int, int, int]:
@@ -115,9 +129,20 @@ def detect(model, image_rgb: np.ndarray, threshold: float, seed: int | None) -> 
     return {k: v[keep].cpu() for k, v in out.items()}
 
 
+MASK_OPACITY = 0.5
+
+
 def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
-    """Boxes, class names and scores drawn with OpenCV on a copy of a BGR image."""
+    """Boxes, class names and scores drawn with OpenCV on a copy of a BGR image; with
+    ``det["masks"]`` (K, H, W) bool, each mask first, filled in its class colour at
+    :data:`MASK_OPACITY` (later detections over earlier ones)."""
     canvas = image_bgr.copy()
+    masks = det.get("masks")
+    if masks is not None:
+        for mask, label in zip(masks.numpy(), det["labels"].tolist(), strict=True):
+            color = np.array(color_of(label), dtype=np.float32)
+            blended = (1 - MASK_OPACITY) * canvas[mask] + MASK_OPACITY * color
+            canvas[mask] = blended.round().astype(np.uint8)
     thickness = max(1, round(min(canvas.shape[:2]) / 400))
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                  det["labels"].tolist()):  # fmt: skip
@@ -136,10 +161,13 @@ def draw(image_bgr: np.ndarray, det: dict, names: list[str]) -> np.ndarray:
 
 def detection_entry(det: dict, names: list[str], **fields) -> dict:
     """One input's ``--json`` record: ``fields`` (file name, size, frame) and its detections
-    with ``bbox`` [x, y, w, h] in original pixels, ``score``, ``category_id``, ``category_name``."""
+    with ``bbox`` [x, y, w, h] in original pixels, ``score``, ``category_id``, ``category_name``
+    and, when ``det`` has ``masks``, ``segmentation`` (COCO compressed RLE)."""
     detections = []
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                 det["labels"].tolist()):  # fmt: skip
+    masks = det.get("masks")
+    rles = masks_to_rle(masks) if masks is not None else None
+    for i, (box, score, label) in enumerate(zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                det["labels"].tolist())):  # fmt: skip
         x1, y1, x2, y2 = box
         detections.append({
             "bbox": [x1, y1, x2 - x1, y2 - y1],
@@ -147,6 +175,8 @@ def detection_entry(det: dict, names: list[str], **fields) -> dict:
             "category_id": int(label),
             "category_name": names[label] if label < len(names) else str(label),
         })  # fmt: skip
+        if rles is not None:
+            detections[-1]["segmentation"] = rles[i]
     return {**fields, "detections": detections}
 
 
@@ -459,7 +489,6 @@ def run_segmentation(cfg, paths: list[str], args) -> int:
 
 
 TOOL = "tools/demo.py"
-DETECTION_ARCHITECTURES = ("DiffusionDet",)
 IGNORED_KEYS = {
     "TEST.AUG.ENABLED": (
         False,
@@ -520,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:  # the config's task decides which demo runs
         cfg = load_tool_config(
             args.config, args.opts, tool=TOOL,
-            architectures=DETECTION_ARCHITECTURES + SEGMENTATION_TASKS, ignored=IGNORED_KEYS,
+            architectures=DETECTOR_ARCHITECTURES + SEGMENTATION_TASKS, ignored=IGNORED_KEYS,
         )  # fmt: skip
     segmentation = cfg is not None and cfg.MODEL.META_ARCHITECTURE in SEGMENTATION_TASKS
     if segmentation and paths is None:
@@ -538,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if segmentation:
         return run_segmentation(cfg, paths, args)
-    check_box_memory(cfg, cfg.MODEL.DiffusionDet.NUM_PROPOSALS, "MODEL.DiffusionDet.NUM_PROPOSALS")
+    section, keys = detector_section(cfg)
+    check_box_memory(cfg, keys.NUM_PROPOSALS, f"{section}.NUM_PROPOSALS")
     model = build_inference_model(cfg)
     names = class_names(cfg)
     records = JsonRecords(args.json, names)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Export a DiffusionDet config + weights to one ONNX file (the whole detector, see
-projects/detection/export.py) and check it with onnx.checker.
+"""Export a DiffusionDet or DiffusionInst config + weights to one ONNX file (the whole detector,
+see projects/detection/export.py) and check it with onnx.checker.
 
     python tools/export.py --config projects/detection/diffdet_toy.yaml \
         MODEL.WEIGHTS output/diffdet_toy/model_final.pth          # -> model.onnx
@@ -8,8 +8,11 @@ projects/detection/export.py) and check it with onnx.checker.
         --boxes 300 --steps 4 MODEL.WEIGHTS diffdet_coco_res50.pth
     python tools/demo.py --onnx model.onnx --input photo.jpg --output out/
 
-``--boxes`` and ``--steps`` default to the config's MODEL.DiffusionDet.NUM_PROPOSALS and
-SAMPLE_STEP; both are fixed in the file. Needs ``pip install -e .[export]``.
+``--boxes`` and ``--steps`` default to the config's NUM_PROPOSALS and SAMPLE_STEP (of
+``MODEL.DiffusionDet``, or ``MODEL.DiffusionInst`` for a DiffusionInst config); both are fixed in
+the file. A DiffusionInst file has a fourth output, ``mask_probs`` (the kept detections' mask
+probabilities on the stride-4 grid), and says so in its metadata (``meta_architecture``,
+``masks``); ``tools/demo.py --onnx`` draws and writes its masks. Needs ``pip install -e .[export]``.
 
 ``--quantize int8`` writes an int8 file instead (onnxruntime quantization, ``tools/demo.py
 --onnx`` runs it like the float32 one): ``--quantize-method static`` (the default) calibrates the
@@ -42,9 +45,9 @@ from diffvision.engine.outputs import (  # noqa: E402
     refuse_to_replace,
 )
 from diffvision.errors import ConfigError  # noqa: E402
+from projects.detection.config import DETECTOR_ARCHITECTURES, detector_section  # noqa: E402
 
 TOOL = "tools/export.py"
-DETECTION_ARCHITECTURES = ("DiffusionDet",)
 IGNORED_KEYS = {
     "TEST.AUG.ENABLED": (
         False,
@@ -95,11 +98,12 @@ def export(args) -> Path:
     out = check_output_path(args.output, "--output", kind="file", suffixes=(".onnx",))
     refuse_to_replace([out], overwrite=args.overwrite)
     cfg = load_tool_config(
-        args.config, args.opts, tool=TOOL, architectures=DETECTION_ARCHITECTURES,
+        args.config, args.opts, tool=TOOL, architectures=DETECTOR_ARCHITECTURES,
         ignored=IGNORED_KEYS,
     )  # fmt: skip
-    boxes = args.boxes if args.boxes is not None else cfg.MODEL.DiffusionDet.NUM_PROPOSALS
-    steps = args.steps if args.steps is not None else cfg.MODEL.DiffusionDet.SAMPLE_STEP
+    keys = detector_section(cfg)[1]
+    boxes = args.boxes if args.boxes is not None else keys.NUM_PROPOSALS
+    steps = args.steps if args.steps is not None else keys.SAMPLE_STEP
     check_box_memory(cfg, boxes)
     if args.quantize == "int8" and args.quantize_method == "static" and not cfg.DATASETS.TEST:
         raise ConfigError("--quantize-method static calibrates on DATASETS.TEST[0]; it is empty")
@@ -123,7 +127,9 @@ def export(args) -> Path:
         try:
             feeds = []
             if args.quantize_method == "static":
-                feeds = calibration_feeds(cfg, model, steps=steps, count=args.calibration_images)
+                feeds = calibration_feeds(
+                    cfg, model, boxes=boxes, steps=steps, count=args.calibration_images
+                )
             path = quantize_onnx(float_path, out, method=args.quantize_method,
                                  calibration=feeds)  # fmt: skip
         finally:
@@ -136,15 +142,19 @@ def export(args) -> Path:
     return path
 
 
-def calibration_feeds(cfg, model, *, steps: int, count: int) -> list[dict]:
+def calibration_feeds(
+    cfg, model, *, steps: int, count: int, boxes: int | None = None
+) -> list[dict]:
     """Graph inputs of the first ``count`` images of ``DATASETS.TEST[0]`` (at network
-    resolution) with the draws of their evaluation seeds (``SEED``, image id)."""
+    resolution) with the draws of their evaluation seeds (``SEED``, image id) for a graph of
+    ``boxes`` boxes (default: the config's NUM_PROPOSALS) and ``steps`` steps."""
     from projects.detection.data import build_detection_test_loader
     from projects.detection.export import graph_input_names, seeded_draws
 
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], batch_size=1)
     names = graph_input_names(model, steps)
-    boxes = cfg.MODEL.DiffusionDet.NUM_PROPOSALS
+    if boxes is None:
+        boxes = detector_section(cfg)[1].NUM_PROPOSALS
     feeds = []
     for i, (item,) in enumerate(loader):
         seed = item.get("seed", i)  # the evaluation seed (absent when SEED < 0)

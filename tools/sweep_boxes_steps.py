@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate one DiffusionDet checkpoint over a grid of box counts x sampling steps.
+"""Evaluate one DiffusionDet or DiffusionInst checkpoint over a grid of box counts x sampling steps.
 
 The paper's "dynamic boxes" and "progressive refinement" tables in one command:
 
@@ -19,7 +19,9 @@ For every (``NUM_PROPOSALS``, ``SAMPLE_STEP``) pair the test set (``DATASETS.TES
 image (batch ``TEST.IMS_PER_BATCH``; data loading excluded) is measured, in wall-clock time or,
 with ``--clock cpu``, in CPU time of this process (robust on a shared machine). Written to
 ``--output-dir`` (default ``OUTPUT_DIR/sweep``): ``sweep.md`` (table), ``sweep.json`` (all
-metrics) and ``sweep.png`` (AP and latency against steps, one line per box count).
+metrics) and ``sweep.png`` (AP and latency against steps, one line per box count). A
+DiffusionInst config is scored by its task's evaluator, boxes and masks: the table adds mask AP
+columns and the plot dashed mask AP lines.
 """
 
 from __future__ import annotations
@@ -49,13 +51,12 @@ from diffvision.engine.outputs import (  # noqa: E402
     refuse_to_replace,
 )
 from diffvision.engine.progress import Progress  # noqa: E402
+from diffvision.engine.tasks import build_task  # noqa: E402
 from diffvision.errors import CLIError, ConfigError  # noqa: E402
 from diffvision.utils.seeding import eval_image_seed  # noqa: E402
 from projects.detection.build import build_inference_model  # noqa: E402
-from projects.detection.data import (  # noqa: E402
-    build_detection_evaluator,
-    build_detection_test_loader,
-)
+from projects.detection.config import DETECTOR_ARCHITECTURES  # noqa: E402
+from projects.detection.data import build_detection_test_loader  # noqa: E402
 
 logger = logging.getLogger("sweep_boxes_steps")
 TOOL = "tools/sweep_boxes_steps.py"
@@ -68,9 +69,13 @@ IGNORED_KEYS = {
 def evaluate_point(
     model, cfg, dataset, *, boxes, steps, seed, max_images, output_dir, clock=time.perf_counter
 ) -> dict:
-    """AP metrics and mean inference ms/image (measured with ``clock``) for one point."""
+    """AP metrics and mean inference ms/image (measured with ``clock``) for one point, scored
+    by the task's evaluator (box AP; DiffusionInst: box and mask AP)."""
     loader = build_detection_test_loader(cfg, dataset)
-    evaluator = build_detection_evaluator(cfg, dataset, str(output_dir / f"b{boxes}_s{steps}"))
+    point_cfg = cfg.clone()
+    point_cfg.defrost()
+    point_cfg.OUTPUT_DIR = str(output_dir / f"b{boxes}_s{steps}")  # the evaluator's results
+    evaluator = build_task(cfg).build_evaluator(point_cfg, dataset)
     evaluator.reset()
     device = torch.device(cfg.MODEL.DEVICE)
     seconds, num_images = 0.0, 0
@@ -95,18 +100,27 @@ def evaluate_point(
             "fps": 1000 / ms if ms else float("nan"), "metrics": metrics}  # fmt: skip
 
 
+def _has_masks(rows: list[dict]) -> bool:
+    return any("segm/AP" in r["metrics"] for r in rows)
+
+
 def write_table(rows: list[dict], path: Path, header_note: str) -> str:
+    """The markdown table: box AP, AP50, AP75 (and mask AP, AP50, AP75 for a mask model)."""
+    iou_types = ("bbox", "segm") if _has_masks(rows) else ("bbox",)
+    names = {"bbox": "", "segm": "mask "}
+    columns = [f"{names[t]}{k}" for t in iou_types for k in ("AP", "AP50", "AP75")]
     lines = [
         header_note,
         "",
-        "| boxes | steps | AP | AP50 | AP75 | ms/image | FPS |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| boxes | steps | {' | '.join(columns)} | ms/image | FPS |",
+        "|---:|---:|" + "---:|" * len(columns) + "---:|---:|",
     ]
+    nan = float("nan")
     for r in rows:
         m = r["metrics"]
+        aps = [m.get(f"{t}/{k}", nan) for t in iou_types for k in ("AP", "AP50", "AP75")]
         lines.append(
-            f"| {r['boxes']} | {r['steps']} | {m.get('bbox/AP', float('nan')):.1f} | "
-            f"{m.get('bbox/AP50', float('nan')):.1f} | {m.get('bbox/AP75', float('nan')):.1f} | "
+            f"| {r['boxes']} | {r['steps']} | {' | '.join(f'{v:.1f}' for v in aps)} | "
             f"{r['ms_per_image']:.1f} | {r['fps']:.2f} |"
         )
     text = "\n".join(lines) + "\n"
@@ -124,10 +138,14 @@ def write_plot(rows: list[dict], path: Path) -> None:
     for boxes in sorted({r["boxes"] for r in rows}):
         pts = sorted((r["steps"], r) for r in rows if r["boxes"] == boxes)
         steps = [s for s, _ in pts]
-        ax_ap.plot(steps, [r["metrics"].get("bbox/AP", float("nan")) for _, r in pts], "o-",
-                   label=f"{boxes} boxes")  # fmt: skip
+        line = ax_ap.plot(steps, [r["metrics"].get("bbox/AP", float("nan")) for _, r in pts],
+                          "o-", label=f"{boxes} boxes")[0]  # fmt: skip
+        if _has_masks(rows):
+            ax_ap.plot(steps, [r["metrics"].get("segm/AP", float("nan")) for _, r in pts], "s--",
+                       color=line.get_color(), label=f"{boxes} boxes, masks")  # fmt: skip
         ax_ms.plot(steps, [r["ms_per_image"] for _, r in pts], "o-", label=f"{boxes} boxes")
-    ax_ap.set(xlabel="sampling steps", ylabel="box AP", title="AP vs steps")
+    ax_ap.set(xlabel="sampling steps", ylabel="box AP (masks dashed)" if _has_masks(rows)
+              else "box AP", title="AP vs steps")  # fmt: skip
     ax_ms.set(xlabel="sampling steps", ylabel="ms / image", title="latency vs steps")
     for ax in (ax_ap, ax_ms):
         ax.grid(alpha=0.3)
@@ -190,7 +208,7 @@ def argument_parser() -> ToolParser:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = argument_parser().parse_args(argv)
     cfg = load_tool_config(
-        args.config, args.opts, tool=TOOL, architectures=("DiffusionDet",),
+        args.config, args.opts, tool=TOOL, architectures=DETECTOR_ARCHITECTURES,
         ignored=IGNORED_KEYS,
     )  # fmt: skip
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
@@ -222,11 +240,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 model, cfg, dataset, boxes=boxes, steps=steps, seed=args.seed,
                 max_images=args.max_images, output_dir=output_dir, clock=clock,
             )  # fmt: skip
+            mask_ap = row["metrics"].get("segm/AP")
             logger.info(
-                "boxes %d steps %d: AP %.2f, %.1f ms/image",
+                "boxes %d steps %d: AP %.2f%s, %.1f ms/image",
                 boxes,
                 steps,
                 row["metrics"].get("bbox/AP", float("nan")),
+                "" if mask_ap is None else f", mask AP {mask_ap:.2f}",
                 row["ms_per_image"],
             )
             rows.append(row)

@@ -55,6 +55,7 @@ __all__ = [
     "COCOEvaluator",
     "demo_json_to_coco_results",
     "instances_to_coco_results",
+    "masks_to_rle",
     "resolve_json_file",
     "results_for",
 ]
@@ -83,6 +84,19 @@ def _unwrap(output: dict[str, Any]) -> dict[str, Any]:
     return output["instances"] if "instances" in output else output
 
 
+def masks_to_rle(masks: Any) -> list[dict[str, Any]]:
+    """(K, H, W) bool masks (tensor or array) -> COCO compressed RLEs ``{"size": [H, W],
+    "counts": str}`` (pycocotools' encoding with ``counts`` decoded to ASCII: JSON-ready, and
+    what ``loadRes`` and ``pycocotools.mask.decode`` take)."""
+    from pycocotools import mask as mask_utils
+
+    masks = torch.as_tensor(masks).detach().cpu().bool().numpy()
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
 def instances_to_coco_results(
     output: dict[str, Any], *, image_id: int, contiguous_to_dataset_id: dict[int, int] | None = None
 ) -> list[dict[str, Any]]:
@@ -102,14 +116,7 @@ def instances_to_coco_results(
     scores = torch.as_tensor(output["scores"]).detach().cpu().double().reshape(-1).tolist()
     labels = torch.as_tensor(output["labels"]).detach().cpu().reshape(-1).tolist()
     boxes[:, 2:] -= boxes[:, :2]
-    rles = None
-    if output.get("masks") is not None:
-        from pycocotools import mask as mask_utils
-
-        masks = torch.as_tensor(output["masks"]).detach().cpu().bool().numpy()
-        rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")
+    rles = masks_to_rle(output["masks"]) if output.get("masks") is not None else None
     results = []
     for i, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
         category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
@@ -137,7 +144,8 @@ def demo_json_to_coco_results(
         annotations: the parsed COCO annotation json (``images``, ``categories``).
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``, with the
+        detection's ``segmentation`` where the demo wrote one (a mask model).
 
     Raises:
         DataError: an image of the detections the annotation file does not hold, or a category
@@ -164,6 +172,8 @@ def demo_json_to_coco_results(
                 "bbox": list(det["bbox"]),
                 "score": det["score"],
             })  # fmt: skip
+            if "segmentation" in det:  # a DiffusionInst demo's mask (COCO RLE)
+                results[-1]["segmentation"] = det["segmentation"]
     return results
 
 

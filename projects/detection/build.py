@@ -21,6 +21,7 @@ from torch import nn
 
 from diffvision.config import CfgNode
 from diffvision.engine.sync_bn import convert_sync_batchnorm
+from diffvision.engine.tasks import build_task
 from diffvision.engine.weights import load_weights
 from diffvision.errors import ConfigError
 from diffvision.modeling.backbones import build_backbone as build_registered_backbone
@@ -179,10 +180,10 @@ def build_detector(
 
 
 def build_inference_model(cfg: CfgNode) -> DiffusionDet:
-    """The tools' model: inference-only :func:`build_model` with ``MODEL.WEIGHTS`` loaded by
-    the engine's :func:`~diffvision.engine.weights.load_weights` (a warning when it is empty),
-    in eval mode."""
-    model = build_model(cfg, with_criterion=False)
+    """The tools' model: the configured task's inference-only model (DiffusionDet's
+    :func:`build_model`, or DiffusionInst's) with ``MODEL.WEIGHTS`` loaded by the engine's
+    :func:`~diffvision.engine.weights.load_weights` (a warning when it is empty), in eval mode."""
+    model = build_task(cfg).build_model(cfg, with_criterion=False)
     if cfg.MODEL.WEIGHTS:
         load_weights(model, cfg.MODEL.WEIGHTS)
     else:

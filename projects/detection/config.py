@@ -32,11 +32,23 @@ from diffvision.config import CfgNode, add_compat_key
 from diffvision.config.ranges import Ranged, add_keys
 from diffvision.modeling.backbones import add_backbone_config
 
-__all__ = ["add_diffusiondet_config"]
+__all__ = ["DETECTOR_ARCHITECTURES", "add_diffusiondet_config", "detector_section"]
+
+#: the box-diffusion tasks; each keeps its DiffusionDet-style keys in ``MODEL.<its name>``
+DETECTOR_ARCHITECTURES = ("DiffusionDet", "DiffusionInst")
+
+
+def detector_section(cfg: CfgNode) -> tuple[str, CfgNode]:
+    """``("MODEL.DiffusionInst", cfg.MODEL.DiffusionInst)`` for a DiffusionInst config, the
+    same for any task of :data:`DETECTOR_ARCHITECTURES`, else DiffusionDet's section: where the
+    tools read ``NUM_PROPOSALS``, ``SAMPLE_STEP``, ``NUM_CLASSES``, ... of the configured model."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    name = arch if arch in DETECTOR_ARCHITECTURES and arch in cfg.MODEL else "DiffusionDet"
+    return f"MODEL.{name}", cfg.MODEL[name]
+
 
 add_compat_key(  # the class count of the configured task's section (DiffusionDet, DiffusionInst)
-    "MODEL.ROI_HEADS.NUM_CLASSES",
-    lambda cfg: cfg.MODEL.get(cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.DiffusionDet).NUM_CLASSES,
+    "MODEL.ROI_HEADS.NUM_CLASSES", lambda cfg: detector_section(cfg)[1].NUM_CLASSES
 )
 add_compat_key("MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"])
 add_compat_key("MODEL.SWIN.OUT_FEATURES", [0, 1, 2, 3])

@@ -52,6 +52,7 @@ from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
 from diffvision.utils.seeding import seeded_generator
 
+from .config import detector_section
 from .detector import DiffusionDet
 
 __all__ = [
@@ -276,6 +277,8 @@ def export_onnx(
     write_metadata(
         path,
         {
+            "meta_architecture": type(model).__name__,
+            "masks": "mask_probs" in output_names(model),
             "num_boxes": num_boxes,
             "steps": steps,
             "num_classes": model.num_classes,
@@ -399,7 +402,7 @@ def check_box_memory(cfg, num_boxes: int, flag: str = "--boxes") -> None:
     """
     from diffvision.engine.cli import check_allocation
 
-    d = cfg.MODEL.DiffusionDet
+    d = detector_section(cfg)[1]
     side = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
     per_box = d.HIDDEN_DIM * side * side * 4 * d.NUM_HEADS
     check_allocation(flag, num_boxes * per_box, f"{num_boxes} boxes through {d.NUM_HEADS} heads")
@@ -524,6 +527,11 @@ class OnnxDetector:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.fixed_hw = _check_graph(path, self.session, self.num_boxes, self.steps)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.metadata.get("masks") and "mask_probs" not in self.output_names:
+            raise WeightsError(
+                f"{path}: its metadata says it predicts masks, but the graph has no 'mask_probs' "
+                f"output (outputs {self.output_names}); export it again with tools/export.py"
+            )
 
     def run(self, image_chw: np.ndarray, draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One graph call: ``image`` (3, H, W) uint8 at network resolution plus the draws."""
