@@ -213,3 +213,74 @@ def test_class_count_is_checked_against_the_diffusioninst_section(toy, monkeypat
     )  # fmt: skip
     with pytest.raises(ConfigError, match="MODEL.DiffusionInst.NUM_CLASSES 4"):
         DIFFUSIONINST_TASK.build_train_loader(cfg, start_iter=0)
+
+
+def _lvis_version(toy, tmp_path):
+    """The toy val set as an LVIS json (the categories present are rare, common, frequent,
+    frequent in id order; the toy RLE masks as segmentations), declared as an LVIS-type custom
+    dataset."""
+    data = json.loads((toy / "annotations/instances_val.json").read_text())
+    present = sorted({a["category_id"] for a in data["annotations"]})
+    assert len(present) >= 3  # one category per frequency group at least
+    for c in data["categories"]:
+        group = "rcff"[present.index(c["id"])] if c["id"] in present else "f"
+        c.update(frequency=group, image_count=1, synset=c["name"])
+    for image in data["images"]:
+        image.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    path = tmp_path / "lvis_toy_val.json"
+    path.write_text(json.dumps(data))
+    cfg = get_cfg()
+    cfg.merge_from_file("projects/detection/diffinst_toy.yaml")
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path / "eval"),
+                         "DATASETS.CUSTOM", [f"lvis_toy_val:{path}:{toy / 'val'}"]])  # fmt: skip
+    return cfg, data
+
+
+def _lvis_outputs(data, keep_fraction: float = 1.0):
+    """Per image the ground truth as DiffusionInst outputs (exact boxes, score 1, contiguous
+    labels), each mask keeping the first ``keep_fraction`` of its pixels in raster order."""
+    from pycocotools import mask as mask_utils
+
+    inputs, outputs, ious = [], [], []
+    for image in data["images"]:
+        anns = [a for a in data["annotations"] if a["image_id"] == image["id"]]
+        h, w = image["height"], image["width"]
+        masks = np.zeros((len(anns), h, w), dtype=bool)
+        for i, a in enumerate(anns):
+            gt = mask_utils.decode(a["segmentation"]).astype(bool)
+            flat = np.flatnonzero(gt)
+            kept = flat[: round(keep_fraction * len(flat))]
+            masks[i].flat[kept] = True
+            ious.append(len(kept) / len(flat))  # the kept mask lies inside its ground truth
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        inputs.append({"image_id": image["id"]})
+        outputs.append({
+            "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+            "scores": torch.ones(len(anns)),
+            "labels": torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+        })  # fmt: skip
+    return inputs, outputs, ious
+
+
+def test_lvis_segm_evaluation_of_diffusioninst_outputs(toy, tmp_path):
+    cfg, data = _lvis_version(toy, tmp_path)
+    evaluator = DIFFUSIONINST_TASK.build_evaluator(cfg, "lvis_toy_val")
+    evaluator.reset()
+    inputs, outputs, _ = _lvis_outputs(data)
+    evaluator.process(inputs, outputs)
+    perfect = evaluator.evaluate()
+    for key in ("AP", "AP50", "AP75", "APr", "APc", "APf"):
+        assert perfect[f"segm/{key}"] == pytest.approx(100.0), key
+        assert perfect[f"bbox/{key}"] == pytest.approx(100.0), key
+    # closed form: every mask keeps ~72.5% of its ground truth (IoU in (0.70, 0.75)), the boxes
+    # stay exact: matched at IoU thresholds 0.50 .. 0.70, missed at 0.75 .. 0.95, so mask AP =
+    # 5/10 of 100, AP50 = 100, AP75 = 0; box AP stays 100
+    evaluator.reset()
+    inputs, outputs, ious = _lvis_outputs(data, keep_fraction=0.725)
+    assert 0.70 < min(ious) and max(ious) < 0.75
+    evaluator.process(inputs, outputs)
+    partial = evaluator.evaluate()
+    assert partial["segm/AP"] == pytest.approx(50.0)
+    assert partial["segm/AP50"] == pytest.approx(100.0) and partial["segm/AP75"] == 0.0
+    assert partial["bbox/AP"] == pytest.approx(100.0)
