@@ -26,7 +26,13 @@ from typing import Any
 from diffvision.data.image_io import image_size
 from diffvision.errors import DataError, InputFileNotFoundError
 
-__all__ = ["IMAGE_CHECK_LIMIT", "DetectionMetadata", "decode_segmentation", "load_coco_json"]
+__all__ = [
+    "IMAGE_CHECK_LIMIT",
+    "DetectionMetadata",
+    "decode_segmentation",
+    "load_coco_json",
+    "rle_counts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +144,8 @@ def _checked_segmentation(
     are kept and clipped when rasterised (counted). An RLE must have the image's size.
 
     Raises:
-        DataError: an RLE of another size than its image, or a segmentation that is neither a
-            list of polygons nor an RLE dict.
+        DataError: an RLE of another size than its image (in its ``size`` or in its run
+            lengths), or a segmentation that is neither a list of polygons nor an RLE dict.
     """
     ann_id = ann.get("id")
     segm = ann.get("segmentation")
@@ -154,6 +160,14 @@ def _checked_segmentation(
             raise DataError(
                 f"{json_file}: annotation {ann_id} has an RLE of size {list(size)} (h, w) but its "
                 f"image is {[height, width]}"
+            )
+        counts = rle_counts(segm["counts"])
+        if counts is None or min(counts, default=0) < 0 or sum(counts) != height * width:
+            covered = "unreadable counts" if counts is None else f"counts covering {sum(counts)}"
+            raise DataError(
+                f"{json_file}: annotation {ann_id} has an RLE of size {list(size)} with "
+                f"{covered} pixels; expected non-negative run lengths adding up to "
+                f"{height} x {width} = {height * width}"
             )
         return segm
     if not isinstance(segm, list) or not segm:
@@ -180,6 +194,37 @@ def _checked_segmentation(
     if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
         report.add("segmentations clipped to their image", f"{ann_id}")
     return polygons
+
+
+def rle_counts(counts: list | str | bytes) -> list[int] | None:
+    """The run lengths of an RLE's ``counts``: an uncompressed list as it is, a compressed
+    string decoded (COCO's format, ``rleFrString`` of the cocoapi's ``maskApi.c``: 5 bits per
+    character from ``'0'`` on, 0x20 = more characters follow, 0x10 = negative on the last
+    character, each count after the second stored as the difference to the one two before).
+    None for something that is neither, or a string that ends mid-number."""
+    if isinstance(counts, list):
+        ok = all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+        return counts if ok else None
+    if isinstance(counts, str):
+        counts = counts.encode("ascii", errors="replace")
+    if not isinstance(counts, bytes):
+        return None
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if p == len(counts):
+                return None
+            c = counts[p] - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
 
 
 def decode_segmentation(segm: list | dict | None, height: int, width: int):

@@ -12,7 +12,7 @@ import torch
 
 import projects  # noqa: F401  (registers the tasks)
 from diffvision.config import get_cfg
-from diffvision.data.coco import decode_segmentation, load_coco_json
+from diffvision.data.coco import decode_segmentation, load_coco_json, rle_counts
 from diffvision.data.detection_transforms import (
     CropTransform,
     FlipTransform,
@@ -130,6 +130,58 @@ def test_rle_of_another_size_is_one_clear_error(tmp_path):
     path = _json_with(tmp_path, {"size": [12, 20], "counts": [240]})
     with pytest.raises(DataError, match=r"annotation 7 has an RLE of size \[12, 20\].*\[10, 20\]"):
         load_coco_json(path, tmp_path, masks=True, check_images=False)
+
+
+def _rle_of(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def test_rle_counts_decode_like_pycocotools():
+    # a second implementation: the run lengths of pycocotools' compressed strings rebuild the
+    # mask (column-major runs, starting with a run of zeros)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        mask = rng.random((h, w)) < rng.random()
+        runs = rle_counts(_rle_of(mask)["counts"])
+        flat = np.concatenate([np.full(n, i % 2, bool) for i, n in enumerate(runs)])
+        assert np.array_equal(flat.reshape(w, h).T, mask)
+    assert rle_counts("0") == [0] and rle_counts([3, 4]) == [3, 4]
+    assert rle_counts("P") is None  # ends mid-number (0x20: more characters follow)
+
+
+@pytest.mark.parametrize(
+    ("counts", "covered"),
+    [
+        ([150], "counts covering 150 pixels"),  # pycocotools would read memory it never wrote
+        ([100, 150], "counts covering 250 pixels"),  # pycocotools: "Invalid RLE" traceback
+        ([250, -50], "counts covering 200 pixels"),
+        ("P", "unreadable counts"),
+        (_rle_of(np.ones((5, 20), bool))["counts"], "counts covering 100 pixels"),  # a 5x20 RLE
+    ],
+)
+def test_rle_whose_runs_do_not_cover_its_size_is_one_clear_error(tmp_path, counts, covered):
+    path = _json_with(tmp_path, {"size": [10, 20], "counts": counts})
+    with pytest.raises(DataError, match=rf"annotation 7 has an RLE .*{covered}.* = 200$"):
+        load_coco_json(path, tmp_path, masks=True, check_images=False)
+
+
+def test_polygon_outside_the_image_is_counted_and_trains_no_mask(tmp_path, caplog):
+    from PIL import Image
+
+    from diffvision.data.detection_mapper import DetectionDatasetMapper
+
+    path = _json_with(tmp_path, [[30, 12, 40, 12, 40, 20]])  # right of and below the 20x10 image
+    Image.new("RGB", (20, 10)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING):
+        dicts, _ = load_coco_json(path, tmp_path, masks=True)
+    assert "1 segmentations clipped to their image" in caplog.text
+    out = DetectionDatasetMapper(augmentations=[], is_train=True, masks=True)(dicts[0])
+    assert out["instances"]["gt_mask_valid"].tolist() == [False]  # the Dice loss skips it
+    assert not out["instances"]["gt_masks"].any() and len(out["instances"]["gt_boxes"]) == 1
 
 
 @pytest.mark.parametrize(
