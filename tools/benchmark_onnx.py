@@ -12,7 +12,9 @@ Bad input ends with one line ``error: ...`` and exit status 2 (``--debug``: with
 
 Prints one markdown table (median latency per image, ratio = onnxruntime / eager). ``--int8
 static dynamic`` also times int8 copies of each file (``tools/export.py --quantize int8``; for
-timing, the static ranges are calibrated on the benchmark image itself), in the same rotation.
+timing, the static ranges are calibrated on the benchmark image itself), in the same rotation;
+``--float16`` a float16 copy (onnxruntime's float16 converter, inputs and outputs kept float32,
+the ops onnxruntime has no float16 kernel for kept float32 behind casts).
 ``--clock cpu``
 (default) times the process's CPU seconds: with one thread that is the latency on a dedicated core
 and is robust to other jobs on a shared machine.
@@ -61,6 +63,8 @@ def argument_parser() -> ToolParser:
                         help="cpu: process CPU time (robust to other jobs)")  # fmt: skip
     parser.add_argument("--int8", nargs="*", choices=("static", "dynamic"), default=[],
                         help="also time int8 copies quantized this way")  # fmt: skip
+    parser.add_argument("--float16", action="store_true",
+                        help="also time a float16 copy of each file")  # fmt: skip
     parser.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
     return parser
 
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
           f"onnxruntime {ort.__version__}")  # fmt: skip
     progress = Progress(len(args.boxes) * len(args.steps), "exports and timings",
                         stream=sys.stderr)  # fmt: skip
-    int8_cols = "".join(f" int8 {m} ms | ratio |" for m in args.int8)
-    print(f"| boxes | steps | eager ms | onnxruntime ms | ratio |{int8_cols} same labels: "
+    copies = [f"int8 {m}" for m in args.int8] + ["float16"] * args.float16
+    copy_cols = "".join(f" {name} ms | ratio |" for name in copies)
+    print(f"| boxes | steps | eager ms | onnxruntime ms | ratio |{copy_cols} same labels: "
           "detections |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|" + "---:|---:|" * len(args.int8) + "---|")
+    print("|---:|---:|---:|---:|---:|" + "---:|---:|" * len(copies) + "---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.boxes:
             for s in args.steps:
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                         path, Path(tmp) / f"b{n}_s{s}_{method}.onnx", method=method,
                         calibration=[feeds],
                     )  # fmt: skip
+                if args.float16:
+                    files["float16"] = float16_copy(path, Path(tmp) / f"b{n}_s{s}_fp16.onnx")
                 sessions = {
                     name: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
                     for name, f in files.items()
@@ -118,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {n} | {s} | {ms['eager']:.1f} |{cells} {same} |", flush=True)
                 progress.update()
     return 0
+
+
+def float16_copy(src: Path, dst: Path) -> Path:
+    """``src`` with its float32 tensors in float16 (``onnxruntime.transformers.float16``): graph
+    inputs and outputs stay float32, and the ops on the converter's default block list (those
+    without float16 kernels in onnxruntime, e.g. RoiAlign, TopK, NonMaxSuppression) run in
+    float32 behind casts."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+    return dst
 
 
 def draws_for(model, image, n, s, g) -> tuple[dict, dict]:

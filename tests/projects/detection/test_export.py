@@ -65,17 +65,24 @@ def r50():
     )  # fmt: skip
 
 
+class _Exports(dict):
+    """(model name, steps) -> exported file, exported on first use: a test run that selects a
+    few tests exports only the files they need."""
+
+    def __init__(self, out: Path, models: dict) -> None:
+        super().__init__()
+        self.out, self.models = out, models
+
+    def __missing__(self, key: tuple[str, int]) -> Path:
+        name, steps = key
+        self[key] = export_onnx(self.models[name], self.out / f"{name}_s{steps}.onnx",
+                                num_boxes=16, steps=steps, image_hw=(96, 128))  # fmt: skip
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, toy, r50):
-    out = tmp_path_factory.mktemp("onnx")
-    models = {"toy": toy, "r50": r50}
-    return {
-        (name, steps): export_onnx(
-            models[name], out / f"{name}_s{steps}.onnx", num_boxes=16, steps=steps,
-            image_hw=(96, 128),
-        )
-        for name, steps in [("toy", 1), ("toy", 4), ("r50", 4)]
-    }  # fmt: skip
+    return _Exports(tmp_path_factory.mktemp("onnx"), {"toy": toy, "r50": r50})
 
 
 def _assert_same_detections(onnx_out, eager: dict) -> None:
@@ -153,13 +160,19 @@ def test_onnx_detector_predict_equals_model_predict(files, toy):
         assert float(a["boxes"][:, 2].max()) > 128  # mapped back beyond the 128-px network size
 
 
-def test_demo_runs_the_onnx_file(files, tmp_path):
+@pytest.mark.parametrize("number_format", ["float32", "int8"])
+def test_demo_runs_the_onnx_file(files, tmp_path, number_format):
     import cv2
 
+    from projects.detection.export import quantize_onnx
+
+    path = files[("toy", 4)]
+    if number_format == "int8":  # dynamic: the quantized file without calibration data
+        path = quantize_onnx(path, tmp_path / "int8.onnx", method="dynamic")
     image = np.random.default_rng(2).integers(0, 256, (100, 140, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "in.png"), image)
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "tools/demo.py"), "--onnx", str(files[("toy", 4)])]
+    cmd = [sys.executable, str(ROOT / "tools/demo.py"), "--onnx", str(path)]
     cmd += ["--input", str(tmp_path / "in.png"), "--output", str(out)]
     cmd += ["--confidence-threshold", "0.0"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -183,6 +196,12 @@ def test_export_tool_rejects_bad_input(tmp_path):
               "--output", str(tmp_path / "m.onnx"))  # fmt: skip
     assert old.returncode == 2 and "opset 13" in old.stderr and "Traceback" not in old.stderr
     assert not (tmp_path / "m.onnx").exists()
+    # float16 / bfloat16 files are refused with the measured reason, before any work
+    for number_format, reason in [("fp16", "float16 file 1.05"), ("bf16", "no bfloat16 Conv")]:
+        refused = run("--config", "projects/detection/diffdet_toy.yaml", "--quantize",
+                      number_format, "--output", str(tmp_path / "m.onnx"))  # fmt: skip
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
 def test_onnx_detector_names_a_missing_file(tmp_path):
