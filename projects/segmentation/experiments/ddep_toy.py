@@ -19,18 +19,29 @@ Each seed draws its own labeled subset (``SEG.FRACTION_SEED``) and training rand
 (``SEED``); pretraining runs once per seed and serves every fraction.
 
     python projects/segmentation/experiments/ddep_toy.py                       # toy scenes
+    python projects/segmentation/experiments/ddep_toy.py --dataset toy_glyph_masks
     python projects/segmentation/experiments/ddep_toy.py --train-root data/train \
         --val-root data/val --num-classes 7 --fractions 1/8,full --seeds 0,1 --rows scratch,dep
 
-``--train-root`` / ``--val-root``: any folder-format split (``images/``, ``masks/``, optional
-``classes.json``); default the generated toy scenes. Prints a markdown table (mean ± std of the
-validation mIoU over seeds) and writes ``OUTPUT/results.json`` as ``{row: {fraction: [mIoU per
-seed]}}`` (plus ``OUTPUT/timing.json``: wall seconds per run, and ``OUTPUT/denoise_loss.json``:
-the ε-MSE of the last 50 pretraining iterations, 1.0 = predicting ε = 0). Runs already recorded in
-``timing.json`` are skipped, so a table can be filled in several invocations.
+``--dataset``: a generated set, ``toy_scenes`` (64 px, 4 blob classes + background) or
+``toy_glyph_masks`` (128-192 px, thin digits 0-9 + background, long-tailed); each has a
+pretraining and a fine-tuning config in ``configs/`` (``ddep_toy_*_effnetlite0.yaml``,
+``ddep_glyphs_*_effnetlite0.yaml``) that hold its data and recipe. ``--train-root`` /
+``--val-root``: any folder-format split (``images/``, ``masks/``, optional ``classes.json``) with
+the ``--dataset`` configs' recipe. Prints markdown tables (mean ± std over seeds of the
+validation mIoU, and of the mIoU without the background class) and writes to ``OUTPUT/``:
+``results.json`` ``{row: {fraction: [mIoU per seed]}}``, ``results_foreground.json`` (the same
+without background), ``per_class_iou.json`` (``{"<row> <fraction> s<seed>": {class: IoU}}``),
+``timing.json`` (wall seconds per run) and ``denoise_loss.json`` (the ε-MSE of the last 50
+pretraining iterations, 1.0 = predicting ε = 0). Runs already recorded in ``timing.json`` are
+skipped, so a table can be filled in several invocations.
 
-Default budgets (``--pretrain-iters 400 --finetune-iters 60 --batch 8 --threads 1``) run the whole
-table (5 rows x 3 fractions x 3 seeds) on the toy scenes in under 30 minutes on 2 CPU cores.
+The fine-tuning recipe is the configs': Adam 2e-3 with a cosine schedule, 300 iterations of 8
+crops, cross-entropy weighted by the classes' pixel shares to the power -0.5
+(``MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER``); ``--finetune-iters``, ``--lr`` and
+``--class-weight-power`` override it. Pretraining: 400 iterations of 8 (``--pretrain-iters``,
+``--batch``). One run takes 1-3 minutes on the toy scenes and 5-7 on the glyph masks, on one
+thread (``--threads``) of a 2-core machine.
 """
 
 from __future__ import annotations
@@ -54,10 +65,6 @@ from diffvision.errors import CLIError  # noqa: E402
 from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
-# The fine-tuning recipe of both toy sets (flag defaults): Adam at LR, cosine, loss weights
-# from the class pixel shares to the power -CLASS_WEIGHT_POWER.
-LR = 2e-3
-CLASS_WEIGHT_POWER = 0.5
 ROWS = ("imagenet+random-decoder", "imagenet+ddep", "imagenet+ddep-multilevel", "scratch", "dep")
 IMAGENET = ["MODEL.TIMM.PRETRAINED", "pypi", "MODEL.TIMM.NORM", "FrozenBN"]
 RANDOM = ["MODEL.TIMM.PRETRAINED", "", "MODEL.TIMM.NORM", "BN"]
@@ -71,48 +78,38 @@ ROW_SETUP: dict[str, tuple[list[str], list[str] | None]] = {
 }
 
 
-# Generated sets the table runs on by name (``--dataset``): the split names, the class count, and
-# the recipe, i.e. the config overrides of both stages that differ from the toy configs'. The
-# flags' defaults (iterations, batch, sigma) are the same for both sets.
+# Generated sets by name (``--dataset``): their (pretraining, fine-tuning) configs, which hold the
+# data, the class count and the fine-tuning recipe (iterations, learning rate, class weights).
 DATASETS = {
-    "toy_scenes": {
-        "train": "toy_scenes_train",
-        "val": "toy_scenes_val",
-        "num_classes": 5,
-        "opts": [],
-    },
-    "toy_glyph_masks": {
-        "train": "toy_glyph_masks_train",
-        "val": "toy_glyph_masks_val",
-        "num_classes": 11,
-        # 96 px crops of the 128-192 px scenes hold whole digits; no flip (a mirrored digit is
-        # another shape); scale jitter kept small so 1-3 px strokes survive resizing.
-        "opts": [
-            "SEG.CROP_SIZE",
-            "(96, 96)",
-            "SEG.FLIP_PROB",
-            "0.0",
-            "SEG.SCALE_RANGE",
-            "(0.8, 1.25)",
-        ],
-    },
+    "toy_scenes": ("ddep_toy_pretrain_effnetlite0.yaml", "ddep_toy_finetune_effnetlite0.yaml"),
+    "toy_glyph_masks": (
+        "ddep_glyphs_pretrain_effnetlite0.yaml",
+        "ddep_glyphs_finetune_effnetlite0.yaml",
+    ),
 }
 
 
 def foreground_miou(metrics: dict) -> float:
-    """Mean IoU over every class but ``background`` (``sem_seg/IoU-<name>`` entries)."""
+    """Mean IoU over every class but ``background`` (the ``sem_seg/IoU-<name>`` entries), classes
+    with an undefined IoU (absent from labels and predictions) left out, as in the mIoU."""
     ious = [
         v
         for k, v in metrics.items()
-        if k.startswith("sem_seg/IoU-") and k != "sem_seg/IoU-background"
+        if k.startswith("sem_seg/IoU-") and k != "sem_seg/IoU-background" and v == v
     ]
-    return sum(ious) / len(ious)
+    return sum(ious) / len(ious) if ious else float("nan")
 
 
-def run(config: str, opts: list[str]) -> dict:
+def final_config(config: str, opts: list[str]):
+    """The config file ``config`` of ``configs/`` with ``opts`` merged."""
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIGS / config))
     cfg.merge_from_list(opts)
+    return cfg
+
+
+def run(config: str, opts: list[str]) -> dict:
+    cfg = final_config(config, opts)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     seed_process_rngs(cfg.SEED)
     return train(cfg)
@@ -155,14 +152,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--output", default="output/exp_ddep_toy")
     parser.add_argument("--pretrain-iters", type=int, default=400)
-    parser.add_argument("--finetune-iters", type=int, default=300)
+    parser.add_argument(
+        "--finetune-iters", type=int, help="default: the fine-tuning config's (300)"
+    )
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=LR, help="fine-tuning Adam learning rate")
+    parser.add_argument("--lr", type=float, help="fine-tuning Adam learning rate (config: 2e-3)")
     parser.add_argument(
         "--class-weight-power",
         type=float,
-        default=CLASS_WEIGHT_POWER,
-        help="fine-tuning loss weights ∝ class pixel share ** -POWER (0 = plain cross-entropy)",
+        help="fine-tuning loss weights ∝ class pixel share ** -POWER (0 = plain cross-entropy; "
+        "config: 0.5)",
     )
     parser.add_argument("--sigma", type=float, default=0.22, help="DDeP noise level (fixed rows)")
     parser.add_argument("--dep", action="store_true", help="(old flag) add the dep row")
@@ -180,7 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     if (args.train_root is None) != (args.val_root is None):
         raise CLIError("--train-root and --val-root go together")
-    if args.train_root is None and args.dataset not in DATASETS:
+    if args.dataset not in DATASETS:
         raise CLIError(f"--dataset: unknown {args.dataset!r}; choose from {list(DATASETS)}")
     if args.train_root is not None and args.num_classes is None:
         raise CLIError("--train-root needs --num-classes (the classes of its masks)")
@@ -216,22 +215,19 @@ def run_table(args: argparse.Namespace) -> dict:
     foreground_file, per_class_file = out / "results_foreground.json", out / "per_class_iou.json"
     foreground = json.loads(foreground_file.read_text()) if foreground_file.is_file() else {}
     per_class = json.loads(per_class_file.read_text()) if per_class_file.is_file() else {}
-    if args.train_root:
-        train_name, val_name, num_classes, recipe = (
-            args.train_root,
-            args.val_root,
-            args.num_classes,
-            [],
-        )
-    else:
-        spec = DATASETS[args.dataset]
-        train_name, val_name, recipe = spec["train"], spec["val"], spec["opts"]
-        num_classes = args.num_classes or spec["num_classes"]
-    data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes), *recipe]
-    data += ["DATASETS.TRAIN", f"('{train_name}',)", "DATASETS.TEST", f"('{val_name}',)"]
+    pretrain_config, finetune_config = DATASETS[args.dataset]
+    data = []
+    if args.train_root:  # any folder split, with the --dataset configs otherwise
+        data += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
+        data += ["DATASETS.TRAIN", f"('{args.train_root}',)"]
+        data += ["DATASETS.TEST", f"('{args.val_root}',)"]
     common = [*data, "SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "1000"]
-    finetune = ["SOLVER.BASE_LR", str(args.lr),
-                "MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER", str(args.class_weight_power)]  # fmt: skip
+    finetune = []  # the flags given; the fine-tuning config's values otherwise
+    for flag, key in (("finetune_iters", "SOLVER.MAX_ITER"), ("lr", "SOLVER.BASE_LR"),
+                      ("class_weight_power", "MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            finetune += [key, str(getattr(args, flag))]
+    recipe = final_config(finetune_config, [*common, *finetune])
     start = time.time()
     for row in args.rows:
         encoder, pretrain = ROW_SETUP[row]
@@ -246,7 +242,7 @@ def run_table(args: argparse.Namespace) -> dict:
                 if not Path(weights).is_file():
                     t0 = time.time()
                     run(
-                        "ddep_toy_pretrain_effnetlite0.yaml",
+                        pretrain_config,
                         [*common, *encoder, *pretrain, "SEED", str(seed), "DATASETS.TEST", "()",
                          "MODEL.DDEP.NOISE_SIGMA", str(args.sigma), "LOG_PERIOD", "50",
                          "SOLVER.MAX_ITER", str(args.pretrain_iters), "OUTPUT_DIR", str(pre_dir)],
@@ -258,10 +254,9 @@ def run_table(args: argparse.Namespace) -> dict:
                 t0 = time.time()
                 tag = fraction.replace("/", "-")
                 metrics = run(
-                    "ddep_toy_finetune_effnetlite0.yaml",
+                    finetune_config,
                     [*common, *finetune, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
                      "SEG.FRACTION_SEED", str(seed), "SEG.LABEL_FRACTION", fraction,
-                     "SOLVER.MAX_ITER", str(args.finetune_iters),
                      "OUTPUT_DIR", str(out / f"finetune_{row}_{tag}_s{seed}")],
                 )  # fmt: skip
                 timing[f"finetune {row} {fraction} s{seed}"] = round(time.time() - t0, 1)
@@ -286,8 +281,9 @@ def run_table(args: argparse.Namespace) -> dict:
     for title, table in (("mIoU", results), ("mIoU without background", foreground)):
         print(
             f"\n{what}, EfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
-            f"{args.finetune_iters} it, batch {args.batch}, lr {args.lr:g}, class-weight power "
-            f"{args.class_weight_power:g}; val {title} (%), mean ± std over seeds"
+            f"{recipe.SOLVER.MAX_ITER} it, batch {args.batch}, lr {recipe.SOLVER.BASE_LR:g}, "
+            f"class-weight power {recipe.MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER:g}; val {title} "
+            "(%), mean ± std over seeds"
         )
         print_table(table, args.rows, args.fractions)
     print(f"\nwall time: {time.time() - start:.0f} s")
