@@ -266,8 +266,17 @@ def train_and_eval(
     }
 
 
-def mean_std(values: Sequence[float]) -> str:
+def rounded(value: float) -> float | None:
+    """A metric for the JSON files: 2 decimals, ``None`` (JSON null) for NaN (a class absent
+    from both ground truth and prediction)."""
+    return None if math.isnan(value) else round(value, 2)
+
+
+def mean_std(values: Sequence[float | None]) -> str:
     """``mean ± std`` (sample std) of the seeds' values; the value alone for one seed."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
     mean = sum(values) / len(values)
     if len(values) == 1:
         return f"{mean:.2f}"
@@ -414,9 +423,9 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
                 del feats, labels
                 for key in ("mIoU", "mIoU_fg", "pACC"):
                     values = results[key].setdefault(row, {}).setdefault(fraction, [])
-                    values.append(round(metrics[key], 2))
+                    values.append(rounded(metrics[key]))
                 results["IoU"][f"{row} {fraction} s{seed}"] = {
-                    name: round(v, 2) for name, v in metrics["IoU"].items()
+                    name: rounded(v) for name, v in metrics["IoU"].items()
                 }
                 results["timing"][f"{row} {fraction} s{seed}"] = round(time.time() - t0, 1)
                 print(
