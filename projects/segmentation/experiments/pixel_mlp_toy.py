@@ -20,10 +20,12 @@ The DDPM checkpoint is read only for the first two rows.
 Sets (``--dataset``) and their defaults:
 
 - ``toy_scenes``: 64x64 scenes, 5 classes, 200 training / 50 validation images; labeled
-  subsets of ``--fractions 5,20`` images (counts), ``--seeds 0``, every pixel of every image.
+  subsets of ``--fractions 5,20`` images (counts), ``--seeds 0``, ``--iters 1500``, every pixel
+  of every image.
 - ``toy_glyph_masks``: thin digit strokes, 11 classes (background + digits 0-9, long-tailed),
   800 training / 200 validation images of 128-192 px per side; ``--fractions 1/30,1/8,full``,
-  ``--seeds 0,1,2``.
+  ``--seeds 0,1,2``, ``--iters 500`` (27 MLP trainings per row fit a shared 2-core CPU),
+  ``--train-pixels 1024``, ``--val-pixels 512``.
 
 Geometry and memory. Every image and mask is centre-cropped to a square of side
 ``min(--crop, height, width)`` (128 for the glyph masks, which keeps the 1-3 px strokes at their
@@ -33,11 +35,11 @@ the box filter its image reader applied in training), the ImageNet row sees it r
 ``--imagenet-size``; every row's maps are read back at the crop's pixels (bilinear, the
 ``gather_pixel_features`` of the PixelMLP task). The features of ``--train-pixels`` uniformly
 drawn labeled pixels per training image (0 = all; glyph masks 1024 of 16384) and of
-``--val-pixels`` drawn pixels per validation image (0 = all; glyph masks 2048, all 200 images)
+``--val-pixels`` drawn pixels per validation image (0 = all; glyph masks 512, all 200 images)
 are stored once in float16 and serve every fraction and seed; the draw is seeded and the same
 for every seed. The confusion matrix over the drawn validation pixels estimates the one over all
 pixels (each pixel has the same chance to be drawn). At the glyph defaults the largest store,
-the DDPM row's (864 features), is 800 x 1024 + 200 x 2048 pixels = 2.1 GB, plus one copy of the
+the DDPM row's (864 features), is 800 x 1024 + 200 x 512 pixels = 1.6 GB, plus one copy of the
 labeled subset's rows: under 6 GB resident.
 
 Seeds. Seed ``s`` picks the labeled subset (``select_label_fraction(..., seed=s)``, so a
@@ -111,6 +113,7 @@ DATASETS = {
         "split": ensure_toy_scenes,
         "fractions": "5,20",
         "seeds": "0",
+        "iters": 1500,
         "train_pixels": 0,
         "val_pixels": 0,
         "ddpm": "output/ddpm_toy_scenes/model_final.pth",
@@ -119,8 +122,9 @@ DATASETS = {
         "split": ensure_toy_glyph_masks,
         "fractions": "1/30,1/8,full",
         "seeds": "0,1,2",
+        "iters": 500,
         "train_pixels": 1024,
-        "val_pixels": 2048,
+        "val_pixels": 512,
         "ddpm": "output/ddpm_toy_glyph_masks/model_final.pth",
     },
 }
@@ -303,7 +307,7 @@ def argument_parser() -> ToolParser:
     )
     parser.add_argument("--seeds", help="comma-separated seeds (subset + MLPs)")
     parser.add_argument("--seed", type=Int(0), help="one seed: the same as --seeds SEED")
-    parser.add_argument("--iters", type=Int(1), default=1500, help="Adam steps of the MLPs")
+    parser.add_argument("--iters", type=Int(1), help="Adam steps of the MLPs")
     parser.add_argument("--imagenet-size", type=Int(32), default=256)
     parser.add_argument("--crop", type=Int(16), default=128, help="centre square side")
     parser.add_argument(
@@ -337,7 +341,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.fractions = [f for f in (args.fractions or spec["fractions"]).split(",") if f]
     if not args.fractions:
         raise CLIError("--fractions: give at least one label fraction")
-    for name in ("ddpm", "train_pixels", "val_pixels"):
+    for name in ("ddpm", "iters", "train_pixels", "val_pixels"):
         if getattr(args, name) is None:
             setattr(args, name, spec[name])
     return args
@@ -390,19 +394,12 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
     for row in args.features:
         t0 = time.time()
         extractor = build_extractor(row, args)
-        train = PixelStore(
-            extractor,
-            train_images,
-            train_masks,
-            pixels_per_image=args.train_pixels,
-            seed=derive_seed(0, Stream.TRAIN_PIXELS),
-        )
-        val = PixelStore(
-            extractor,
-            val_images,
-            val_masks,
-            pixels_per_image=args.val_pixels,
-            seed=derive_seed(0, Stream.EVAL_IMAGE),
+        train, val = (
+            PixelStore(extractor, images, masks, pixels_per_image=n, seed=derive_seed(0, stream))
+            for images, masks, n, stream in (
+                (train_images, train_masks, args.train_pixels, Stream.TRAIN_PIXELS),
+                (val_images, val_masks, args.val_pixels, Stream.EVAL_IMAGE),
+            )
         )
         del extractor
         dim = train.features.shape[1]
