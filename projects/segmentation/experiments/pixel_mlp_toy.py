@@ -93,6 +93,8 @@ from projects.segmentation.pixel_mlp.features import (  # noqa: E402
     DDPMFeatureExtractor,
     RawPixelExtractor,
     collect_training_pixels,
+    gather_pixel_features,
+    pixel_grid,
 )
 from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
@@ -182,37 +184,75 @@ def centre_square(
     return out_images, out_masks
 
 
+class PixelCoordinates(nn.Module):
+    """``x (1, 3, H, W)`` -> one map ``(1, 2, H, W)`` of each pixel's (row, col): read back at a
+    pixel it gives that pixel, so :func:`collect_training_pixels` run with it names the pixels
+    its seeded draw picks."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        height, width = x.shape[-2:]
+        return [pixel_grid(height, width).T.reshape(1, 2, height, width).float()]
+
+
 class PixelStore:
-    """Features of (a seeded sample of) the labeled pixels of some images, stored once.
+    """Features of (a seeded sample of) the labeled pixels of some images of a split.
+
+    The draw walks every image of the split in order (:func:`collect_training_pixels`, one
+    generator), so the pixels of an image are a function of the seed and the split alone, never
+    of which other images are stored; features are computed for the ``stored`` images only.
 
     Args:
         extractor: ``x (1, 3, S, S) -> list of maps``.
-        images, masks: ``(3, S, S)`` in [-1, 1] and ``(S, S)`` int64 (255 = unlabeled).
+        images, masks: every image of the split, ``(3, S, S)`` in [-1, 1] and ``(S, S)`` int64
+            (255 = unlabeled).
         pixels_per_image: uniform sample of labeled pixels per image (0 = all of them).
         seed: seed of the sample.
+        stored: indices of the images whose pixels are kept (default all).
 
     Attributes:
-        features: ``(N, D)`` float16; labels: ``(N,)`` int64; image: ``(N,)`` the position in
-        ``images`` of each row.
+        features: ``(N, D)`` float16; labels: ``(N,)`` int64; image: ``(N,)`` the index in
+        ``images`` of each row (image after image, in index order).
     """
 
-    def __init__(self, extractor, images, masks, *, pixels_per_image: int, seed: int) -> None:
-        self.features, self.labels = collect_training_pixels(
-            extractor, images, masks, pixels_per_image=pixels_per_image, seed=seed
-        )
+    @torch.no_grad()
+    def __init__(
+        self,
+        extractor: nn.Module,
+        images: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        *,
+        pixels_per_image: int,
+        seed: int,
+        stored: Sequence[int] | None = None,
+    ) -> None:
+        coords, labels = collect_training_pixels(
+            PixelCoordinates(), images, masks, pixels_per_image=pixels_per_image, seed=seed,
+            dtype=torch.float32,
+        )  # fmt: skip
         # collect_training_pixels keeps min(pixels_per_image, labeled) rows per image (all with
         # 0), image after image
         labeled = torch.tensor([int((m != 255).sum()) for m in masks])
         counts = labeled.clamp(max=pixels_per_image) if pixels_per_image else labeled
-        self.image = torch.repeat_interleave(torch.arange(len(masks)), counts)
-        if len(self.image) != len(self.labels):
-            raise RuntimeError(f"{len(self.labels)} stored pixels, expected {len(self.image)}")
+        image = torch.repeat_interleave(torch.arange(len(masks)), counts)
+        if len(image) != len(labels):
+            raise RuntimeError(f"{len(labels)} drawn pixels, expected {len(image)}")
+        self.stored = sorted(range(len(masks)) if stored is None else set(stored))
+        keep = torch.isin(image, torch.as_tensor(self.stored))
+        coords, self.labels, self.image = coords[keep].long(), labels[keep], image[keep]
+        self.features = None
+        for k in self.stored:
+            rows = (self.image == k).nonzero().squeeze(1)
+            maps = extractor(images[k][None])
+            feats = gather_pixel_features(maps, coords[rows], size=tuple(masks[k].shape))
+            if self.features is None:
+                self.features = torch.empty((len(self.labels), feats.shape[1]), dtype=torch.half)
+            self.features[rows] = feats.half()
 
-    def rows_of(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of the rows of the images at ``positions``."""
-        if len(positions) == int(self.image.max()) + 1:
+    def rows_of(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of the rows of the images ``indices`` (a subset of ``stored``)."""
+        if sorted(set(indices)) == self.stored:
             return self.features, self.labels
-        keep = torch.isin(self.image, torch.as_tensor(list(positions)))
+        keep = torch.isin(self.image, torch.as_tensor(list(indices)))
         return self.features[keep], self.labels[keep]
 
 
@@ -378,11 +418,9 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
         for s in args.seeds
     }
     used = sorted(set().union(*subsets.values()))
-    position = {index: k for k, index in enumerate(used)}
     num_classes = len(class_names)
     train_images, train_masks = centre_square(
-        *load_images([train_records[i] for i in used], image_size=0, num_classes=num_classes),
-        side=args.crop,
+        *load_images(train_records, image_size=0, num_classes=num_classes), side=args.crop
     )
     val_images, val_masks = centre_square(
         *load_images(load_seg_folder(val_dir, require_masks=True), image_size=0,
@@ -394,13 +432,14 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
     for row in args.features:
         t0 = time.time()
         extractor = build_extractor(row, args)
-        train, val = (
-            PixelStore(extractor, images, masks, pixels_per_image=n, seed=derive_seed(0, stream))
-            for images, masks, n, stream in (
-                (train_images, train_masks, args.train_pixels, Stream.TRAIN_PIXELS),
-                (val_images, val_masks, args.val_pixels, Stream.EVAL_IMAGE),
-            )
-        )
+        train = PixelStore(
+            extractor, train_images, train_masks, pixels_per_image=args.train_pixels,
+            seed=derive_seed(0, Stream.TRAIN_PIXELS), stored=used,
+        )  # fmt: skip
+        val = PixelStore(
+            extractor, val_images, val_masks, pixels_per_image=args.val_pixels,
+            seed=derive_seed(0, Stream.EVAL_IMAGE),
+        )  # fmt: skip
         del extractor
         dim = train.features.shape[1]
         results["D"][row] = dim
@@ -413,7 +452,7 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
         for fraction in args.fractions:
             for seed in args.seeds:
                 t0 = time.time()
-                feats, labels = train.rows_of([position[i] for i in subsets[fraction, seed]])
+                feats, labels = train.rows_of(subsets[fraction, seed])
                 metrics = train_and_eval(
                     feats, labels, val, class_names=class_names, iters=args.iters, seed=seed
                 )

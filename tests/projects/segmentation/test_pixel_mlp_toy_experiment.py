@@ -57,6 +57,30 @@ def test_pixel_store_rows_belong_to_their_images(load_script):
     assert len(everything.labels) == 64 * 3 + 24
 
 
+def test_pixel_store_draw_does_not_depend_on_the_stored_images(load_script):
+    module = load_script(SCRIPT)
+    # features that name the pixel: (row, col) of an 8x8 grid and the image's index
+    images = [torch.full((3, 8, 8), float(k)) for k in range(4)]
+    masks = [
+        torch.randint(0, 3, (8, 8), generator=torch.Generator().manual_seed(k)) for k in range(4)
+    ]
+    coordinates = module.PixelCoordinates()
+
+    def named(x):
+        return [torch.cat([coordinates(x)[0], x[:, :1]], dim=1)]
+
+    full = module.PixelStore(named, images, masks, pixels_per_image=10, seed=5)
+    part = module.PixelStore(named, images, masks, pixels_per_image=10, seed=5, stored=[3, 1])
+    assert part.stored == [1, 3]
+    for k in (1, 3):
+        torch.testing.assert_close(part.rows_of([k])[0], full.rows_of([k])[0])
+        assert torch.equal(part.rows_of([k])[1], full.rows_of([k])[1])
+    feats, labels = full.rows_of([0, 1, 2, 3])
+    rows, cols, image = feats.long().T
+    assert torch.equal(labels, torch.stack(masks)[image, rows, cols])  # each row is its pixel
+    assert len(set(zip(rows.tolist(), cols.tolist(), image.tolist()))) == 40  # no pixel twice
+
+
 def test_foreground_miou_is_the_nan_mean_without_background(load_script):
     module = load_script(SCRIPT)
     names = ["background", "a", "b", "c"]
