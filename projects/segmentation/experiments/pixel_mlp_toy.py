@@ -36,9 +36,11 @@ the box filter its image reader applied in training), the ImageNet row sees it r
 ``gather_pixel_features`` of the PixelMLP task). The features of ``--train-pixels`` uniformly
 drawn labeled pixels per training image (0 = all; glyph masks 1024 of 16384) and of
 ``--val-pixels`` drawn pixels per validation image (0 = all; glyph masks 512, all 200 images)
-are stored once in float16 and serve every fraction and seed; the draw is seeded and the same
-for every seed. The confusion matrix over the drawn validation pixels estimates the one over all
-pixels (each pixel has the same chance to be drawn). At the glyph defaults the largest store,
+are stored once in float16 and serve every fraction and seed; the draw is seeded, the same for
+every seed, and walks every image of the split, so an image's pixels do not depend on which
+fractions and seeds a command asks for (only the images they use go through the extractor).
+The confusion matrix over the drawn validation pixels estimates the one over all pixels (each
+pixel has the same chance to be drawn). At the glyph defaults the largest store,
 the DDPM row's (864 features), is 800 x 1024 + 200 x 512 pixels = 1.6 GB, plus one copy of the
 labeled subset's rows: under 6 GB resident.
 
