@@ -40,9 +40,9 @@ are stored once in float16 and serve every fraction and seed; the draw is seeded
 every seed, and walks every image of the split, so an image's pixels do not depend on which
 fractions and seeds a command asks for (only the images they use go through the extractor).
 The confusion matrix over the drawn validation pixels estimates the one over all pixels (each
-pixel has the same chance to be drawn). At the glyph defaults the largest store,
-the DDPM row's (864 features), is 800 x 1024 + 200 x 512 pixels = 1.6 GB, plus one copy of the
-labeled subset's rows: under 6 GB resident.
+pixel has the same chance to be drawn). At the glyph defaults the largest store, the DDPM
+row's (864 features), is 800 x 1024 + 200 x 512 pixels = 1.6 GB, plus one copy of the labeled
+subset's rows; the ImageNet row (512 features) peaked at 2.6 GB resident.
 
 Seeds. Seed ``s`` picks the labeled subset (``select_label_fraction(..., seed=s)``, so a
 smaller fraction is a subset of a larger one) and seeds the MLPs' initialisation and pixel
