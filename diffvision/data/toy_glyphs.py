@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -42,8 +43,11 @@ from diffvision.data.toy_detection import _iou
 __all__ = [
     "GLYPH_CLASSES",
     "GLYPH_CLASS_PROBS",
+    "GLYPH_SPLIT_SIZES",
     "ensure_toy_glyphs",
     "generate_toy_glyphs",
+    "glyph_scenes",
+    "make_glyph_image",
     "render_glyph",
 ]
 
@@ -60,7 +64,7 @@ _FONTS = (
     cv2.FONT_HERSHEY_SIMPLEX | cv2.FONT_ITALIC,
     cv2.FONT_HERSHEY_COMPLEX | cv2.FONT_ITALIC,
 )
-_DEFAULT_SIZES = {"train": 800, "val": 200}
+GLYPH_SPLIT_SIZES = {"train": 800, "val": 200}
 
 
 def render_glyph(text: str, *, height: int, angle: float, font: int, thickness: int) -> np.ndarray:
@@ -105,10 +109,20 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image
 
 
-def _make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, list[int]]]]:
-    """One RGB image ``(H, W, 3)`` uint8 and its objects ``[(class, [x, y, w, h])]``."""
+def make_glyph_image(
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[tuple[int, list[int]]], np.ndarray]:
+    """One scene drawn from ``rng``: the image, its objects and its class map.
+
+    Returns:
+        ``image`` ``(H, W, 3)`` uint8 RGB; ``objects`` ``[(class, [x, y, w, h])]`` with the
+        class index into :data:`GLYPH_CLASSES`; ``class_map`` ``(H, W)`` uint8, ``0`` for
+        background and ``k + 1`` where digit ``k`` covers the pixel (coverage > 0.25, the same
+        threshold as the box; a later glyph is drawn over an earlier one).
+    """
     width, height = (int(v) for v in rng.integers(128, 193, size=2))
     image = _background(rng, height, width)
+    class_map = np.zeros((height, width), np.uint8)
     objects: list[tuple[int, list[int]]] = []
     boxes = np.zeros((0, 4))
     num_objects = 0 if rng.random() < 0.08 else int(rng.integers(1, 7))
@@ -141,11 +155,24 @@ def _make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, l
         image[y1 : y1 + h, x1 : x1 + w] = np.clip(
             region * (1 - alpha) + color * alpha, 0, 255
         ).astype(np.uint8)
-        ys, xs = np.nonzero(mask > 0.25)
+        covered = mask > 0.25
+        class_map[y1 : y1 + h, x1 : x1 + w][covered] = cls + 1
+        ys, xs = np.nonzero(covered)
         bx1, by1, bx2, by2 = x1 + xs.min(), y1 + ys.min(), x1 + xs.max() + 1, y1 + ys.max() + 1
         boxes = np.vstack([boxes, box])
         objects.append((cls, [int(bx1), int(by1), int(bx2 - bx1), int(by2 - by1)]))
-    return image, objects
+    return image, objects, class_map
+
+
+def glyph_scenes(
+    split: str, seed: int, sizes: dict[str, int]
+) -> Iterator[tuple[np.ndarray, list[tuple[int, list[int]]], np.ndarray]]:
+    """The ``sizes[split]`` scenes of one split, in order, as :func:`make_glyph_image` returns
+    them. A split's stream depends only on ``seed`` and the split's rank among ``sizes``' names,
+    so the detection set and the mask set built from the same arguments hold the same images."""
+    rng = np.random.default_rng([seed, sorted(sizes).index(split), 7])
+    for _ in range(sizes[split]):
+        yield make_glyph_image(rng)
 
 
 def _lvis_frequency(image_count: int) -> str:
@@ -165,15 +192,13 @@ def generate_toy_glyphs(
             groups use the ``"train"`` split's image counts when it exists.
     """
     root = Path(root)
-    sizes = dict(_DEFAULT_SIZES if sizes is None else sizes)
+    sizes = dict(GLYPH_SPLIT_SIZES if sizes is None else sizes)
     (root / "annotations").mkdir(parents=True)
     splits = {}
-    for split_index, (split, num_images) in enumerate(sorted(sizes.items())):
-        rng = np.random.default_rng([seed, split_index, 7])
+    for split in sorted(sizes):
         (root / split).mkdir()
         images, annotations = [], []
-        for image_id in range(1, num_images + 1):
-            image, objects = _make_image(rng)
+        for image_id, (image, objects, _) in enumerate(glyph_scenes(split, seed, sizes), 1):
             file_name = f"{image_id:06d}.png"
             cv2.imwrite(str(root / split / file_name), image[..., ::-1])
             images.append(

@@ -15,6 +15,10 @@ def add_seg_config(cfg: CfgNode) -> None:
     add_keys(cfg, "MODEL.SEM_SEG_HEAD", {
         "NUM_CLASSES": Ranged(19, ">=1"),
         "IGNORE_VALUE": 255,
+        # Fine-tuning loss weight of class c: (share of c in the labeled training pixels) to the
+        # power -CLASS_WEIGHT_POWER, scaled so the average pixel weighs 1. 0 = plain
+        # cross-entropy; 0.5 (inverse square root) lifts thin or rare classes.
+        "CLASS_WEIGHT_POWER": Ranged(0.0, ">=0"),
     })  # fmt: skip
     add_keys(cfg, "SEG", {
         # Labeled subset: "full", "1/4", "1/8", "1/30", a float, or a count such as "100".

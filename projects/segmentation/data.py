@@ -4,6 +4,7 @@ Dataset names (``DATASETS.TRAIN`` / ``DATASETS.TEST``):
 
 - ``cityscapes_fine_sem_seg_{train,val}``: Cityscapes under ``$DIFFVISION_DATASETS/cityscapes``.
 - ``toy_scenes_{train,val}``: generated on first use (:mod:`diffvision.data.toy_scenes`).
+- ``toy_glyph_masks_{train,val}``: generated on first use (:mod:`diffvision.data.toy_glyph_masks`).
 - any folder in the generic format (``images/``, ``masks/``, ``classes.json``), by path.
 """
 
@@ -24,7 +25,14 @@ from diffvision.data.cityscapes import (
 )
 from diffvision.data.label_fraction import select_label_fraction, write_split_file
 from diffvision.data.samplers import GlobalBatchLoader
-from diffvision.data.seg_folder import SemSegDataset, load_seg_folder, read_classes_json
+from diffvision.data.seg_folder import (
+    SemSegDataset,
+    load_seg_folder,
+    read_classes_json,
+    read_mask,
+)
+from diffvision.data.toy_glyph_masks import ensure_toy_glyph_masks
+from diffvision.data.toy_glyphs import GLYPH_SPLIT_SIZES
 from diffvision.data.toy_scenes import TOY_SCENE_SPLITS, ensure_toy_scenes
 from diffvision.errors import DataError, InputFileNotFoundError
 from diffvision.utils import comm
@@ -32,6 +40,7 @@ from diffvision.utils import comm
 __all__ = [
     "SegTestBatches",
     "build_seg_train_loader",
+    "class_loss_weights",
     "collate_sem_seg",
     "get_sem_seg_dataset",
     "sem_seg_evaluator_kwargs",
@@ -42,10 +51,29 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _toy_scene_split(name: str) -> str | None:
-    """``"train"`` for ``toy_scenes_train`` (a generated split), None for any other name."""
-    split = name.removeprefix("toy_scenes_")
-    return split if split != name and split in TOY_SCENE_SPLITS else None
+# Generated sets by name prefix: their splits, and the folder of a split (generated on first use).
+_GENERATED_SETS = {
+    "toy_scenes_": (
+        tuple(TOY_SCENE_SPLITS),
+        lambda split, toy_image_size: ensure_toy_scenes(split, image_size=toy_image_size),
+    ),
+    "toy_glyph_masks_": (
+        tuple(GLYPH_SPLIT_SIZES),
+        lambda split, toy_image_size: ensure_toy_glyph_masks(split),
+    ),
+}
+_GENERATED_NAMES = ", ".join(
+    f"{prefix}{{{','.join(splits)}}}" for prefix, (splits, _) in _GENERATED_SETS.items()
+)
+
+
+def _generated_split(name: str) -> tuple[str, str] | None:
+    """``("toy_scenes_", "train")`` for ``toy_scenes_train`` (a generated split), else None."""
+    for prefix, (splits, _) in _GENERATED_SETS.items():
+        split = name.removeprefix(prefix)
+        if split != name and split in splits:
+            return prefix, split
+    return None
 
 
 def get_sem_seg_dataset(
@@ -66,15 +94,16 @@ def get_sem_seg_dataset(
             "ignore_label": 255,
         }
         return get_cityscapes_sem_seg_records(name), meta
-    toy_split = _toy_scene_split(name)
-    if toy_split is not None:
-        folder = ensure_toy_scenes(toy_split, image_size=toy_image_size)
+    generated = _generated_split(name)
+    if generated is not None:
+        prefix, split = generated
+        folder = _GENERATED_SETS[prefix][1](split, toy_image_size)
     else:
         folder = Path(name)
         if not folder.is_dir():
             raise InputFileNotFoundError(
                 f"dataset {name!r} is neither a known name (cityscapes_fine_sem_seg_*, "
-                f"toy_scenes_{{{','.join(TOY_SCENE_SPLITS)}}}) nor a folder"
+                f"{_GENERATED_NAMES}) nor a folder"
             )
     return load_seg_folder(folder, require_masks=require_masks), read_classes_json(
         folder / "classes.json"
@@ -88,13 +117,13 @@ def check_sem_seg_dataset_files(name: str) -> None:
     Raises:
         InputFileNotFoundError: an unknown name that is not an existing folder.
     """
-    if name in CITYSCAPES_SEM_SEG_SPLITS or _toy_scene_split(name) is not None:
+    if name in CITYSCAPES_SEM_SEG_SPLITS or _generated_split(name) is not None:
         return
     if not Path(name).is_dir():
         what = "a file, expected a folder" if Path(name).exists() else "not a known name or folder"
         raise InputFileNotFoundError(
             f"dataset {name!r} is {what} (known: cityscapes_fine_sem_seg_*, "
-            f"toy_scenes_{{{','.join(TOY_SCENE_SPLITS)}}}, or a folder with images/ and masks/)"
+            f"{_GENERATED_NAMES}, or a folder with images/ and masks/)"
         )
 
 
@@ -147,6 +176,38 @@ def train_records(cfg, *, labeled: bool = True) -> list[dict]:
     )
 
 
+def class_loss_weights(
+    records: Sequence[dict], *, num_classes: int, ignore_label: int, power: float
+) -> torch.Tensor:
+    """Cross-entropy class weights ``(C,)`` float32 from the labeled masks' pixel counts.
+
+    With ``f_c`` the share of class ``c`` among the labeled (not ignored) pixels,
+    ``w_c = f_c ** -power / sum_k f_k ** (1 - power)``, so that ``sum_c f_c w_c = 1``: the average
+    labeled pixel keeps weight 1 and ``power = 0`` gives ``w = 1`` (plain cross-entropy). A class
+    absent from the masks gets the largest weight of the present ones (it has no pixels to weigh
+    in this set, and keeps a rare class's weight should the labels change).
+
+    Raises:
+        DataError: no labeled pixel in ``records``.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for record in records:
+        mask = read_mask(record["sem_seg_file_name"], label_lut=record.get("label_lut"))
+        mask = mask[(mask != ignore_label) & (mask < num_classes)]
+        counts += torch.bincount(mask.flatten(), minlength=num_classes).double()
+    if counts.sum() == 0:
+        raise DataError("the labeled training masks hold no pixel of a class: nothing to weigh")
+    share = counts / counts.sum()
+    present = share > 0
+    weights = torch.zeros_like(share)
+    weights[present] = share[present] ** -power / (share[present] ** (1 - power)).sum()
+    weights[~present] = weights[present].max()
+    logger.info(
+        "Class weights (power %g): %s", power, " ".join(f"{w:.2f}" for w in weights.tolist())
+    )
+    return weights.float()
+
+
 def collate_sem_seg(items: list[dict], seeds: list[int] | None = None) -> dict:
     """Stack same-sized items into ``{"image": (B,3,H,W) uint8, "sem_seg": (B,H,W), "file_name":
     [...], "seed": (B,) int64}`` (``seed`` when given: each sample's noise-draw seed)."""
@@ -160,16 +221,30 @@ def collate_sem_seg(items: list[dict], seeds: list[int] | None = None) -> dict:
 
 
 def build_seg_train_loader(
-    dataset: Dataset, *, seed: int, global_batch_size: int, start_iter: int, num_workers: int
+    dataset: Dataset,
+    *,
+    seed: int,
+    global_batch_size: int,
+    start_iter: int,
+    num_workers: int,
+    class_weights: torch.Tensor | None = None,
 ) -> GlobalBatchLoader:
     """This rank's part of every global batch of ``dataset`` from ``start_iter`` on; crops,
-    flips and noise seeds depend on ``(seed, iteration, position)`` only."""
+    flips and noise seeds depend on ``(seed, iteration, position)`` only. ``class_weights``
+    ``(C,)`` (:func:`class_loss_weights`), when given, rides in every batch as
+    ``"class_weights"`` for the loss."""
+    collate = collate_sem_seg
+    if class_weights is not None:
+
+        def collate(items: list[dict], seeds: list[int] | None = None) -> dict:
+            return {**collate_sem_seg(items, seeds), "class_weights": class_weights}
+
     return GlobalBatchLoader(
         dataset,
         seed=seed,
         global_batch_size=global_batch_size,
         start_iter=start_iter,
-        collate=collate_sem_seg,
+        collate=collate,
         num_workers=num_workers,
     )
 

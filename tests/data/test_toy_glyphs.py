@@ -115,7 +115,7 @@ def test_lvis_json_evaluates_perfect_boxes_to_100(glyphs, tmp_path):
 def test_registered_names(tmp_path, monkeypatch):
     from diffvision.data import toy_glyphs
 
-    monkeypatch.setattr(toy_glyphs, "_DEFAULT_SIZES", {"train": 5, "val": 3})  # fast
+    monkeypatch.setattr(toy_glyphs, "GLYPH_SPLIT_SIZES", {"train": 5, "val": 3})  # fast
     monkeypatch.setenv("DIFFVISION_DATASETS", str(tmp_path))
     info = get_detection_dataset("toy_glyphs_lvis_val")
     assert info.evaluator_type == "lvis" and info.json_file.name == "lvis_val.json"

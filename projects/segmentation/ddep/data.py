@@ -16,6 +16,7 @@ from diffvision.utils import comm
 from projects.segmentation.data import (
     SegTestBatches,
     build_seg_train_loader,
+    class_loss_weights,
     get_sem_seg_dataset,
     sem_seg_evaluator_kwargs,
     train_records,
@@ -37,6 +38,15 @@ def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
         flip_prob=cfg.SEG.FLIP_PROB,
         ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
     )
+    head = cfg.MODEL.SEM_SEG_HEAD
+    class_weights = None
+    if cfg.MODEL.DDEP.MODE == "segment" and head.CLASS_WEIGHT_POWER > 0:
+        class_weights = class_loss_weights(
+            records,
+            num_classes=head.NUM_CLASSES,
+            ignore_label=head.IGNORE_VALUE,
+            power=head.CLASS_WEIGHT_POWER,
+        )
     return build_seg_train_loader(
         SemSegDataset(
             records,
@@ -48,6 +58,7 @@ def build_train_loader(cfg: CfgNode, *, start_iter: int = 0):
         global_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         start_iter=start_iter,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        class_weights=class_weights,
     )
 
 

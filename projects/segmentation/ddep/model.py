@@ -370,10 +370,26 @@ class DDeP(nn.Module):
         if not self.training:
             return [{"sem_seg": logit} for logit in logits]
         target = batch["sem_seg"].to(self.device)
-        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_label)
-        if not torch.isfinite(loss):  # a batch of only ignored pixels gives NaN
-            loss = logits.sum() * 0.0
-        return {"loss_sem_seg": loss}
+        return {"loss_sem_seg": self.segmentation_loss(logits, target, batch.get("class_weights"))}
+
+    def segmentation_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy of ``logits`` (B, C, H, W) against ``target`` (B, H, W), averaged over
+        the labeled pixels, each weighted by ``class_weights[target]`` (``(C,)``, None = 1):
+        ``sum_i w_{y_i} CE_i / #labeled``. The divisor is the pixel count, not the weight sum, so
+        a batch's loss scale does not depend on which classes it happens to hold; 0 (with a
+        gradient path) for a batch of only ignored pixels."""
+        labeled = target != self.ignore_label
+        if not labeled.any():
+            return logits.sum() * 0.0
+        if class_weights is None:
+            return F.cross_entropy(logits, target, ignore_index=self.ignore_label)
+        per_pixel = F.cross_entropy(
+            logits, target, ignore_index=self.ignore_label, reduction="none"
+        )
+        weights = class_weights.to(per_pixel)[target[labeled]]
+        return (per_pixel[labeled] * weights).sum() / labeled.sum()
 
 
 def _num_params(module: nn.Module) -> str:

@@ -19,18 +19,29 @@ Each seed draws its own labeled subset (``SEG.FRACTION_SEED``) and training rand
 (``SEED``); pretraining runs once per seed and serves every fraction.
 
     python projects/segmentation/experiments/ddep_toy.py                       # toy scenes
+    python projects/segmentation/experiments/ddep_toy.py --dataset toy_glyph_masks
     python projects/segmentation/experiments/ddep_toy.py --train-root data/train \
         --val-root data/val --num-classes 7 --fractions 1/8,full --seeds 0,1 --rows scratch,dep
 
-``--train-root`` / ``--val-root``: any folder-format split (``images/``, ``masks/``, optional
-``classes.json``); default the generated toy scenes. Prints a markdown table (mean ± std of the
-validation mIoU over seeds) and writes ``OUTPUT/results.json`` as ``{row: {fraction: [mIoU per
-seed]}}`` (plus ``OUTPUT/timing.json``: wall seconds per run, and ``OUTPUT/denoise_loss.json``:
-the ε-MSE of the last 50 pretraining iterations, 1.0 = predicting ε = 0). Runs already recorded in
-``timing.json`` are skipped, so a table can be filled in several invocations.
+``--dataset``: a generated set, ``toy_scenes`` (64 px, 4 blob classes + background) or
+``toy_glyph_masks`` (128-192 px, thin digits 0-9 + background, long-tailed); each has a
+pretraining and a fine-tuning config in ``configs/`` (``ddep_toy_*_effnetlite0.yaml``,
+``ddep_glyphs_*_effnetlite0.yaml``) that hold its data and recipe. ``--train-root`` /
+``--val-root``: any folder-format split (``images/``, ``masks/``, optional ``classes.json``) with
+the ``--dataset`` configs' recipe. Prints markdown tables (mean ± std over seeds of the
+validation mIoU, and of the mIoU without the background class) and writes to ``OUTPUT/``:
+``results.json`` ``{row: {fraction: [mIoU per seed]}}``, ``results_foreground.json`` (the same
+without background), ``per_class_iou.json`` (``{"<row> <fraction> s<seed>": {class: IoU}}``),
+``timing.json`` (wall seconds per run) and ``denoise_loss.json`` (the ε-MSE of the last 50
+pretraining iterations, 1.0 = predicting ε = 0). Runs already recorded in ``timing.json`` are
+skipped, so a table can be filled in several invocations.
 
-Default budgets (``--pretrain-iters 400 --finetune-iters 60 --batch 8 --threads 1``) run the whole
-table (5 rows x 3 fractions x 3 seeds) on the toy scenes in under 30 minutes on 2 CPU cores.
+The fine-tuning recipe is the configs': Adam 2e-3 with a cosine schedule, 300 iterations of 8
+crops, cross-entropy weighted by the classes' pixel shares to the power -0.5
+(``MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER``); ``--finetune-iters``, ``--lr`` and
+``--class-weight-power`` override it. Pretraining: 400 iterations of 8 (``--pretrain-iters``,
+``--batch``). One run takes 1-3 minutes on the toy scenes and 5-7 on the glyph masks, on one
+thread (``--threads``) of a 2-core machine.
 """
 
 from __future__ import annotations
@@ -67,10 +78,38 @@ ROW_SETUP: dict[str, tuple[list[str], list[str] | None]] = {
 }
 
 
-def run(config: str, opts: list[str]) -> dict:
+# Generated sets by name (``--dataset``): their (pretraining, fine-tuning) configs, which hold the
+# data, the class count and the fine-tuning recipe (iterations, learning rate, class weights).
+DATASETS = {
+    "toy_scenes": ("ddep_toy_pretrain_effnetlite0.yaml", "ddep_toy_finetune_effnetlite0.yaml"),
+    "toy_glyph_masks": (
+        "ddep_glyphs_pretrain_effnetlite0.yaml",
+        "ddep_glyphs_finetune_effnetlite0.yaml",
+    ),
+}
+
+
+def foreground_miou(metrics: dict) -> float:
+    """Mean IoU over every class but ``background`` (the ``sem_seg/IoU-<name>`` entries), classes
+    with an undefined IoU (absent from labels and predictions) left out, as in the mIoU."""
+    ious = [
+        v
+        for k, v in metrics.items()
+        if k.startswith("sem_seg/IoU-") and k != "sem_seg/IoU-background" and v == v
+    ]
+    return sum(ious) / len(ious) if ious else float("nan")
+
+
+def final_config(config: str, opts: list[str]):
+    """The config file ``config`` of ``configs/`` with ``opts`` merged."""
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIGS / config))
     cfg.merge_from_list(opts)
+    return cfg
+
+
+def run(config: str, opts: list[str]) -> dict:
+    cfg = final_config(config, opts)
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     seed_process_rngs(cfg.SEED)
     return train(cfg)
@@ -89,18 +128,41 @@ def mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
 
+def print_table(results: dict, rows: list[str], fractions: list[str]) -> None:
+    """A markdown table: one line per row, mean ± std over seeds per fraction."""
+    print("| row | seeds | " + " | ".join(fractions) + " |")
+    print("|---|---|" + "---|" * len(fractions))
+    for row in rows:
+        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
+                 for f in fractions]  # fmt: skip
+        n = max((len(results.get(row, {}).get(f, [])) for f in fractions), default=0)
+        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-root", help="folder split with images/ masks/ (default toy)")
-    parser.add_argument("--val-root", help="folder split for validation (default toy)")
-    parser.add_argument("--num-classes", type=int, default=5)
+    parser.add_argument(
+        "--dataset", default="toy_scenes", help=f"a generated set: {', '.join(DATASETS)}"
+    )
+    parser.add_argument("--train-root", help="folder split with images/ masks/ (not --dataset)")
+    parser.add_argument("--val-root", help="folder split for validation (with --train-root)")
+    parser.add_argument("--num-classes", type=int, help="classes of --train-root's masks")
     parser.add_argument("--fractions", default="1/30,1/8,full")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--output", default="output/exp_ddep_toy")
     parser.add_argument("--pretrain-iters", type=int, default=400)
-    parser.add_argument("--finetune-iters", type=int, default=60)
+    parser.add_argument(
+        "--finetune-iters", type=int, help="default: the fine-tuning config's (300)"
+    )
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, help="fine-tuning Adam learning rate (config: 2e-3)")
+    parser.add_argument(
+        "--class-weight-power",
+        type=float,
+        help="fine-tuning loss weights ∝ class pixel share ** -POWER (0 = plain cross-entropy; "
+        "config: 0.5)",
+    )
     parser.add_argument("--sigma", type=float, default=0.22, help="DDeP noise level (fixed rows)")
     parser.add_argument("--dep", action="store_true", help="(old flag) add the dep row")
     parser.add_argument(
@@ -117,6 +179,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     if (args.train_root is None) != (args.val_root is None):
         raise CLIError("--train-root and --val-root go together")
+    if args.dataset not in DATASETS:
+        raise CLIError(f"--dataset: unknown {args.dataset!r}; choose from {list(DATASETS)}")
+    if args.train_root is not None and args.num_classes is None:
+        raise CLIError("--train-root needs --num-classes (the classes of its masks)")
     return args
 
 
@@ -146,11 +212,22 @@ def run_table(args: argparse.Namespace) -> dict:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     losses_file = out / "denoise_loss.json"
     losses = json.loads(losses_file.read_text()) if losses_file.is_file() else {}
-    data = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
-    if args.train_root:
+    foreground_file, per_class_file = out / "results_foreground.json", out / "per_class_iou.json"
+    foreground = json.loads(foreground_file.read_text()) if foreground_file.is_file() else {}
+    per_class = json.loads(per_class_file.read_text()) if per_class_file.is_file() else {}
+    pretrain_config, finetune_config = DATASETS[args.dataset]
+    data = []
+    if args.train_root:  # any folder split, with the --dataset configs otherwise
+        data += ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(args.num_classes)]
         data += ["DATASETS.TRAIN", f"('{args.train_root}',)"]
         data += ["DATASETS.TEST", f"('{args.val_root}',)"]
     common = [*data, "SOLVER.IMS_PER_BATCH", str(args.batch), "LOG_PERIOD", "1000"]
+    finetune = []  # the flags given; the fine-tuning config's values otherwise
+    for flag, key in (("finetune_iters", "SOLVER.MAX_ITER"), ("lr", "SOLVER.BASE_LR"),
+                      ("class_weight_power", "MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            finetune += [key, str(getattr(args, flag))]
+    recipe = final_config(finetune_config, [*common, *finetune])
     start = time.time()
     for row in args.rows:
         encoder, pretrain = ROW_SETUP[row]
@@ -165,7 +242,7 @@ def run_table(args: argparse.Namespace) -> dict:
                 if not Path(weights).is_file():
                     t0 = time.time()
                     run(
-                        "ddep_toy_pretrain_effnetlite0.yaml",
+                        pretrain_config,
                         [*common, *encoder, *pretrain, "SEED", str(seed), "DATASETS.TEST", "()",
                          "MODEL.DDEP.NOISE_SIGMA", str(args.sigma), "LOG_PERIOD", "50",
                          "SOLVER.MAX_ITER", str(args.pretrain_iters), "OUTPUT_DIR", str(pre_dir)],
@@ -177,31 +254,38 @@ def run_table(args: argparse.Namespace) -> dict:
                 t0 = time.time()
                 tag = fraction.replace("/", "-")
                 metrics = run(
-                    "ddep_toy_finetune_effnetlite0.yaml",
-                    [*common, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
+                    finetune_config,
+                    [*common, *finetune, *encoder, "MODEL.WEIGHTS", weights, "SEED", str(seed),
                      "SEG.FRACTION_SEED", str(seed), "SEG.LABEL_FRACTION", fraction,
-                     "SOLVER.MAX_ITER", str(args.finetune_iters),
                      "OUTPUT_DIR", str(out / f"finetune_{row}_{tag}_s{seed}")],
                 )  # fmt: skip
                 timing[f"finetune {row} {fraction} s{seed}"] = round(time.time() - t0, 1)
                 per_fraction = results.setdefault(row, {}).setdefault(fraction, [])
                 per_fraction.append(round(float(metrics["sem_seg/mIoU"]), 2))
+                fg = foreground.setdefault(row, {}).setdefault(fraction, [])
+                fg.append(round(foreground_miou(metrics), 2))
+                per_class[f"{row} {fraction} s{seed}"] = {
+                    k.removeprefix("sem_seg/IoU-"): round(float(v), 2)
+                    for k, v in metrics.items()
+                    if k.startswith("sem_seg/IoU-")
+                }
                 results_file.write_text(json.dumps(results, indent=1))
+                foreground_file.write_text(json.dumps(foreground, indent=1))
+                per_class_file.write_text(json.dumps(per_class, indent=1))
                 timing_file.write_text(json.dumps(timing, indent=1))
-                print(f"{row} {fraction} seed {seed}: mIoU {per_fraction[-1]:.2f} "
-                      f"({time.time() - start:.0f}s)", flush=True)  # fmt: skip
+                print(f"{row} {fraction} seed {seed}: mIoU {per_fraction[-1]:.2f}, "
+                      f"without background {fg[-1]:.2f} ({time.time() - start:.0f}s)",
+                      flush=True)  # fmt: skip
 
-    print(
-        f"\nEfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
-        f"{args.finetune_iters} it, batch {args.batch}; val mIoU (%), mean ± std over seeds"
-    )
-    print("| row | seeds | " + " | ".join(f"mIoU {f}" for f in args.fractions) + " |")
-    print("|---|---|" + "---|" * len(args.fractions))
-    for row in args.rows:
-        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
-                 for f in args.fractions]  # fmt: skip
-        n = max((len(results.get(row, {}).get(f, [])) for f in args.fractions), default=0)
-        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
+    what = args.train_root or args.dataset
+    for title, table in (("mIoU", results), ("mIoU without background", foreground)):
+        print(
+            f"\n{what}, EfficientNet-Lite0 UNet; pretrain {args.pretrain_iters} it, fine-tune "
+            f"{recipe.SOLVER.MAX_ITER} it, batch {args.batch}, lr {recipe.SOLVER.BASE_LR:g}, "
+            f"class-weight power {recipe.MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER:g}; val {title} "
+            "(%), mean ± std over seeds"
+        )
+        print_table(table, args.rows, args.fractions)
     print(f"\nwall time: {time.time() - start:.0f} s")
     return results
 

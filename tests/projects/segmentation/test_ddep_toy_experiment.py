@@ -34,6 +34,15 @@ def test_rows_fractions_seeds_and_results_json(load_script, tmp_path, monkeypatc
     assert torch.get_num_threads() == threads  # the script's thread setting does not leak
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved == results
+    # mIoU without background: the mean of the per-class IoUs but background's
+    per_class = json.loads((tmp_path / "out" / "per_class_iou.json").read_text())
+    foreground = json.loads((tmp_path / "out" / "results_foreground.json").read_text())
+    for key, ious in per_class.items():
+        row, fraction, seed = key.split()
+        digits = [v for k, v in ious.items() if k != "background"]
+        assert len(ious) == 5 and "background" in ious
+        fg = foreground[row][fraction][int(seed[1:])]
+        assert abs(fg - sum(digits) / len(digits)) < 0.011
     assert set(saved) == {"scratch", "imagenet+ddep"}
     for name, row in saved.items():
         assert set(row) == {"1/3", "full"}
@@ -67,5 +76,27 @@ def test_bad_flags_raise_cli_errors(load_script):
     args = exp.parse_args(["--dep", "--rows", "scratch"])
     assert args.rows == ["scratch", "dep"] and args.seeds == [0, 1, 2]
     assert args.fractions == ["1/30", "1/8", "full"]
-    # the budgets that fit the whole default table in 30 minutes on 2 cores (RESULTS.md)
-    assert (args.pretrain_iters, args.finetune_iters, args.threads) == (400, 60, 1)
+    # pretraining budget and threads from the flags; the fine-tuning recipe from the configs
+    assert (args.pretrain_iters, args.threads, args.dataset) == (400, 1, "toy_scenes")
+    assert args.finetune_iters is None and args.lr is None and args.class_weight_power is None
+    with pytest.raises(CLIError, match="--dataset: unknown 'toy_glyphs'"):
+        exp.parse_args(["--dataset", "toy_glyphs"])
+    with pytest.raises(CLIError, match="--num-classes"):
+        exp.parse_args(["--train-root", "a", "--val-root", "b"])
+
+
+def test_dataset_configs_hold_one_recipe(load_script):
+    """Both sets' fine-tuning configs share the recipe; each pretraining config reads its set."""
+    exp = load_script("projects/segmentation/experiments/ddep_toy.py")
+    recipes = set()
+    for name, (pretrain, finetune) in exp.DATASETS.items():
+        pre, fine = exp.final_config(pretrain, []), exp.final_config(finetune, [])
+        assert pre.DATASETS.TRAIN == fine.DATASETS.TRAIN == (f"{name}_train",)
+        assert fine.DATASETS.TEST == (f"{name}_val",)
+        assert pre.MODEL.DDEP.MODE == "denoise" and fine.MODEL.DDEP.MODE == "segment"
+        assert pre.SEG.CROP_SIZE == fine.SEG.CROP_SIZE
+        s = fine.SOLVER
+        recipes.add(
+            (s.MAX_ITER, s.BASE_LR, s.IMS_PER_BATCH, fine.MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER)
+        )
+    assert recipes == {(300, 0.002, 8, 0.5)}

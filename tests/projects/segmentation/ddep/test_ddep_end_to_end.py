@@ -115,3 +115,27 @@ def test_pixel_mlp_on_random_unet(toy):
     miou, pacc = _miou_and_pacc(preds, _masks(val_dir), num_classes=5)
     assert metrics["sem_seg/mIoU"] == pytest.approx(miou, abs=1e-6)
     assert metrics["sem_seg/pACC"] == pytest.approx(pacc, abs=1e-6)
+
+
+def test_fine_tuning_batches_carry_the_labeled_sets_class_weights(toy):
+    """With CLASS_WEIGHT_POWER > 0 every fine-tuning batch holds the weights of the *labeled*
+    subset's masks; pretraining batches and power 0 hold none."""
+    from projects.segmentation.data import class_loss_weights, train_records
+    from projects.segmentation.ddep.data import build_train_loader
+
+    tmp, train_dir, val_dir = toy
+    opts = ["DATASETS.TRAIN", f"('{train_dir}',)", "DATASETS.TEST", f"('{val_dir}',)",
+            "SEG.CROP_SIZE", "(32, 32)", "SEG.LABEL_COUNT", "2", "SOLVER.IMS_PER_BATCH", "2",
+            "MODEL.SEM_SEG_HEAD.CLASS_WEIGHT_POWER", "0.5"]  # fmt: skip
+    cfg = _cfg("ddep_toy_finetune_r18.yaml", tmp / "ft", opts)
+    expected = class_loss_weights(train_records(cfg), num_classes=5, ignore_label=255, power=0.5)
+    everything = class_loss_weights(
+        train_records(cfg, labeled=False), num_classes=5, ignore_label=255, power=0.5
+    )
+    assert not torch.equal(expected, everything)  # 2 labeled images of 6: other shares
+    batch = next(iter(build_train_loader(cfg)))
+    assert torch.equal(batch["class_weights"], expected)
+    plain = _cfg("ddep_toy_finetune_r18.yaml", tmp / "ft0", opts[:-2])
+    assert "class_weights" not in next(iter(build_train_loader(plain)))
+    pretrain = _cfg("ddep_toy_pretrain_r18.yaml", tmp / "pre", opts)
+    assert "class_weights" not in next(iter(build_train_loader(pretrain)))

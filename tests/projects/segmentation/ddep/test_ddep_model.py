@@ -141,3 +141,26 @@ def test_weight_loading(tmp_path):
     torch.save({"model": state}, tmp_path / "partial.pth")
     with pytest.raises(WeightsError, match=r"missing keys: 1 \(network.decoder.0.convs.0.weight"):
         load_weights(seg, str(tmp_path / "partial.pth"))
+
+
+def test_class_weighted_loss_is_the_weighted_pixel_mean():
+    """sum_i w_{y_i} CE_i / #labeled, checked against a per-pixel sum; weights of 1 give the plain
+    cross-entropy, and the divisor is the labeled-pixel count whatever classes the batch holds."""
+    torch.manual_seed(0)
+    model = DDeP(network=_net(3), mode="segment", num_classes=3)
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0] = 255  # an ignored row
+    weights = torch.tensor([0.5, 2.0, 8.0])
+    labeled = target != 255
+    log_p = logits.log_softmax(1).permute(0, 2, 3, 1)[labeled]  # (N, 3)
+    ce = -log_p.gather(1, target[labeled][:, None])[:, 0]
+    expected = (weights[target[labeled]] * ce).sum() / labeled.sum()
+    torch.testing.assert_close(model.segmentation_loss(logits, target, weights), expected)
+    plain = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    torch.testing.assert_close(model.segmentation_loss(logits, target, torch.ones(3)), plain)
+    assert model.segmentation_loss(logits, target, None).item() == plain.item()
+    # a batch of one class: weight times its mean CE, not renormalised away
+    single = torch.ones_like(target)
+    one_class = model.segmentation_loss(logits, single, weights)
+    torch.testing.assert_close(one_class, 2.0 * model.segmentation_loss(logits, single, None))
