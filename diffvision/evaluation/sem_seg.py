@@ -39,6 +39,7 @@ __all__ = [
     "SemSegEvaluator",
     "colorize",
     "default_palette",
+    "foreground_miou",
     "iou_from_confusion",
     "overlay",
     "sliding_window_inference",
@@ -84,6 +85,20 @@ def iou_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
         "pacc": float(tp.sum() / total) if total > 0 else float("nan"),
         "acc": acc,
     }
+
+
+def foreground_miou(
+    ious: Sequence[float], class_names: Sequence[str], *, background: str = "background"
+) -> float:
+    """Mean IoU over every class but the one named ``background``, classes whose IoU is NaN
+    (absent from ground truth and prediction) skipped as in the mIoU; NaN when none is left.
+
+    Args:
+        ious: per-class IoU, in the order of ``class_names`` (any scale: fractions or %).
+        class_names: one name per class.
+    """
+    values = [v for v, n in zip(ious, class_names, strict=True) if n != background and v == v]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def colorize(mask: np.ndarray | torch.Tensor, palette: np.ndarray, *, ignore_label: int = 255):

@@ -62,6 +62,7 @@ import projects  # noqa: E402,F401  (registers the tasks)
 from diffvision.config import get_cfg  # noqa: E402
 from diffvision.engine.run import train  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
+from diffvision.evaluation.sem_seg import foreground_miou  # noqa: E402
 from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 
 CONFIGS = ROOT / "projects" / "segmentation" / "configs"
@@ -87,17 +88,6 @@ DATASETS = {
         "ddep_glyphs_finetune_effnetlite0.yaml",
     ),
 }
-
-
-def foreground_miou(metrics: dict) -> float:
-    """Mean IoU over every class but ``background`` (the ``sem_seg/IoU-<name>`` entries), classes
-    with an undefined IoU (absent from labels and predictions) left out, as in the mIoU."""
-    ious = [
-        v
-        for k, v in metrics.items()
-        if k.startswith("sem_seg/IoU-") and k != "sem_seg/IoU-background" and v == v
-    ]
-    return sum(ious) / len(ious) if ious else float("nan")
 
 
 def final_config(config: str, opts: list[str]):
@@ -263,11 +253,11 @@ def run_table(args: argparse.Namespace) -> dict:
                 per_fraction = results.setdefault(row, {}).setdefault(fraction, [])
                 per_fraction.append(round(float(metrics["sem_seg/mIoU"]), 2))
                 fg = foreground.setdefault(row, {}).setdefault(fraction, [])
-                fg.append(round(foreground_miou(metrics), 2))
+                ious = {k.removeprefix("sem_seg/IoU-"): float(v)
+                        for k, v in metrics.items() if k.startswith("sem_seg/IoU-")}  # fmt: skip
+                fg.append(round(foreground_miou(list(ious.values()), list(ious)), 2))
                 per_class[f"{row} {fraction} s{seed}"] = {
-                    k.removeprefix("sem_seg/IoU-"): round(float(v), 2)
-                    for k, v in metrics.items()
-                    if k.startswith("sem_seg/IoU-")
+                    name: round(iou, 2) for name, iou in ious.items()
                 }
                 results_file.write_text(json.dumps(results, indent=1))
                 foreground_file.write_text(json.dumps(foreground, indent=1))

@@ -86,7 +86,7 @@ from diffvision.data.toy_scenes import ensure_toy_scenes  # noqa: E402
 from diffvision.engine.cli import Int, ToolParser, run_main  # noqa: E402
 from diffvision.engine.outputs import refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError, DataError  # noqa: E402
-from diffvision.evaluation.sem_seg import SemSegEvaluator  # noqa: E402
+from diffvision.evaluation.sem_seg import SemSegEvaluator, foreground_miou  # noqa: E402
 from diffvision.generation.build import build_unet  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_unet  # noqa: E402
 from diffvision.utils.seeding import Stream, derive_seed  # noqa: E402
@@ -256,14 +256,6 @@ class PixelStore:
             return self.features, self.labels
         keep = torch.isin(self.image, torch.as_tensor(list(indices)))
         return self.features[keep], self.labels[keep]
-
-
-def foreground_miou(ious: Sequence[float], class_names: Sequence[str]) -> float:
-    """NaN-mean IoU over every class but ``background`` (classes absent from ground truth and
-    prediction are NaN and skipped, as in the mIoU)."""
-    values = [v for v, n in zip(ious, class_names, strict=True) if n != BACKGROUND]
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
 
 
 def train_and_eval(
