@@ -1,6 +1,8 @@
 """What an evaluation leaves for a reader: per-class tables (log + CSV) and precision-recall curves.
 
 - :func:`format_table` lays rows out as an aligned text table for the log;
+- :func:`mean_std` and :func:`markdown_table` write the experiments' tables (a metric over seeds
+  as ``mean ± std``, one markdown row per setting);
 - :func:`write_csv` writes the same rows as CSV (``OUTPUT_DIR/<dataset>_per_class.csv``);
 - :func:`coco_per_class` reads per-class AP and AP50 from COCOeval's / LVISEval's accumulated
   ``precision`` array;
@@ -28,6 +30,8 @@ import numpy as np
 __all__ = [
     "coco_per_class",
     "format_table",
+    "markdown_table",
+    "mean_std",
     "plot_pr_curves",
     "report_file",
     "write_csv",
@@ -53,6 +57,27 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths))) for r in cells]  # fmt: skip
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float | None], digits: int = 2) -> str:
+    """``mean ± std`` of one metric over seeds (sample standard deviation, n - 1), ``digits``
+    decimals; the value alone for one seed, ``-`` for none. ``None`` and NaN entries (a run with no
+    value, e.g. a class absent from ground truth and prediction) are left out."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return "-"
+    mean = sum(kept) / len(kept)
+    if len(kept) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A markdown table: ``header`` then one line per row, cells written with ``str``."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.evaluation.coco_evaluation import COCOEvaluator
+from diffvision.evaluation.reports import markdown_table, mean_std
 from diffvision.evaluation.sem_seg import SemSegEvaluator, iou_from_confusion
 from tests.tool_helpers import REPO, drop_tool_log_handlers, load_tool
 
@@ -111,3 +112,18 @@ def test_train_net_on_the_toy_set_writes_the_table_csv_and_curves(tmp_path, monk
         expected = final[f"eval/bbox/AP-{name}"]
         assert float(ap) == pytest.approx(expected) or (math.isnan(float(ap)) and expected == "nan")
     assert cv2.imread(str(out / "toy_detection_val_pr_curves.png")) is not None
+
+
+def test_mean_std_is_the_sample_statistic_over_the_seeds_it_has():
+    # 1, 2, 6: mean 3, sample variance ((-2)² + (-1)² + 3²) / 2 = 7.
+    assert mean_std([1.0, 2.0, 6.0]) == f"3.00 ± {math.sqrt(7):.2f}"
+    assert mean_std([1.0, 2.0, 6.0], digits=1) == "3.0 ± 2.6"
+    # A run without a value (None, NaN) is left out, not counted as zero.
+    assert mean_std([1.0, None, 6.0, float("nan")]) == f"3.50 ± {math.sqrt(12.5):.2f}"
+    assert mean_std([4.25]) == "4.25"
+    assert mean_std([None]) == mean_std([]) == "-"
+
+
+def test_markdown_table_has_a_header_rule_and_one_line_per_row():
+    text = markdown_table(["row", "1/30"], [["a", "1.0 ± 0.1"], ["b", 2]])
+    assert text.splitlines() == ["| row | 1/30 |", "|---|---|", "| a | 1.0 ± 0.1 |", "| b | 2 |"]

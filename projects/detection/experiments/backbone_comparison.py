@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+from diffvision.evaluation.reports import mean_std  # noqa: E402
+
 RECIPES = {
     "r18": "projects/detection/diffdet_toy.yaml",
     "lite0": "projects/detection/diffdet_effnetlite0_toy.yaml",
@@ -45,15 +49,6 @@ def _run(cmd: list[str], log: Path) -> float:
     with open(log, "w") as f:
         subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
     return time.time() - start
-
-
-def _mean_std(values: list[float], digits: int = 2) -> str:
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return f"{mean:.{digits}f}"
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def main() -> None:
@@ -114,9 +109,9 @@ def main() -> None:
     print("|---" * (4 + len(keys)) + "|")
     for recipe, per_set in results.items():
         for dataset, entry in per_set.items():
-            cells = [_mean_std(entry[k]) if k in entry else "-" for k in keys]
+            cells = [mean_std(entry[k]) if k in entry else "-" for k in keys]
             print(f"| {recipe} | {dataset} | {','.join(entry['seeds'])} | " + " | ".join(cells)
-                  + f" | {_mean_std(entry['train_s'], 0)} |")  # fmt: skip
+                  + f" | {mean_std(entry['train_s'], 0)} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from diffvision.data.toy_detection import ensure_toy_detection  # noqa: E402
-from projects.detection.experiments.backbone_comparison import _mean_std, _run  # noqa: E402
+from diffvision.evaluation.reports import mean_std  # noqa: E402
+from projects.detection.experiments.backbone_comparison import _run  # noqa: E402
 
 CONFIG = "projects/detection/diffdet_effnetlite0_finetune.yaml"
 PRETRAIN_CONFIG = "projects/detection/diffdet_effnetlite0_toy.yaml"
@@ -101,8 +102,8 @@ def main() -> None:
     print("| start | seeds | AP | AP50 |\n|---|---|---|---|")
     for start, entry in results.items():
         print(
-            f"| {start} | {','.join(entry['seeds'])} | {_mean_std(entry['AP'], 1)} | "
-            f"{_mean_std(entry['AP50'], 1)} |"
+            f"| {start} | {','.join(entry['seeds'])} | {mean_std(entry['AP'], 1)} | "
+            f"{mean_std(entry['AP50'], 1)} |"
         )
 
 

@@ -62,6 +62,7 @@ import projects  # noqa: E402,F401  (registers the tasks)
 from diffvision.config import get_cfg  # noqa: E402
 from diffvision.engine.run import train  # noqa: E402
 from diffvision.errors import CLIError  # noqa: E402
+from diffvision.evaluation.reports import markdown_table, mean_std  # noqa: E402
 from diffvision.evaluation.sem_seg import foreground_miou  # noqa: E402
 from diffvision.utils.seeding import seed_process_rngs  # noqa: E402
 
@@ -111,22 +112,14 @@ def final_denoise_loss(metrics_file: Path) -> float:
     return round(float([r for r in rows if "loss_denoise" in r][-1]["loss_denoise"]), 4)
 
 
-def mean_std(values: list[float]) -> str:
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else float("nan")
-    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
-
-
 def print_table(results: dict, rows: list[str], fractions: list[str]) -> None:
     """A markdown table: one line per row, mean ± std over seeds per fraction."""
-    print("| row | seeds | " + " | ".join(fractions) + " |")
-    print("|---|---|" + "---|" * len(fractions))
+    lines = []
     for row in rows:
-        cells = [mean_std(results[row][f]) if results.get(row, {}).get(f) else "-"
-                 for f in fractions]  # fmt: skip
-        n = max((len(results.get(row, {}).get(f, [])) for f in fractions), default=0)
-        print(f"| {row} | {n} | " + " | ".join(cells) + " |")
+        per_fraction = results.get(row, {})
+        n = max((len(per_fraction.get(f, [])) for f in fractions), default=0)
+        lines.append([row, n, *(mean_std(per_fraction.get(f, []), 1) for f in fractions)])
+    print(markdown_table(["row", "seeds", *fractions], lines))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -86,6 +86,7 @@ from diffvision.data.toy_scenes import ensure_toy_scenes  # noqa: E402
 from diffvision.engine.cli import Int, ToolParser, run_main  # noqa: E402
 from diffvision.engine.outputs import refuse_to_replace  # noqa: E402
 from diffvision.errors import CLIError, DataError  # noqa: E402
+from diffvision.evaluation.reports import markdown_table, mean_std  # noqa: E402
 from diffvision.evaluation.sem_seg import SemSegEvaluator, foreground_miou  # noqa: E402
 from diffvision.generation.build import build_unet  # noqa: E402
 from diffvision.generation.checkpoint import load_ddpm_unet  # noqa: E402
@@ -310,25 +311,11 @@ def rounded(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
 
 
-def mean_std(values: Sequence[float | None]) -> str:
-    """``mean ± std`` (sample std) of the seeds' values; the value alone for one seed."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {std:.2f}"
-
-
-def markdown_table(table: dict, rows: Sequence[str], fractions: Sequence[str]) -> str:
-    lines = ["| pixel features | D | " + " | ".join(fractions) + " |"]
-    lines.append("|---|---|" + "---|" * len(fractions))
-    for row in rows:
-        cells = [mean_std(table[row][f]) for f in fractions]
-        lines.append(f"| {FEATURES[row]} | {table['D'][row]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def features_table(table: dict, rows: Sequence[str], fractions: Sequence[str]) -> str:
+    """A markdown table: one line per feature row, mean ± std over seeds per fraction."""
+    lines = [[FEATURES[row], table["D"][row], *(mean_std(table[row][f]) for f in fractions)]
+             for row in rows]  # fmt: skip
+    return markdown_table(["pixel features", "D", *fractions], lines)
 
 
 def argument_parser() -> ToolParser:
@@ -477,7 +464,7 @@ def run_table(args: argparse.Namespace, files: dict[str, Path]) -> dict:
     for key, title in (("mIoU", "mIoU"), ("mIoU_fg", "mIoU without background"),
                        ("pACC", "pixel accuracy")):  # fmt: skip
         print(f"\nvalidation {title} (%), mean ± std over seeds\n")
-        print(markdown_table({**results[key], "D": results["D"]}, args.features, args.fractions))
+        print(features_table({**results[key], "D": results["D"]}, args.features, args.fractions))
     print(f"\nwall time: {time.time() - start:.0f} s")
     return results
 
