@@ -15,6 +15,9 @@ working.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "CLIError",
     "ConfigError",
@@ -23,6 +26,7 @@ __all__ = [
     "UnknownNameError",
     "UserInputError",
     "WeightsError",
+    "did_you_mean",
 ]
 
 
@@ -54,3 +58,10 @@ class CLIError(UserInputError, ValueError):
 
 class InputFileNotFoundError(UserInputError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """The hint every "unknown name" message ends with: ``" Did you mean: a, b?"`` for up to three
+    of ``known`` close to ``name`` (difflib ratio >= ``cutoff``), or ``""`` when none is."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=cutoff)
+    return f" Did you mean: {', '.join(close)}?" if close else ""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 
-from diffvision.errors import ConfigError
+from diffvision.errors import ConfigError, did_you_mean
 
 __all__ = [
     "CN",
@@ -315,12 +314,12 @@ class CfgNode(_YacsCfgNode):
 
     def _raise_unknown(self, full_key: str, source: str) -> None:
         candidates = _all_key_paths(self)
-        close = difflib.get_close_matches(full_key, candidates, n=3, cutoff=0.6)
-        if not close:
+        hint = did_you_mean(full_key, candidates)
+        if not hint:
             # Fall back to keys sharing the last component (e.g. a key put in the wrong section).
             leaf = full_key.rsplit(".", 1)[-1]
-            close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:3]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:3]
+            hint = f" Did you mean: {', '.join(same_leaf)}?" if same_leaf else ""
         raise ConfigError(f"Unknown config key '{full_key}' (from {source}).{hint}")
 
     def clone(self) -> CfgNode:

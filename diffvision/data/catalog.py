@@ -18,7 +18,6 @@ Paths are resolved when a dataset is used, so the environment variables may chan
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Literal
 
 from diffvision.data.coco import DetectionMetadata, load_coco_json
 from diffvision.data.paths import DATASETS_ENV_VARS, datasets_root
-from diffvision.errors import ConfigError, InputFileNotFoundError, UnknownNameError
+from diffvision.errors import ConfigError, InputFileNotFoundError, UnknownNameError, did_you_mean
 
 __all__ = [
     "DetectionDatasetInfo",
@@ -201,10 +200,8 @@ def get_detection_dataset(name: str) -> DetectionDatasetInfo:
         KeyError: unknown name; the message lists the closest registered names.
     """
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        suggestion = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownNameError(
-            f"unknown detection dataset '{name}'.{suggestion} Registered: "
+            f"unknown detection dataset '{name}'.{did_you_mean(name, _REGISTRY, 0.5)} Registered: "
             f"{', '.join(list_detection_datasets())}. Declare custom COCO-format datasets with "
             "DATASETS.CUSTOM entries 'name:json_file:image_root'."
         )

@@ -9,7 +9,6 @@ evaluation loop. See ``docs/internals.md`` for the contract in one page.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +16,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from diffvision.config import CfgNode, add_config_extension
-from diffvision.errors import ConfigError
+from diffvision.errors import ConfigError, did_you_mean
 
 __all__ = [
     "DatasetEvaluator",
@@ -137,10 +136,9 @@ def get_task(name: str) -> Task:
             f"{', '.join(registered_tasks()) or '(none: import projects first)'}."
         )
     if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"Unknown MODEL.META_ARCHITECTURE '{name}'.{hint} Registered tasks: "
+            f"Unknown MODEL.META_ARCHITECTURE '{name}'.{did_you_mean(name, _TASKS)} "
+            "Registered tasks: "
             f"{', '.join(registered_tasks()) or '(none: import projects first)'}."
         )
     return _TASKS[name]

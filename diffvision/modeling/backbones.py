@@ -25,7 +25,6 @@ The backbone sections of the config (``MODEL.BACKBONE``, ``RESNETS``, ``FPN``, `
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import nn
 
 from diffvision.config import CfgNode
 from diffvision.config.ranges import Ranged, add_keys
-from diffvision.errors import ConfigError, UnknownNameError
+from diffvision.errors import ConfigError, UnknownNameError, did_you_mean
 
 __all__ = [
     "add_backbone_config",
@@ -81,11 +80,9 @@ def build_backbone(
         UnknownNameError: ``name`` is not registered (``what`` names the key that chose it).
     """
     if name not in _BACKBONES:
-        close = difflib.get_close_matches(name, list(_BACKBONES), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownNameError(
-            f"{what} {name!r} is not a registered backbone{hint} (registered: "
-            f"{', '.join(registered_backbones())})"
+            f"{what} {name!r} is not a registered backbone.{did_you_mean(name, _BACKBONES)} "
+            f"Registered: {', '.join(registered_backbones())}."
         )
     features = None if out_features is None else tuple(out_features)
     return _BACKBONES[name](cfg, out_features=features, **options)

@@ -81,5 +81,5 @@ def test_the_detectron2_resnet_is_a_unet_encoder_too(tmp_path):
 
 def test_an_unknown_backbone_names_the_key_and_the_registered_ones(tmp_path):
     cfg = load_config(str(CONFIGS / "ddep_tiny.yaml"), ["OUTPUT_DIR", str(tmp_path)])
-    with pytest.raises(UnknownNameError, match=r"MODEL.DDEP.ENCODER 'resnt'.*did you mean resnet"):
+    with pytest.raises(UnknownNameError, match=r"MODEL.DDEP.ENCODER 'resnt'.*Did you mean: resnet"):
         build_backbone(cfg, "resnt", what="MODEL.DDEP.ENCODER")
