@@ -90,7 +90,8 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
             f"{sorted(_SCHEDULER_NAMES)}."
         )
     steps = [x for x in s.STEPS if x <= s.MAX_ITER]
-    if len(steps) != len(s.STEPS):
+    # only the multi-step schedule reads STEPS: a cosine or poly run is not warned about them
+    if len(steps) != len(s.STEPS) and s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         logger.warning("SOLVER.STEPS %s has milestones beyond MAX_ITER=%d", s.STEPS, s.MAX_ITER)
     return make_lr_scheduler(
         optimizer,
