@@ -35,9 +35,11 @@ def add_seg_config(cfg: CfgNode) -> None:
         "CROP_SIZE": Ranged((512, 1024), ">=1"),
         "FLIP_PROB": Ranged(0.5, "[0,1]"),
         # Evaluation: "whole" or "slide" (window / stride in pixels); RESIZE (h, w; 0 = keep)
-        # scales the test input, logits are resized back to the label size.
+        # or else SCALE (a factor, the training SCALE_RANGE's middle for a set of many image
+        # sizes) scales the test input; logits are resized back to the label size.
         "TEST_MODE": "whole",
         "TEST_RESIZE": Ranged((0, 0), ">=0"),
+        "TEST_SCALE": Ranged(1.0, ">0"),
         "TEST_WINDOW": Ranged((512, 1024), ">=1"),
         "TEST_STRIDE": Ranged((341, 683), ">=1"),
         # Number of image | GT | prediction overlays written to OUTPUT_DIR/vis.

@@ -167,6 +167,7 @@ def build_inference(cfg: CfgNode):
                     num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
                     mode=cfg.SEG.TEST_MODE,
                     resize=tuple(cfg.SEG.TEST_RESIZE),
+                    scale=cfg.SEG.TEST_SCALE,
                     window=tuple(cfg.SEG.TEST_WINDOW),
                     stride=tuple(cfg.SEG.TEST_STRIDE),
                     device=model.device,
@@ -187,6 +188,7 @@ def predict_sem_seg(
     num_classes: int,
     mode: str = "whole",
     resize: tuple[int, int] = (0, 0),
+    scale: float = 1.0,
     window: tuple[int, int] = (512, 1024),
     stride: tuple[int, int] = (341, 683),
     device: torch.device | str = "cpu",
@@ -198,6 +200,8 @@ def predict_sem_seg(
         mode: ``"whole"`` or ``"slide"``.
         resize: ``(h, w)`` test-input size, ``(0, 0)`` = original; logits are resized back to
             ``label_size`` before the argmax.
+        scale: without ``resize``, the test input is resized by this factor (rounded to whole
+            pixels); 1 = original.
         window, stride: sliding-window geometry in pixels (of the resized input).
     """
     if mode not in ("whole", "slide"):
@@ -205,6 +209,9 @@ def predict_sem_seg(
     x = to_unit_range(image)[None].to(device)
     if all(resize):
         x = F.interpolate(x, size=tuple(resize), mode="bilinear", align_corners=False)
+    elif scale != 1.0:
+        size = tuple(max(1, round(side * scale)) for side in x.shape[-2:])
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     if mode == "whole":
         logits = whole_image_inference(logits_fn, x)
     else:
