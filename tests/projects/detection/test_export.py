@@ -236,3 +236,28 @@ def test_int8_file_runs_in_onnxruntime(files, toy, tmp_path, method):
         assert got["labels"].dtype == np.int64 and len(got["scores"]) > 0
         # measured on this random-weight model: the best fp32 score moves by < 0.01
         assert abs(float(got["scores"].max()) - float(want["scores"].max())) < 0.05
+
+
+def test_static_int8_keeps_products_of_two_activations_in_float32(files, toy, tmp_path):
+    from projects.detection.export import activation_matmuls, quantize_onnx
+
+    src = files[("toy", 1)]
+    names = graph_input_names(toy, 1)
+    rng = np.random.default_rng(5)
+    feeds = [{"image": rng.integers(0, 256, (3, 96, 128), dtype=np.uint8),
+              **seeded_draws(i, num_boxes=16, steps=1, names=names)} for i in range(2)]  # fmt: skip
+    float_matmuls = [n for n in onnx.load(str(src)).graph.node if n.op_type in ("MatMul", "Gemm")]
+    per_box = activation_matmuls(src)
+    # per head stage: self-attention's two products (Q K^T, weights V) and the dynamic
+    # convolution's two (pooled features x the per-box parameters)
+    assert len(per_box) == 4 * len(toy.head.head_series)
+    assert len(per_box) < len(float_matmuls)
+
+    path = quantize_onnx(src, tmp_path / "static.onnx", method="static", calibration=feeds)
+    graph = onnx.load(str(path)).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    in_int8 = [n.name for n in matmuls if dequantized.intersection(n.input)]
+    in_float = [n.name for n in matmuls if not dequantized.intersection(n.input)]
+    assert sorted(in_float) == sorted(per_box)
+    assert len(in_int8) == len(matmuls) - len(per_box) > 0
