@@ -30,6 +30,7 @@ __all__ = [
     "check_precision",
     "cpu_native_bf16",
     "describe_precision",
+    "fold_sibling_norms",
     "reduced_copy",
     "weights_fingerprint",
 ]
@@ -113,8 +114,10 @@ def reduced_copy(
     """An inference-only copy of ``module`` with its weights converted once to ``dtype``.
 
     :class:`~diffvision.modeling.resnet.ConvNorm` layers whose norm folds (FrozenBN, eval-mode
-    BN) get the norm folded into the convolution in float32 first, then rounded once: one
-    reduced-precision convolution instead of a convolution and a norm. The copy is in eval
+    BN), and convolutions followed by such a norm as their next sibling (timm and torchvision
+    encoders, :func:`fold_sibling_norms`), get the norm folded into the convolution in float32
+    first, then rounded once: one reduced-precision convolution instead of a convolution and a
+    norm whose statistics and arithmetic would each be rounded to ``dtype``. The copy is in eval
     mode, has no gradients, and, with ``channels_last``, holds its 4-D weights in channels-last
     memory format (oneDNN's preferred layout for reduced-precision convolutions).
 
@@ -136,6 +139,7 @@ def reduced_copy(
                 m.weight = nn.Parameter(weight)
                 m.bias = nn.Parameter(bias)
                 m.norm = None
+        fold_sibling_norms(reduced)
         reduced.to(dtype)
         for name, m in reduced.named_modules():
             if name.rsplit(".", 1)[-1] in keep_float32:
@@ -144,3 +148,54 @@ def reduced_copy(
             reduced.to(memory_format=torch.channels_last)
         reduced.requires_grad_(False)
     return reduced
+
+
+def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)`` per channel when ``norm`` is a fixed affine map at inference (a frozen
+    batch norm of torchvision or timm, or an eval-mode ``BatchNorm2d`` with running statistics):
+    ``norm(x) = x * scale + shift`` before any activation it holds; else ``None``."""
+    frozen = type(norm).__name__ in ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+    running = isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
+    if not (frozen or running) or norm.weight is None or norm.bias is None:
+        return None
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    return scale, norm.bias - norm.running_mean * scale
+
+
+def _after_norm(norm: nn.Module) -> nn.Module:
+    """What is left of a folded norm: timm's norm+activation layers keep their dropout and
+    activation; a plain norm leaves nothing."""
+    if hasattr(norm, "act") and hasattr(norm, "drop"):
+        return nn.Sequential(norm.drop, norm.act)
+    return nn.Identity()
+
+
+def fold_sibling_norms(module: nn.Module) -> int:
+    """Fold every batch norm that is a fixed affine map (see :func:`_inference_affine`) into the
+    ``nn.Conv2d`` registered just before it in the same parent, in place; returns the count.
+
+    ``conv`` then ``norm`` as consecutive children is how timm (EfficientNet ``conv_pw``/``bn1``,
+    ResNet ``conv1``/``bn1``) and torchvision write a convolution followed by its norm: the conv
+    becomes ``W * s``, ``(b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, and the norm
+    is replaced by what follows it inside (timm's activation) or nothing. A pair whose channel
+    counts differ is left alone. Run it on an inference copy: the modules' keys change.
+    """
+    folded = 0
+    with torch.no_grad():
+        for parent in list(module.modules()):
+            names = list(parent._modules)
+            for conv_name, norm_name in zip(names, names[1:]):
+                conv, norm = parent._modules[conv_name], parent._modules[norm_name]
+                if not isinstance(conv, nn.Conv2d) or isinstance(conv, ConvNorm):
+                    continue
+                affine = _inference_affine(norm) if norm is not None else None
+                if affine is None or affine[0].numel() != conv.out_channels:
+                    continue
+                scale, shift = affine
+                if conv.bias is not None:
+                    shift = shift + conv.bias * scale
+                conv.weight = nn.Parameter(conv.weight * scale[:, None, None, None])
+                conv.bias = nn.Parameter(shift)
+                parent._modules[norm_name] = _after_norm(norm)
+                folded += 1
+    return folded
