@@ -29,15 +29,19 @@ frozen ones; ``0`` freezes nothing. ``norm="FrozenBN"`` freezes every batch norm
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffvision.errors import ConfigError, WeightsError
 
 __all__ = [
+    "fixed_same_padding",
     "TIMM_NORMS",
     "TimmBackbone",
     "build_timm_fpn_backbone",
@@ -264,3 +268,41 @@ def build_timm_fpn_backbone(
             f"(it gives {list(bottom_up.out_features)})"
         )
     return FPN(bottom_up=bottom_up, in_features=tuple(in_features), out_channels=out_channels)
+
+
+@contextlib.contextmanager
+def fixed_same_padding(module: nn.Module) -> Iterator[int]:
+    """Within the block, timm's TensorFlow-style "same" convolutions (``Conv2dSame``, the
+    stride-2 layers of the ``tf_*`` EfficientNets) pad by constants instead of by an amount
+    computed from the input size; yields how many were switched.
+
+    For an input side divisible by the stride ``s``, "same" padding is the constant
+    ``max((k - 1) * d + 1 - s, 0)`` (``k`` kernel, ``d`` dilation), split as TensorFlow does
+    (the extra pixel after). It is exact whenever the image sides are multiples of the encoder's
+    deepest stride, as DiffusionDet's padded batches are (``size_divisibility``); it spares
+    ``torch.export`` the symbolic size arithmetic that made a dynamic-shape export of an
+    EfficientNet-Lite detector run for tens of minutes.
+    """
+    try:
+        from timm.layers import Conv2dSame
+    except ImportError:  # without timm there is nothing to switch
+        yield 0
+        return
+    switched = [m for m in module.modules() if isinstance(m, Conv2dSame)]
+    for conv in switched:
+        pads = []
+        for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation, strict=True):
+            total = max((k - 1) * d + 1 - s, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+
+        def forward(x, conv=conv, pad=(left, right, top, bottom)):
+            return F.conv2d(F.pad(x, pad), conv.weight, conv.bias, conv.stride, 0, conv.dilation,
+                            conv.groups)  # fmt: skip
+
+        conv.forward = forward
+    try:
+        yield len(switched)
+    finally:
+        for conv in switched:
+            del conv.forward

@@ -50,6 +50,7 @@ from torchvision.ops import nms
 
 from diffvision.data.detection_transforms import ResizeTransform, resized_shape
 from diffvision.errors import ConfigError, InputFileNotFoundError, WeightsError
+from diffvision.modeling.timm_backbone import fixed_same_padding
 from diffvision.utils.seeding import seeded_generator
 
 from .config import detector_section
@@ -251,7 +252,13 @@ def export_onnx(
     try:
         # strict (dynamo) tracing reads python ints and floats of the schedule as constants: the
         # DDIM coefficients are baked into the graph in float64, as eager computes them
-        with torch.no_grad(), torch._dynamo.config.patch(specialize_float=True):
+        # fixed_same_padding: the batch is padded to size_divisibility (a multiple of every
+        # stride), where timm's size-dependent "same" padding is a constant
+        with (
+            torch.no_grad(),
+            torch._dynamo.config.patch(specialize_float=True),
+            fixed_same_padding(model.backbone),
+        ):
             exported = torch.export.export(
                 graph, (image, init_boxes), kwargs=draws, dynamic_shapes=dynamic_shapes, strict=True
             )

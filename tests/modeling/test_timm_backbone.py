@@ -117,3 +117,27 @@ def test_pretrained_pypi_file_and_errors(tmp_path):
         create_timm_features("resnet18", pretrained="pypi")
     with pytest.raises(ConfigError, match="timm has no model"):
         create_timm_features("not_a_timm_model_xyz")
+
+
+def test_fixed_same_padding_equals_timm_same_padding_on_stride_multiples():
+    timm = pytest.importorskip("timm")
+    from diffvision.modeling.timm_backbone import fixed_same_padding
+
+    model = timm.create_model("tf_efficientnet_lite0", features_only=True, pretrained=False).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for h, w in ((64, 96), (160, 224)):  # sides that are multiples of the deepest stride 32
+            x = torch.randn(1, 3, h, w, generator=g)
+            want = model(x)
+            with fixed_same_padding(model) as switched:
+                got = model(x)
+            assert switched == 5  # Lite0's stride-2 convolutions (stem and four stages)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # off the multiples the constants are wrong (so the export pads the batch first), and
+        # outside the block timm's own padding is back
+        x = torch.randn(1, 3, 65, 97, generator=g)
+        with fixed_same_padding(model):
+            fixed = model(x)[-1]
+        timm_same = model(x)[-1]
+        assert timm_same.shape != fixed.shape and timm_same.shape[-2:] == (3, 4)
