@@ -8,9 +8,12 @@ promise of the error path: every user mistake ends with exit status 2 and ONE li
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +36,34 @@ def drop_tool_log_handlers() -> None:
         if getattr(handler, "_diffvision", False):
             root.removeHandler(handler)
             handler.close()
+
+
+@contextlib.contextmanager
+def datasets_under(tmp: Path) -> Iterator[Path]:
+    """``DIFFVISION_DATASETS`` set to ``tmp/datasets`` for the block, restored after: the
+    generated sets of a module-scoped fixture (``monkeypatch`` is per test). Yields ``tmp``."""
+    old = os.environ.get("DIFFVISION_DATASETS")
+    os.environ["DIFFVISION_DATASETS"] = str(tmp / "datasets")
+    try:
+        yield tmp
+    finally:
+        if old is None:
+            os.environ.pop("DIFFVISION_DATASETS", None)
+        else:
+            os.environ["DIFFVISION_DATASETS"] = old
+
+
+def export_through_tool(model, tmp: Path, config: str, opts: list[str], *, boxes: int) -> Path:
+    """Save ``model``'s weights to ``tmp/model.pth`` and export them with ``tools/export.py`` (1
+    step, ``boxes`` boxes) to ``tmp/model.onnx``, so the file carries the tool's metadata (class
+    names, config); returns its path."""
+    import torch
+
+    torch.save({"model": model.state_dict()}, tmp / "model.pth")
+    onnx = tmp / "model.onnx"
+    export = ["--config", config, "--output", str(onnx), "--boxes", str(boxes), "--steps", "1"]
+    load_tool("export").main([*export, *opts, "MODEL.WEIGHTS", str(tmp / "model.pth")])
+    return onnx
 
 
 DET = str(REPO / "projects/detection/diffdet_toy.yaml")

@@ -17,7 +17,14 @@ from torchvision.ops import box_iou
 
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.evaluation.coco_evaluation import demo_json_to_coco_results
-from tests.tool_helpers import REPO, drop_tool_log_handlers, load_tool, one_line_error
+from tests.tool_helpers import (
+    REPO,
+    datasets_under,
+    drop_tool_log_handlers,
+    export_through_tool,
+    load_tool,
+    one_line_error,
+)
 
 CONFIG = str(REPO / "projects/detection/diffinst_toy.yaml")
 OPTS = ["MODEL.DEVICE", "cpu", "MODEL.DiffusionInst.NUM_PROPOSALS", "8",
@@ -29,9 +36,7 @@ THRESHOLD = 0.3
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        tmp = tmp_path_factory.mktemp("diffinst_tools")
-        mp.setenv("DIFFVISION_DATASETS", str(tmp / "datasets"))
+    with datasets_under(tmp_path_factory.mktemp("diffinst_tools")) as tmp:
         yield _make_env(tmp)
 
 
@@ -48,10 +53,7 @@ def _make_env(tmp):
     with torch.no_grad():  # scores around the threshold, masks neither empty nor full
         model.head.head_series[-1].class_logits.bias.add_(2.0)
         model.head.mask_head[-1].bias.fill_(0.3)
-    torch.save({"model": model.state_dict()}, tmp / "model.pth")
-    onnx = tmp / "model.onnx"
-    export = ["--config", CONFIG, "--output", str(onnx), "--boxes", "8", "--steps", "1"]
-    load_tool("export").main([*export, *OPTS, "MODEL.WEIGHTS", str(tmp / "model.pth")])
+    onnx = export_through_tool(model, tmp, CONFIG, OPTS, boxes=8)
     images = sorted((root / "val").glob("*.png"))
     return {"tmp": tmp, "model": model, "onnx": onnx, "images": images}
 

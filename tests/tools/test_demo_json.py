@@ -17,7 +17,7 @@ import torch
 
 from diffvision.data.toy_detection import ensure_toy_detection
 from diffvision.evaluation.coco_evaluation import demo_json_to_coco_results
-from tests.tool_helpers import REPO, load_tool
+from tests.tool_helpers import REPO, datasets_under, export_through_tool, load_tool
 
 CONFIG = str(REPO / "projects/detection/diffdet_toy.yaml")
 OPTS = ["MODEL.DEVICE", "cpu", "MODEL.DiffusionDet.NUM_PROPOSALS", "16",
@@ -28,9 +28,7 @@ THRESHOLD = 0.3
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        tmp = tmp_path_factory.mktemp("demo_json")
-        mp.setenv("DIFFVISION_DATASETS", str(tmp / "datasets"))
+    with datasets_under(tmp_path_factory.mktemp("demo_json")) as tmp:
         yield _make_env(tmp)
 
 
@@ -44,10 +42,7 @@ def _make_env(tmp):
     model = build_model(load_config(CONFIG, OPTS), with_criterion=False).eval()
     with torch.no_grad():  # scores around the threshold: some boxes kept, some dropped
         model.head.head_series[-1].class_logits.bias.add_(2.0)
-    torch.save({"model": model.state_dict()}, tmp / "model.pth")
-    onnx = tmp / "model.onnx"  # through the export tool: the file carries the class names
-    export = ["--config", CONFIG, "--output", str(onnx), "--boxes", "16", "--steps", "1"]
-    load_tool("export").main([*export, *OPTS, "MODEL.WEIGHTS", str(tmp / "model.pth")])
+    onnx = export_through_tool(model, tmp, CONFIG, OPTS, boxes=16)
     images = sorted((root / "val").glob("*.png"))
     (tmp / "folder").mkdir()
     for path in images[1:]:
