@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diffvision.errors import ConfigError
-from diffvision.modeling.resnet import ConvNorm
+from diffvision.modeling.resnet import ConvNorm, foldable_norm, folded_conv
 
 __all__ = [
     "PRECISIONS",
@@ -134,7 +134,7 @@ def reduced_copy(
     with torch.inference_mode(False), torch.no_grad():
         reduced = copy.deepcopy(module).eval()
         for m in reduced.modules():
-            if isinstance(m, ConvNorm) and m.norm is not None and m._foldable():
+            if isinstance(m, ConvNorm) and m._foldable():
                 weight, bias = m.folded_weight_bias()
                 m.weight = nn.Parameter(weight)
                 m.bias = nn.Parameter(bias)
@@ -150,18 +150,6 @@ def reduced_copy(
     return reduced
 
 
-def _inference_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(scale, shift)`` per channel when ``norm`` is a fixed affine map at inference (a frozen
-    batch norm of torchvision or timm, or an eval-mode ``BatchNorm2d`` with running statistics):
-    ``norm(x) = x * scale + shift`` before any activation it holds; else ``None``."""
-    frozen = type(norm).__name__ in ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
-    running = isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
-    if not (frozen or running) or norm.weight is None or norm.bias is None:
-        return None
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-    return scale, norm.bias - norm.running_mean * scale
-
-
 def _after_norm(norm: nn.Module) -> nn.Module:
     """What is left of a folded norm: timm's norm+activation layers keep their dropout and
     activation; a plain norm leaves nothing."""
@@ -171,7 +159,8 @@ def _after_norm(norm: nn.Module) -> nn.Module:
 
 
 def fold_sibling_norms(module: nn.Module) -> int:
-    """Fold every batch norm that is a fixed affine map (see :func:`_inference_affine`) into the
+    """Fold every batch norm that is a fixed affine map (see
+    :func:`~diffvision.modeling.resnet.foldable_norm`) into the
     ``nn.Conv2d`` registered just before it in the same parent, in place; returns the count.
 
     ``conv`` then ``norm`` as consecutive children is how timm (EfficientNet ``conv_pw``/``bn1``,
@@ -188,14 +177,11 @@ def fold_sibling_norms(module: nn.Module) -> int:
                 conv, norm = parent._modules[conv_name], parent._modules[norm_name]
                 if not isinstance(conv, nn.Conv2d) or isinstance(conv, ConvNorm):
                     continue
-                affine = _inference_affine(norm) if norm is not None else None
-                if affine is None or affine[0].numel() != conv.out_channels:
+                if not foldable_norm(norm) or norm.weight.numel() != conv.out_channels:
                     continue
-                scale, shift = affine
-                if conv.bias is not None:
-                    shift = shift + conv.bias * scale
-                conv.weight = nn.Parameter(conv.weight * scale[:, None, None, None])
-                conv.bias = nn.Parameter(shift)
+                weight, bias = folded_conv(conv.weight, conv.bias, norm)
+                conv.weight = nn.Parameter(weight)
+                conv.bias = nn.Parameter(bias)
                 parent._modules[norm_name] = _after_norm(norm)
                 folded += 1
     return folded

@@ -44,6 +44,33 @@ RESNET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 
 
+def foldable_norm(norm: nn.Module | None) -> bool:
+    """Whether ``norm`` is a fixed per-channel affine map at inference, which
+    :func:`folded_conv` can fold into the convolution before it: a frozen batch norm
+    (torchvision's, or timm's ``FrozenBatchNorm2d`` / ``FrozenBatchNormAct2d``, whose activation
+    stays behind) or a ``BatchNorm2d`` in eval mode with running statistics, with affine
+    parameters."""
+    frozen = isinstance(norm, FrozenBatchNorm2d) or type(norm).__name__ in (
+        "FrozenBatchNorm2d",
+        "FrozenBatchNormAct2d",
+    )
+    running = isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
+    return (frozen or running) and norm.weight is not None and norm.bias is not None
+
+
+def folded_conv(
+    weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of the convolution equal to ``norm(conv(x))`` for a
+    :func:`foldable_norm`: ``W * s`` and ``(b - mean) * s + beta`` with
+    ``s = gamma / sqrt(var + eps)`` per output channel."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
+    shift = norm.bias - norm.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    return weight * scale[:, None, None, None], shift
+
+
 class ConvNorm(nn.Conv2d):
     """``nn.Conv2d`` + optional norm held as the child ``norm`` (detectron2 ``Conv2d``).
 
@@ -64,19 +91,11 @@ class ConvNorm(nn.Conv2d):
         self.norm = norm
 
     def _foldable(self) -> bool:
-        norm = self.norm
-        if isinstance(norm, FrozenBatchNorm2d):
-            return True
-        return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats
+        return foldable_norm(self.norm)
 
     def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W * s, b - mean * s + conv bias * s): the conv equal to conv + norm."""
-        norm = self.norm
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # (C_out,)
-        bias = norm.bias - norm.running_mean * scale
-        if self.bias is not None:
-            bias = bias + self.bias * scale
-        return self.weight * scale[:, None, None, None], bias
+        return folded_conv(self.weight, self.bias, self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fold_norm and self._foldable():
