@@ -326,7 +326,8 @@ class SetCriterionDynamicK(nn.Module):
     def finite_stages(stages: Sequence[tuple[str, dict[str, Any]]]) -> list[bool]:
         """Per stage: are its predicted boxes finite on every process. A stage is matched and
         normalised (a collective) only where this is True, so every rank must skip the same
-        stages; a subclass adding collective terms per stage uses the same flags."""
+        stages; a subclass adding collective terms per stage gets the same flags in
+        :meth:`weighted_losses`."""
         finite = torch.stack([torch.isfinite(st["pred_boxes"]).all() for _, st in stages])
         if _distributed():
             finite = finite.to(torch.int32)
@@ -352,7 +353,18 @@ class SetCriterionDynamicK(nn.Module):
         A stage whose predicted boxes hold a NaN or infinite value gets NaN losses (unmatched).
         """
         stages = self.supervised_stages(outputs)
-        finite = self.finite_stages(stages)
+        return self.weighted_losses(outputs, targets, stages, self.finite_stages(stages))
+
+    def weighted_losses(
+        self,
+        outputs: dict[str, Any],
+        targets: list[dict[str, Tensor]],
+        stages: Sequence[tuple[str, dict[str, Any]]],
+        finite: Sequence[bool],
+    ) -> dict[str, Tensor]:
+        """:meth:`forward`'s losses for ``stages`` (:meth:`supervised_stages`) given their
+        :meth:`finite_stages` flags, computed once per step: a subclass adding terms per stage
+        extends this, so it reuses the flags (and their collective) instead of deciding again."""
         ok = [st for (_, st), f in zip(stages, finite, strict=True) if f]
         per_stage = self.stage_losses(ok, targets) if ok else []
         computed = iter(per_stage)

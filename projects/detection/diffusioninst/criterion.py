@@ -22,6 +22,7 @@ empty mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -98,16 +99,19 @@ class SetCriterionWithMasks(SetCriterionDynamicK):
         denom = matched_normalisers(torch.tensor([count], device=params.device))[0]
         return total / denom.to(total.dtype)
 
-    def forward(
-        self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]
+    def weighted_losses(
+        self,
+        outputs: dict[str, Any],
+        targets: list[dict[str, Tensor]],
+        stages: Sequence[tuple[str, dict[str, Any]]],
+        finite: Sequence[bool],
     ) -> dict[str, Tensor]:
         """DiffusionDet's weighted losses plus ``loss_masks`` (and ``loss_masks_{i}``)."""
-        losses = super().forward(outputs, targets)
-        stages = self.supervised_stages(outputs)
+        losses = super().weighted_losses(outputs, targets, stages, finite)
         # the box terms' flags: a stage diverged on any process is skipped on all of them, so
         # every rank makes the same mask-normaliser collectives
-        for (suffix, stage), finite in zip(stages, self.finite_stages(stages), strict=True):
-            if not finite:  # its box terms are NaN already
+        for (suffix, stage), is_finite in zip(stages, finite, strict=True):
+            if not is_finite:  # its box terms are NaN already
                 losses["loss_masks" + suffix] = stage["pred_mask_params"].sum() * float("nan")
                 continue
             stage = {**stage, "mask_feat": outputs["mask_feat"]}

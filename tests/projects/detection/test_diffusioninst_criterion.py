@@ -114,3 +114,15 @@ def test_stage_diverged_on_one_process_is_skipped_on_both(two_processes):
         assert losses["loss_masks"] != losses["loss_masks"]  # NaN on every process
     mean = (ranks[0]["loss_masks_0"] + ranks[1]["loss_masks_0"]) / 2
     assert abs(mean - one["loss_masks_0"]) <= 1e-5 * abs(one["loss_masks_0"])
+
+
+def test_box_and_mask_terms_share_one_finiteness_decision(monkeypatch):
+    # the decision is a collective on several processes: the mask terms reuse the box terms'
+    # flags instead of deciding (and synchronising) a second time per step
+    calls = []
+    decide = SetCriterionWithMasks.finite_stages
+    monkeypatch.setattr(SetCriterionWithMasks, "finite_stages",
+                        staticmethod(lambda stages: calls.append(1) or decide(stages)))  # fmt: skip
+    losses = _mask_losses([_image(i, diverged_last=i == 1) for i in range(2)])
+    assert len(calls) == 1
+    assert losses["loss_masks"] != losses["loss_masks"] and losses["loss_masks_0"] > 0
