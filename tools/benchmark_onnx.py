@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config {args.config}, image {h}x{w}, {args.threads} thread(s), {args.clock} clock, "
           f"median of {args.repeats} alternating runs, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}")  # fmt: skip
-    progress = Progress(len(args.boxes) * len(args.steps), "exports and timings",
-                        stream=sys.stderr)  # fmt: skip
+    work = [n * s for n in args.boxes for s in args.steps]  # each cell's cost proxy
+    progress = Progress(len(work), "exports and timings", stream=sys.stderr, sizes=work)
     copies = [f"int8 {m}" for m in args.int8] + ["float16"] * args.float16
     copy_cols = "".join(f" {name} ms | ratio |" for name in copies)
     print(f"| boxes | steps | eager ms | onnxruntime ms | ratio |{copy_cols} same labels: "

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setup_logging(output_dir)
     logger.info("Per-image box seed: %s", seed_note)
     model = build_inference_model(cfg)
-    progress = Progress(len(points), "sweep points", interval=0.0)
+    progress = Progress(len(points), "sweep points", interval=0.0,
+                        sizes=[b * s for b in args.boxes for s in args.steps])  # fmt: skip
 
     rows = []
     for boxes in args.boxes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from diffvision.engine.cli import (
     check_allocation,
     run_main,
 )
-from diffvision.engine.progress import Progress
 from diffvision.errors import CLIError, ConfigError, DataError
 from tests.tool_helpers import one_line_error
 
@@ -118,23 +116,3 @@ def test_allocation_estimate_refuses_what_memory_cannot_hold():
     check_allocation("--boxes", 2**20, "a small tensor")  # passes
     with pytest.raises(CLIError, match=r"--boxes: 2\*\*40 boxes needs about .* GiB, more than"):
         check_allocation("--boxes", 2**40 * 2**20, "2**40 boxes")
-
-
-def test_progress_estimates_the_time_left():
-    lines = io.StringIO()
-    progress = Progress(4, "points", interval=0.0, stream=lines)
-    progress.start -= 10.0  # as if the first point took 10 s
-    progress.update()
-    first = lines.getvalue().splitlines()[0]
-    assert first.startswith("[1/4 points] 10.0s elapsed, about 30s left"), first
-    for _ in range(3):
-        progress.update()
-    assert lines.getvalue().splitlines()[-1].endswith("about 0s left")
-
-
-def test_progress_can_go_to_a_log():
-    lines = []
-    progress = Progress(2, "images", interval=0.0, log=lines.append)
-    progress.update()
-    progress.update()
-    assert [line.split("]")[0] for line in lines] == ["[1/2 images", "[2/2 images"]
