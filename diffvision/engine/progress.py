@@ -77,12 +77,11 @@ class Progress:
         average = self.elapsed() / self.done * left
         if self.sizes is None:
             return average
-        done_sizes, left_sizes = self.sizes[: self.done], self.sizes[self.done :]
-        fit = _line_fit(done_sizes, self.durations[: self.done])
+        fit = _line_fit(self.sizes[: self.done], self.durations)  # one duration per done unit
         if fit is None:
             return average
         a, b = fit
-        return sum(max(a + b * x, 0.0) for x in left_sizes)
+        return sum(max(a + b * x, 0.0) for x in self.sizes[self.done :])
 
     def update(self, n: int = 1) -> None:
         now = self.clock()
